@@ -1,0 +1,1 @@
+"""The scq benchmark suite, run by ``scq bench``: exactness, runtime and codebook usage."""

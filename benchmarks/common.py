@@ -1,0 +1,87 @@
+"""Shared benchmark plumbing: timing, machine facts, data, tables and result files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+
+def machine_info(device: str, dtype: torch.dtype) -> dict:
+    """The columns every result row carries, so rows from different runs stay comparable."""
+    if device == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+    else:
+        name = platform.processor() or platform.machine()
+    return {
+        "machine": f"{platform.node()} ({name}, {os.cpu_count()} cpus)",
+        "torch": torch.__version__,
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": device,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], object], device: str = "cpu", repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_codebook(K: int, D: int, *, dtype=torch.float64, device="cpu", generator=None) -> torch.Tensor:
+    return torch.randn(K, D, dtype=dtype, device=device, generator=generator)
+
+
+def data_like(N: int, K: int, D: int, *, noise: float = 0.5, dtype=torch.float64, device="cpu", generator=None):
+    """A 'data-like' codebook (clustered codes, as after training) and inputs = codes + noise."""
+    centers = torch.randn(max(1, K // 8), D, dtype=dtype, generator=generator)
+    E = centers[torch.randint(centers.shape[0], (K,), generator=generator)] + 0.3 * torch.randn(K, D, dtype=dtype, generator=generator)
+    z = E[torch.randint(K, (N,), generator=generator)] + noise * torch.randn(N, D, dtype=dtype, generator=generator)
+    return z.to(device), E.to(device)
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str], floatfmt: str = ".3g") -> str:
+    """A markdown table (it also reads well in a terminal)."""
+
+    def fmt(v):
+        if isinstance(v, float):
+            return "nan" if v != v else format(v, floatfmt)
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
+    out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def write_csv(path: Path, rows: Iterable[dict]) -> None:
+    rows = list(rows)
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,28 @@
+"""scq: differentiable quantizers built on convex optimization.
+
+Functional API: :func:`solve_scq`, :func:`project_simplex`, :func:`codebook_usage`.
+Modules: :class:`VQ` (baseline), :class:`SCQ` (soft convex quantization); each returns a
+:class:`QuantizerOutput` ``(quantized, weights, indices, loss)``.
+"""
+
+from .functional import solve_scq
+from .metrics import CodebookUsage, codebook_usage
+from .quantizers import SCQ, VQ, QuantizerOutput
+from .simplex import project_simplex
+from .solvers import SolverInfo, SparseWeights, available_methods, register_method
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "solve_scq",
+    "project_simplex",
+    "available_methods",
+    "register_method",
+    "SolverInfo",
+    "SparseWeights",
+    "VQ",
+    "SCQ",
+    "QuantizerOutput",
+    "codebook_usage",
+    "CodebookUsage",
+]

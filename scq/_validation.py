@@ -1,0 +1,97 @@
+"""Argument checks shared by every solver and module.
+
+Each check raises early with the argument's name and what was expected, so a bad call never
+reaches a solver and never comes back as a silent NaN.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+# Dtypes too narrow for the solvers' arithmetic: computed in float32, returned in the input dtype.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_tensor(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    return x
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    # One reduction and one host sync per call: cheap next to any solve.
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def check_codebook(codebook: object) -> torch.Tensor:
+    codebook = check_tensor("codebook", codebook)
+    if codebook.dim() != 2:
+        raise ValueError(f"codebook must be 2-D (K, D), got shape {tuple(codebook.shape)}")
+    if codebook.shape[0] < 1 or codebook.shape[1] < 1:
+        raise ValueError(f"codebook must have at least one code and one dimension, got {tuple(codebook.shape)}")
+    check_finite("codebook", codebook)
+    return codebook
+
+
+def check_inputs(z: object, codebook: torch.Tensor, name: str = "z") -> torch.Tensor:
+    z = check_tensor(name, z)
+    if z.dim() < 1:
+        raise ValueError(f"{name} must have shape (..., D), got a scalar")
+    if z.shape[-1] != codebook.shape[1]:
+        raise ValueError(
+            f"{name} has last dimension {z.shape[-1]} but the codebook has dimension D={codebook.shape[1]}"
+        )
+    if z.device != codebook.device:
+        raise ValueError(f"{name} is on {z.device} but the codebook is on {codebook.device}")
+    check_finite(name, z)
+    return z
+
+
+def check_target(target: object, batch_shape: torch.Size, K: int, ref: torch.Tensor) -> torch.Tensor:
+    target = check_tensor("target", target)
+    expected = tuple(batch_shape) + (K,)
+    if tuple(target.shape) != expected:
+        raise ValueError(f"target must have shape {expected} (the inputs' batch shape, then K), got {tuple(target.shape)}")
+    if target.device != ref.device:
+        raise ValueError(f"target is on {target.device} but z is on {ref.device}")
+    check_finite("target", target)
+    return target
+
+
+def check_positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (value > 0.0) or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def check_nonnegative(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (value >= 0.0) or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype the solvers work in: the promoted input dtype, float32 for half types."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.float32 if dtype in LOW_PRECISION else dtype

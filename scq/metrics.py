@@ -1,0 +1,98 @@
+r"""Codebook-usage metrics (MATH.md §6), for a batch or streamed over a whole evaluation set.
+
+- ``perplexity``: exp(−Σ q_k log q_k), q_k the share of vectors whose argmax code is k; in [1, K].
+- ``soft_perplexity``: the same from the mean weights (equals ``perplexity`` for hard codes).
+- ``normalized_perplexity``: perplexity / K.
+- ``usage``: fraction of codes that are the argmax of at least one vector.
+- ``dead_codes``: number of codes never the argmax.
+- ``support_size``: mean number of nonzero weights per vector (1 for indices).
+
+Perplexity depends on the set's size: compare it over whole sets of equal size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validation as v
+
+__all__ = ["codebook_usage", "CodebookUsage"]
+
+
+def _entropy_exp(mass: torch.Tensor) -> float:
+    total = mass.sum()
+    if total <= 0:
+        return float("nan")
+    q = mass / total
+    return float(torch.exp(-(q * torch.log(q.clamp_min(1e-30))).sum()))
+
+
+class CodebookUsage:
+    """Streaming accumulator: ``update()`` per batch, ``compute()`` over everything seen.
+
+    Example::
+
+        usage = CodebookUsage(codebook_size=512)
+        for x in loader:
+            usage.update(quantizer(x).weights)
+        print(usage.compute())
+    """
+
+    def __init__(self, codebook_size: int):
+        self.codebook_size = v.check_positive_int("codebook_size", codebook_size)
+        self.reset()
+
+    def reset(self) -> None:
+        K = self.codebook_size
+        self.counts = torch.zeros(K, dtype=torch.float64)
+        self.weight_mass = torch.zeros(K, dtype=torch.float64)
+        self.nonzeros = 0.0
+        self.vectors = 0
+
+    @torch.no_grad()
+    def update(self, weights_or_indices: torch.Tensor) -> "CodebookUsage":
+        """Add a batch: integer indices ``(...)`` or weights ``(..., K)``."""
+        x = weights_or_indices
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"weights_or_indices must be a torch.Tensor, got {type(x).__name__}")
+        K = self.codebook_size
+        if x.is_floating_point():
+            if x.dim() < 1 or x.shape[-1] != K:
+                raise ValueError(f"weights must have shape (..., {K}), got {tuple(x.shape)}")
+            v.check_finite("weights", x)
+            w = x.detach().reshape(-1, K)
+            indices = w.argmax(-1) if w.shape[0] else w.new_zeros(0, dtype=torch.long)
+            self.weight_mass += w.sum(0).to("cpu", torch.float64)
+            self.nonzeros += float((w != 0).sum())
+        elif x.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            indices = x.detach().reshape(-1).long()
+            if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= K):
+                raise ValueError(f"indices must lie in [0, {K}), got values in [{int(indices.min())}, {int(indices.max())}]")
+            self.weight_mass += torch.bincount(indices.cpu(), minlength=K).to(torch.float64)
+            self.nonzeros += float(indices.numel())
+        else:
+            raise TypeError(f"weights_or_indices must be float weights or integer indices, got {x.dtype}")
+        self.counts += torch.bincount(indices.cpu(), minlength=K).to(torch.float64)
+        self.vectors += int(indices.numel())
+        return self
+
+    def compute(self) -> dict:
+        K = self.codebook_size
+        used = int((self.counts > 0).sum())
+        perplexity = _entropy_exp(self.counts)
+        return {
+            "perplexity": perplexity,
+            "soft_perplexity": _entropy_exp(self.weight_mass),
+            "normalized_perplexity": perplexity / K,
+            "usage": used / K,
+            "dead_codes": K - used,
+            "support_size": self.nonzeros / self.vectors if self.vectors else float("nan"),
+            "vectors": self.vectors,
+        }
+
+
+def codebook_usage(weights_or_indices: torch.Tensor, codebook_size: int) -> dict:
+    """Usage metrics of one batch (see the module docstring); keys ``perplexity``,
+    ``soft_perplexity``, ``normalized_perplexity``, ``usage``, ``dead_codes``, ``support_size``,
+    ``vectors``."""
+    return CodebookUsage(codebook_size).update(weights_or_indices).compute()

@@ -1,0 +1,85 @@
+"""Independent reference solutions with cvxpy and Clarabel at tight tolerances.
+
+Slow (CPU, float64, a cone program per chunk of vectors) and not differentiable: the yardstick
+that tests and benchmarks measure every fast solver against. Independent of the
+``exact`` method, which goes through cvxpylayers, diffcp and SCS.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+TIGHT = dict(tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1e-10, max_iter=500)
+
+
+def _as_np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().to(torch.float64).numpy()
+
+
+def _solve(problem) -> None:
+    import cvxpy as cp
+
+    problem.solve(solver=cp.CLARABEL, **TIGHT)
+    if problem.status not in ("optimal", "optimal_inaccurate"):
+        raise RuntimeError(f"reference solve failed: status {problem.status}")
+
+
+def reference_scq(
+    z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optional[torch.Tensor] = None, chunk: int = 1
+) -> torch.Tensor:
+    """argmin_{p ∈ Δ} ‖z − Eᵀp‖² + λ‖p − p̃‖² for rows of ``z`` (N, D); float64, CPU.
+
+    ``chunk`` vectors share one cone program. Clarabel's tolerances apply to the whole program,
+    so one vector per program (the default) is the accurate choice: ~1e-9 on the weights.
+    """
+    import cvxpy as cp
+
+    from .solvers.problem import resolve_target
+
+    Z, E = z.detach().reshape(-1, z.shape[-1]).to(torch.float64).cpu(), codebook.detach().to(torch.float64).cpu()
+    T = resolve_target(Z, E, None if target is None else target.reshape(-1, E.shape[0]).to(torch.float64).cpu())
+    Zn, En, Tn = _as_np(Z), _as_np(E), _as_np(T)
+    out = np.zeros((Zn.shape[0], En.shape[0]))
+    for start in range(0, Zn.shape[0], chunk):
+        zc, tc = Zn[start : start + chunk], Tn[start : start + chunk]
+        P = cp.Variable(tc.shape)
+        objective = cp.sum_squares(P @ En - zc) + lam * cp.sum_squares(P - tc)
+        problem = cp.Problem(cp.Minimize(objective), [P >= 0, cp.sum(P, axis=1) == 1])
+        _solve(problem)
+        out[start : start + chunk] = P.value
+    # Clarabel stops a hair outside the simplex: project the rounding away.
+    out = np.clip(out, 0, None)
+    out /= out.sum(1, keepdims=True)
+    return torch.from_numpy(out).reshape(*z.shape[:-1], En.shape[0])
+
+
+def reference_scq_grads(
+    z: torch.Tensor, codebook: torch.Tensor, lam: float, target: torch.Tensor, weights: torch.Tensor,
+    grad_weights: torch.Tensor, support_tol: float = 1e-7,
+) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+    """Vector-Jacobian products of the SCQ solution, written densely in numpy from MATH.md §4.
+
+    Given the solution ``weights`` (N, K) and ``grad_weights`` = ∂ℓ/∂p, returns (∂ℓ/∂z, ∂ℓ/∂E,
+    ∂ℓ/∂p̃), one vector at a time, with the support read off ``weights > support_tol``.
+    """
+    Z, E, T = _as_np(z), _as_np(codebook), _as_np(target)
+    P, Gw = _as_np(weights), _as_np(grad_weights)
+    N, K = P.shape
+    dZ, dE, dT = np.zeros_like(Z), np.zeros_like(E), np.zeros_like(T)
+    H = E @ E.T + lam * np.eye(K)
+    for n in range(N):
+        S = np.flatnonzero(P[n] > support_tol)
+        Hinv = np.linalg.inv(H[np.ix_(S, S)])
+        one = np.ones(len(S))
+        M = Hinv - np.outer(Hinv @ one, one @ Hinv) / (one @ Hinv @ one)
+        v = np.zeros(K)
+        v[S] = M @ Gw[n, S]
+        vE = v @ E
+        dZ[n] = vE
+        dT[n] = lam * v
+        dE += np.outer(v, Z[n] - P[n] @ E) - np.outer(P[n], vE)
+    as_t = lambda a: torch.from_numpy(a)
+    return as_t(dZ), as_t(dE), as_t(dT)

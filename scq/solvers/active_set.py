@@ -1,0 +1,166 @@
+r"""Batched primal active-set solver for small simplex-constrained QPs (MATH.md §2, §4).
+
+For each row n of the batch, on m slots (a working set of codes):
+
+    minimize pᵀHp − 2bᵀp   s.t.  p ≥ 0, 1ᵀp = 1,  p_k = 0 on invalid slots,
+
+with H (N, m, m) symmetric positive definite. Every iterate is feasible. Each iteration solves the
+equality system on the current support S,
+
+    [H_SS 1; 1ᵀ 0][p_S; ν] = [b_S; 1]   ⇔   p_S = x − νy,  H_SS x = b_S,  H_SS y = 1,  ν = (1ᵀx − 1)/(1ᵀy),
+
+moves towards its solution until a weight would turn negative (ratio test; the blocking codes leave
+S), and, once the equality solution is feasible, reads the multipliers μ_k = (Hp − b)_k + ν off S
+and adds the codes with μ_k < 0. When none is left, p is optimal on the slots: that is the KKT
+certificate, whatever found S. Systems are masked, not gathered (identity off S), so every shape
+is fixed and the whole batch moves in lockstep.
+
+Adding all violators at once usually finishes in a handful of iterations; a row whose multi-add
+made no progress falls back to adding the single most violating code, which always makes
+progress for a strictly convex QP (so the method terminates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def masked_cholesky(H: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor of H restricted to ``support`` (N, m) bool, identity off it."""
+    s = support.to(H.dtype)
+    A = H * (s.unsqueeze(-1) * s.unsqueeze(-2)) + torch.diag_embed(1 - s)
+    L, info = torch.linalg.cholesky_ex(A)
+    if bool((info != 0).any()):
+        raise RuntimeError("active-set solve: the restricted Gram matrix is not positive definite")
+    return L
+
+
+def support_solve(L: torch.Tensor, rhs: torch.Tensor, support: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """x = H_SS⁻¹ rhs_S and y = H_SS⁻¹ 1_S (zero off S), from the masked factor ``L``."""
+    s = support.to(rhs.dtype)
+    sol = torch.cholesky_solve(torch.stack([rhs * s, s], dim=-1), L)
+    return sol[..., 0], sol[..., 1]
+
+
+def equality_solution(L: torch.Tensor, b: torch.Tensor, support: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Minimizer of pᵀHp − 2bᵀp on {p_S free, p_{S^c} = 0, 1ᵀp = 1}, and its multiplier ν."""
+    x, y = support_solve(L, b, support)
+    nu = (x.sum(-1) - 1) / y.sum(-1)
+    return x - nu.unsqueeze(-1) * y, nu
+
+
+def constrained_vjp(L: torch.Tensor, grad: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """v = M g with M = H_SS⁻¹ − H_SS⁻¹11ᵀH_SS⁻¹/(1ᵀH_SS⁻¹1) on S, 0 off it (MATH.md §4)."""
+    x, y = support_solve(L, grad, support)
+    return x - (x.sum(-1) / y.sum(-1)).unsqueeze(-1) * y
+
+
+@dataclass
+class ActiveSetResult:
+    weights: torch.Tensor  # (N, m), optimal on the slots for converged rows
+    support: torch.Tensor  # (N, m) bool
+    nu: torch.Tensor  # (N,) multiplier of 1ᵀp = 1
+    converged: torch.Tensor  # (N,) bool
+    iterations: int
+
+
+def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter):
+    """``n_iter`` lockstep iterations; rows that finish are frozen.
+
+    Returns p, s, ν, done and the anti-cycling flags (single_add, progress) to carry on with.
+    """
+    N = p.shape[0]
+    # Weights this small are rounding noise of a zero; dropping them keeps rows from cycling.
+    drop_tol = 16 * torch.finfo(p.dtype).eps
+    done = torch.zeros(N, dtype=torch.bool, device=p.device)
+    nu = torch.zeros(N, dtype=p.dtype, device=p.device)
+    for _ in range(n_iter):
+        L = masked_cholesky(H, s)
+        p_eq, nu_eq = equality_solution(L, b, s)
+        # Ratio test: the largest step α ≤ 1 towards p_eq that keeps p ≥ 0.
+        blocking = s & (p_eq < -drop_tol)
+        ratio = torch.where(blocking, p / (p - p_eq).clamp_min(torch.finfo(p.dtype).tiny), torch.full_like(p, 2.0))
+        alpha = ratio.min(-1).values.clamp(max=1.0)
+        at_face_optimum = alpha >= 1
+        p_new = torch.where(at_face_optimum.unsqueeze(-1), p_eq, p + alpha.unsqueeze(-1) * (p_eq - p))
+        progress_new = progress | ((alpha > 0) & ((p_eq - p).abs().amax(-1) > drop_tol))
+        # Leave S: the codes that block the step (a weight reaching zero), and at a face optimum
+        # the weights that are zero up to rounding. Codes that just entered with p = 0 stay.
+        hit = blocking & (ratio <= alpha.unsqueeze(-1))
+        tiny = at_face_optimum.unsqueeze(-1) & (p_new <= drop_tol)
+        s_new = s & ~hit & ~tiny
+        p_new = torch.where(s_new, p_new.clamp_min(0), torch.zeros_like(p_new))
+        # Multipliers, meaningful where the equality solution was feasible.
+        mu = torch.einsum("nij,nj->ni", H, p_new) - b + nu_eq.unsqueeze(-1)
+        violation = torch.where(valid & ~s_new, -mu, torch.zeros_like(mu))
+        worst, worst_slot = violation.max(-1)
+        has_violation = worst > dual_tol
+        finished = at_face_optimum & ~has_violation
+        # A multi-add that led back to the same face without progress: add one code at a time.
+        single_add_new = single_add | (at_face_optimum & has_violation & ~progress_new)
+        adds = (violation > dual_tol.unsqueeze(-1)) & at_face_optimum.unsqueeze(-1)
+        one_add = torch.zeros_like(adds).scatter_(-1, worst_slot.unsqueeze(-1), True) & adds
+        adds = torch.where(single_add_new.unsqueeze(-1), one_add, adds)
+        s_new = s_new | adds
+        progress_new = progress_new & ~adds.any(-1)
+
+        keep = done.unsqueeze(-1)
+        p = torch.where(keep, p, p_new)
+        s = torch.where(keep, s, s_new)
+        nu = torch.where(done, nu, nu_eq)
+        progress = torch.where(done, progress, progress_new)
+        single_add = torch.where(done, single_add, single_add_new)
+        done = done | finished
+    return p, s, nu, done, single_add, progress
+
+
+def solve_active_set(
+    H: torch.Tensor,
+    b: torch.Tensor,
+    weights: torch.Tensor,
+    support: torch.Tensor,
+    valid: torch.Tensor,
+    dual_tol: torch.Tensor,
+    *,
+    max_iter: int = 100,
+    check_every: int = 2,
+    compact: bool = True,
+) -> ActiveSetResult:
+    """Run the active-set iterations from a feasible ``weights`` with support ``support``.
+
+    Args:
+        H: (N, m, m) SPD. b: (N, m). weights: (N, m) feasible start, zero off ``support``.
+        valid: (N, m) bool, slots that may enter the support.
+        dual_tol: (N,) a multiplier counts as negative below ``-dual_tol``.
+        max_iter: iteration cap; rows still running then come back with ``converged`` False.
+        check_every: iterations between convergence checks (each is one host sync).
+        compact: at each check, carry on with the unfinished rows only (gathered by index, so
+            later iterations cost what the stragglers cost); ``False`` keeps every row in
+            lockstep with fixed shapes.
+    """
+    p, s = weights.clone(), support.clone()
+    N = p.shape[0]
+    nu = p.new_zeros(N)
+    converged = torch.zeros(N, dtype=torch.bool, device=p.device)
+    single_add = torch.zeros_like(converged)
+    progress = torch.ones_like(converged)
+    rows = None  # None: every row (a converged row re-solved is a fixed point)
+    iterations = 0
+    while iterations < max_iter:
+        n_iter = min(check_every, max_iter - iterations)
+        if rows is None:
+            p, s, nu, converged, single_add, progress = _iterate(
+                H, b, p, s, valid, dual_tol, single_add, progress, n_iter
+            )
+        else:
+            state = _iterate(H[rows], b[rows], p[rows], s[rows], valid[rows], dual_tol[rows],
+                             single_add[rows], progress[rows], n_iter)
+            p[rows], s[rows], nu[rows], converged[rows], single_add[rows], progress[rows] = state
+        iterations += n_iter
+        if bool(converged.all()):
+            break
+        if compact:
+            rows = (~converged).nonzero().squeeze(1)
+    return ActiveSetResult(p, s, nu, converged, iterations)

@@ -1,0 +1,62 @@
+"""Sparse weights: codes ``indices`` (N, m) with ``values`` (N, m), the rest of the K weights zero."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class _Combine(torch.autograd.Function):
+    """z_q[n] = Σ_j values[n, j] · codebook[indices[n, j]].
+
+    Written out because autograd's backward of ``codebook[indices]`` (index_put with
+    accumulation) costs several times this ``index_add_``.
+    """
+
+    @staticmethod
+    def forward(ctx, values, codebook, indices):
+        rows = codebook[indices]
+        ctx.save_for_backward(values, codebook, indices)
+        return torch.bmm(values.unsqueeze(1), rows).squeeze(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        values, codebook, indices = ctx.saved_tensors
+        grad_values = grad_codebook = None
+        if ctx.needs_input_grad[0]:
+            grad_values = torch.bmm(codebook[indices], grad.unsqueeze(-1)).squeeze(-1)
+        if ctx.needs_input_grad[1]:
+            contrib = values.unsqueeze(-1) * grad.unsqueeze(1)
+            grad_codebook = torch.zeros_like(codebook).index_add_(
+                0, indices.reshape(-1), contrib.reshape(-1, codebook.shape[1])
+            )
+        return grad_values, grad_codebook, None
+
+
+class SparseWeights(NamedTuple):
+    """Row n holds weight ``values[n, j]`` on code ``indices[n, j]`` and 0 on every other code.
+
+    Solvers whose solutions have small supports return this so that ``z_q = Eᵀp`` and the
+    backward cost O(N·m·D) instead of O(N·K·D). Slots with value 0 are padding.
+    """
+
+    indices: torch.Tensor
+    values: torch.Tensor
+    num_codes: int
+
+    def to_dense(self) -> torch.Tensor:
+        dense = self.values.new_zeros(self.values.shape[:-1] + (self.num_codes,))
+        # scatter_add: padding slots may repeat a code with value 0.
+        return dense.scatter_add(-1, self.indices, self.values)
+
+    def combine(self, codebook: torch.Tensor) -> torch.Tensor:
+        """Σ_j values[n, j] · codebook[indices[n, j]], shape (N, D)."""
+        return _Combine.apply(self.values, codebook, self.indices)
+
+    def argmax(self) -> torch.Tensor:
+        return self.indices.gather(-1, self.values.argmax(-1, keepdim=True)).squeeze(-1)
+
+    def support_size(self) -> torch.Tensor:
+        return (self.values != 0).sum(-1)

@@ -1,0 +1,46 @@
+"""Test helpers: dtype-aware tolerances and small random SCQ problems."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Agreement expected between two correct float results of one problem, per dtype.
+ATOL = {torch.float64: 1e-8, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float | None = None, msg: str = "") -> None:
+    actual = actual.detach()
+    expected = expected.detach().to(actual.device)
+    tol = ATOL[actual.dtype] if atol is None else atol
+    err = (actual.to(torch.float64) - expected.to(torch.float64)).abs().max().item() if actual.numel() else 0.0
+    assert err <= tol, f"{msg} max abs error {err:.3e} > {tol:.1e}"
+
+
+def problem(N=8, K=16, D=4, dtype=torch.float64, seed=0, scale=1.5, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    E = torch.randn(K, D, dtype=torch.float64, generator=gen)
+    z = scale * torch.randn(N, D, dtype=torch.float64, generator=gen)
+    return z.to(device, dtype), E.to(device, dtype)
+
+
+def on_simplex(w: torch.Tensor, atol: float) -> bool:
+    return bool((w >= -atol).all()) and bool(((w.sum(-1) - 1).abs() <= atol).all())
+
+
+def numpy_projection(u: np.ndarray) -> np.ndarray:
+    """Simplex projection by Duchi et al. 2008, one row at a time: an independent reference."""
+    out = np.empty_like(u)
+    for i, row in enumerate(u):
+        srt = np.sort(row)[::-1]
+        css = np.cumsum(srt) - 1
+        rho = np.nonzero(srt * np.arange(1, len(row) + 1) > css)[0][-1]
+        out[i] = np.maximum(row - css[rho] / (rho + 1), 0)
+    return out
+
+
+def numpy_relaxed(z: np.ndarray, E: np.ndarray, lam: float, target: np.ndarray) -> np.ndarray:
+    """The SCQ paper's Algorithm 2 as written: p_u = (EEᵀ + λI)⁻¹(Ez + λp̃), then Π_Δ."""
+    H = E @ E.T + lam * np.eye(E.shape[0])
+    p_u = np.linalg.solve(H, (z @ E.T + lam * target).T).T
+    return numpy_projection(p_u)

@@ -1,0 +1,51 @@
+import math
+
+import pytest
+import torch
+
+import scq
+
+
+def test_indices_metrics():
+    idx = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    m = scq.codebook_usage(idx, 8)
+    assert m["perplexity"] == pytest.approx(4.0)
+    assert m["soft_perplexity"] == pytest.approx(4.0)
+    assert m["usage"] == 0.5 and m["dead_codes"] == 4
+    assert m["support_size"] == 1.0 and m["normalized_perplexity"] == pytest.approx(0.5)
+
+
+def test_weights_metrics():
+    w = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    m = scq.codebook_usage(w, 4)
+    # argmax counts: code 0 and code 2 -> perplexity 2; mean weights (.25,.25,.5,0)
+    assert m["perplexity"] == pytest.approx(2.0)
+    assert m["soft_perplexity"] == pytest.approx(math.exp(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5))))
+    assert m["support_size"] == pytest.approx(1.5)
+    assert m["dead_codes"] == 2
+
+
+def test_uniform_usage_has_perplexity_K():
+    idx = torch.arange(16).repeat(3)
+    assert scq.codebook_usage(idx, 16)["perplexity"] == pytest.approx(16.0)
+
+
+def test_streaming_equals_one_shot():
+    w = torch.softmax(torch.randn(100, 10) * 3, -1)
+    acc = scq.CodebookUsage(10)
+    for chunk in w.split(7):
+        acc.update(chunk)
+    assert acc.compute() == pytest.approx(scq.codebook_usage(w, 10))
+    acc.reset()
+    assert acc.compute()["vectors"] == 0
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match=r"weights must have shape \(\.\.\., 4\)"):
+        scq.codebook_usage(torch.rand(3, 5), 4)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 4\)"):
+        scq.codebook_usage(torch.tensor([0, 4]), 4)
+    with pytest.raises(TypeError, match="weights_or_indices"):
+        scq.codebook_usage([0, 1], 4)
+    with pytest.raises(ValueError, match="codebook_size"):
+        scq.CodebookUsage(0)

@@ -1,0 +1,108 @@
+"""VQ and SCQ modules: outputs, gradients, dtypes, conventions."""
+
+import pytest
+import torch
+
+import scq
+from tests.helpers import assert_close
+
+
+@pytest.mark.parametrize("cls,kwargs", [(scq.VQ, {}), (scq.SCQ, {}), (scq.SCQ, {"method": "relaxed"})])
+@pytest.mark.parametrize("shape", [(7, 6), (2, 3, 6), (2, 0, 6)])
+def test_output_shapes_unpack(cls, kwargs, shape):
+    q = cls(6, 10, **kwargs)
+    out = q(torch.randn(*shape))
+    quantized, weights, indices, loss = out
+    assert isinstance(out, scq.QuantizerOutput)
+    assert quantized.shape == shape
+    assert weights.shape == shape[:-1] + (10,)
+    assert indices.shape == shape[:-1] and indices.dtype == torch.int64
+    assert loss.dim() == 0
+    if weights.numel():
+        assert_close(weights.sum(-1), torch.ones(shape[:-1]), atol=1e-5)
+        assert torch.equal(indices, weights.argmax(-1))
+
+
+def test_vq_is_nearest_code_with_straight_through():
+    q = scq.VQ(3, 5)
+    x = torch.randn(20, 3, requires_grad=True)
+    quantized, weights, indices, loss = q(x)
+    expected = torch.cdist(x.detach(), q.codebook.detach()).argmin(-1)
+    assert torch.equal(indices, expected)
+    assert_close(quantized, q.codebook.detach()[expected])
+    (grad,) = torch.autograd.grad(quantized.sum(), x)
+    assert_close(grad, torch.ones_like(x))  # straight-through: identity gradient
+
+
+def test_vq_loss_is_codebook_plus_commitment():
+    q = scq.VQ(3, 5, beta=0.25)
+    x = torch.randn(20, 3)
+    quantized, _, indices, loss = q(x)
+    mse = ((q.codebook.detach()[indices] - x) ** 2).mean()
+    assert_close(loss, 1.25 * mse)
+    loss.backward()
+    assert q.codebook.grad is not None and q.codebook.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["pgd", "relaxed"])
+def test_scq_gradients_flow_to_input_and_codebook(method):
+    q = scq.SCQ(4, 12, lam=0.1, method=method).double()
+    x = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    quantized, weights, _, _ = q(x)
+    assert_close(quantized, weights @ q.codebook)
+    quantized.pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert q.codebook.grad.abs().sum() > 0
+
+
+def test_scq_pgd_module_gradients_match_dense_path():
+    # The module's sparse path (z_q from the support) and the functional dense path agree.
+    torch.manual_seed(1)
+    q = scq.SCQ(4, 12, lam=0.1).double()
+    x = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    quantized, *_ = q(x)
+    g1 = torch.autograd.grad(quantized.pow(2).sum(), (x, q.codebook))
+    w = scq.solve_scq(x, q.codebook, 0.1, method="pgd")
+    g2 = torch.autograd.grad((w @ q.codebook).pow(2).sum(), (x, q.codebook))
+    for a, b in zip(g1, g2):
+        assert_close(a, b, atol=1e-10)
+
+
+def test_scq_default_method_is_pgd_and_reports_info():
+    q = scq.SCQ(4, 8)
+    assert q.method == "pgd"
+    q(torch.randn(5, 4))
+    assert q.last_info.method == "pgd" and q.last_info.converged
+    assert "lam=0.1" in repr(q) and "method='pgd'" in repr(q)
+
+
+@pytest.mark.parametrize("cls", [scq.VQ, scq.SCQ])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_return_input_dtype(cls, dtype):
+    q = cls(4, 8)
+    quantized, weights, _, loss = q(torch.randn(5, 4).to(dtype))
+    assert quantized.dtype == dtype and weights.dtype == dtype
+    assert torch.isfinite(quantized.float()).all()
+
+
+@pytest.mark.parametrize("cls", [scq.VQ, scq.SCQ])
+def test_float64_module(cls):
+    q = cls(4, 8).double()
+    quantized, weights, _, _ = q(torch.randn(5, 4, dtype=torch.float64))
+    assert quantized.dtype == torch.float64
+
+
+def test_init_from_data():
+    q = scq.VQ(3, 4)
+    x = torch.randn(10, 3)
+    q.init_codebook_from_data(x)
+    for code in q.codebook:
+        assert (x - code).abs().sum(-1).min() == 0
+
+
+@pytest.mark.parametrize("init", ["normal", "uniform", "kaiming"])
+def test_inits(init):
+    q = scq.SCQ(4, 16, init=init)
+    if init == "uniform":
+        assert q.codebook.abs().max() <= 1 / 16
+    assert torch.isfinite(q.codebook).all()

@@ -1,0 +1,27 @@
+"""The README's examples run, and CI runs the README's test command verbatim."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(lang):
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def test_python_examples_run():
+    blocks = _blocks("python")
+    assert blocks
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = [line.strip() for block in _blocks("bash") for line in block.splitlines() if line.strip()]
+    test_cmd = [c for c in commands if "pytest" in c]
+    assert len(test_cmd) == 1
+    assert test_cmd[0] in (ROOT / ".ci" / "run").read_text()
+    assert any("scq bench --quick" in c for c in commands)
+    assert all("torch==2.13.0" in c for c in commands if c.startswith("pip install"))

@@ -1,0 +1,129 @@
+"""Bad input is rejected early with an error naming the argument (every method, every entry point)."""
+
+import math
+
+import pytest
+import torch
+
+import scq
+from tests.helpers import problem
+
+METHODS = ["exact", "relaxed", "pgd"]
+
+
+@pytest.fixture
+def zE():
+    return problem(N=4, K=6, D=3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_inputs(zE, method, bad):
+    z, E = zE
+    z_bad = z.clone()
+    z_bad[1, 2] = bad
+    with pytest.raises(ValueError, match="z contains NaN or Inf"):
+        scq.solve_scq(z_bad, E, 0.5, method=method)
+    E_bad = E.clone()
+    E_bad[0, 0] = bad
+    with pytest.raises(ValueError, match="codebook contains NaN or Inf"):
+        scq.solve_scq(z, E_bad, 0.5, method=method)
+    t_bad = torch.full((4, 6), 1 / 6, dtype=torch.float64)
+    t_bad[0, 0] = bad
+    with pytest.raises(ValueError, match="target contains NaN or Inf"):
+        scq.solve_scq(z, E, 0.5, target=t_bad, method=method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_dimension_mismatch(zE, method):
+    z, E = zE
+    with pytest.raises(ValueError, match="z has last dimension 2 but the codebook has dimension D=3"):
+        scq.solve_scq(z[:, :2], E, 0.5, method=method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("lam", [0.0, -1.0, math.nan, math.inf])
+def test_lambda_must_be_positive(zE, method, lam):
+    z, E = zE
+    with pytest.raises(ValueError, match="lam must be a finite number > 0"):
+        scq.solve_scq(z, E, lam, method=method)
+
+
+def test_lambda_type(zE):
+    z, E = zE
+    with pytest.raises(TypeError, match="lam must be a real number"):
+        scq.solve_scq(z, E, "0.1")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_codebook_must_be_2d(zE, method):
+    z, E = zE
+    with pytest.raises(ValueError, match="codebook must be 2-D"):
+        scq.solve_scq(z, E[None], 0.5, method=method)
+    with pytest.raises(ValueError, match="codebook must be 2-D"):
+        scq.solve_scq(z, E[0], 0.5, method=method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_target_shape(zE, method):
+    z, E = zE
+    with pytest.raises(ValueError, match=r"target must have shape \(4, 6\)"):
+        scq.solve_scq(z, E, 0.5, target=torch.ones(4, 5, dtype=torch.float64), method=method)
+
+
+def test_unknown_method(zE):
+    z, E = zE
+    with pytest.raises(ValueError, match="unknown method 'fista'; available: exact"):
+        scq.solve_scq(z, E, 0.5, method="fista")
+    with pytest.raises(TypeError, match="method must be a str"):
+        scq.solve_scq(z, E, 0.5, method=None)
+
+
+def test_unknown_option(zE):
+    z, E = zE
+    with pytest.raises(TypeError, match=r"method='relaxed' got unknown options \['tol'\]"):
+        scq.solve_scq(z, E, 0.5, method="relaxed", tol=1e-3)
+
+
+def test_wrong_types(zE):
+    z, E = zE
+    with pytest.raises(TypeError, match="z must be a torch.Tensor"):
+        scq.solve_scq(z.numpy(), E, 0.5)
+    with pytest.raises(TypeError, match="codebook must have a floating-point dtype"):
+        scq.solve_scq(z, E.long(), 0.5)
+    with pytest.raises(TypeError, match="target must be a torch.Tensor"):
+        scq.solve_scq(z, E, 0.5, target=[0.0] * 6)
+
+
+def test_exact_rejects_cuda_tensors_clearly(zE):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    z, E = zE
+    with pytest.raises(ValueError, match="CPU only"):
+        scq.solve_scq(z.cuda(), E.cuda(), 0.5, method="exact")
+
+
+def test_module_arguments():
+    with pytest.raises(ValueError, match="lam must be"):
+        scq.SCQ(4, 8, lam=0)
+    with pytest.raises(ValueError, match="unknown method"):
+        scq.SCQ(4, 8, method="nope")
+    with pytest.raises(ValueError, match="codebook_size must be >= 1"):
+        scq.VQ(4, 0)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        scq.VQ(4.0, 8)
+    with pytest.raises(ValueError, match="init must be one of"):
+        scq.VQ(4, 8, init="zeros")
+    with pytest.raises(ValueError, match="beta must be"):
+        scq.VQ(4, 8, beta=-1)
+
+
+@pytest.mark.parametrize("cls", [scq.VQ, scq.SCQ])
+def test_module_inputs(cls):
+    q = cls(4, 8)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 4\)"):
+        q(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        q(torch.full((3, 4), math.nan))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        q([[0.0] * 4])
