@@ -1,8 +1,8 @@
-r"""Batched primal active-set solver for small simplex-constrained QPs (MATH.md §2, §4).
+r"""Batched primal active-set solver for small non-negative QPs (MATH.md §2, §4, §5).
 
 For each row n of the batch, on m slots (a working set of codes):
 
-    minimize pᵀHp − 2bᵀp   s.t.  p ≥ 0, 1ᵀp = 1,  p_k = 0 on invalid slots,
+    minimize ½pᵀHp − bᵀp   s.t.  p ≥ 0  [, 1ᵀp = 1 with ``simplex=True``],  p_k = 0 on invalid slots,
 
 with H (N, m, m) symmetric positive definite. Every iterate is feasible. Each iteration solves the
 equality system on the current support S,
@@ -12,8 +12,10 @@ equality system on the current support S,
 moves towards its solution until a weight would turn negative (ratio test; the blocking codes leave
 S), and, once the equality solution is feasible, reads the multipliers μ_k = (Hp − b)_k + ν off S
 and adds the codes with μ_k < 0. When none is left, p is optimal on the slots: that is the KKT
-certificate, whatever found S. Systems are masked, not gathered (identity off S), so every shape
-is fixed and the whole batch moves in lockstep.
+certificate, whatever found S. Without the sum constraint, ν = 0 and p_S = x. Systems are masked,
+not gathered (identity off S), so shapes stay fixed and the batch moves in lockstep; at each
+convergence check (every ``check_every`` iterations, one host sync) the unfinished rows can be
+gathered by index so that stragglers do not cost a whole batch (``compact``).
 
 Adding all violators at once usually finishes in a handful of iterations; a row whose multi-add
 made no progress falls back to adding the single most violating code, which always makes
@@ -44,17 +46,25 @@ def support_solve(L: torch.Tensor, rhs: torch.Tensor, support: torch.Tensor) -> 
     return sol[..., 0], sol[..., 1]
 
 
-def equality_solution(L: torch.Tensor, b: torch.Tensor, support: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
-    """Minimizer of pᵀHp − 2bᵀp on {p_S free, p_{S^c} = 0, 1ᵀp = 1}, and its multiplier ν."""
+def equality_solution(L: torch.Tensor, b: torch.Tensor, support: torch.Tensor, simplex: bool = True) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Minimizer of ½pᵀHp − bᵀp on {p_S free, p_{S^c} = 0 [, 1ᵀp = 1]}, and the multiplier ν
+    of the sum constraint (0 without it)."""
+    if not simplex:
+        s = support.to(b.dtype)
+        x = torch.cholesky_solve((b * s).unsqueeze(-1), L).squeeze(-1)
+        return x, b.new_zeros(b.shape[:-1])
     x, y = support_solve(L, b, support)
     nu = (x.sum(-1) - 1) / y.sum(-1)
     return x - nu.unsqueeze(-1) * y, nu
 
 
-def constrained_vjp(L: torch.Tensor, grad: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """v = M g with M = H_SS⁻¹ − H_SS⁻¹11ᵀH_SS⁻¹/(1ᵀH_SS⁻¹1) on S, 0 off it (MATH.md §4)."""
+def support_vjp(L: torch.Tensor, grad: torch.Tensor, support: torch.Tensor, simplex: bool = True) -> torch.Tensor:
+    """v = M g on S, 0 off it: M = H_SS⁻¹ without a sum constraint (MATH.md §5), and with the
+    simplex's 1ᵀu = 1, M = H_SS⁻¹ − H_SS⁻¹11ᵀH_SS⁻¹/(1ᵀH_SS⁻¹1) (MATH.md §4)."""
     x, y = support_solve(L, grad, support)
-    return x - (x.sum(-1) / y.sum(-1)).unsqueeze(-1) * y
+    if not simplex:
+        return x
+    return x - (x.sum(-1) / y.sum(-1).clamp_min(torch.finfo(y.dtype).tiny)).unsqueeze(-1) * y
 
 
 @dataclass
@@ -66,7 +76,7 @@ class ActiveSetResult:
     iterations: int
 
 
-def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter):
+def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex):
     """``n_iter`` lockstep iterations; rows that finish are frozen.
 
     Returns p, s, ν, done and the anti-cycling flags (single_add, progress) to carry on with.
@@ -78,7 +88,7 @@ def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter):
     nu = torch.zeros(N, dtype=p.dtype, device=p.device)
     for _ in range(n_iter):
         L = masked_cholesky(H, s)
-        p_eq, nu_eq = equality_solution(L, b, s)
+        p_eq, nu_eq = equality_solution(L, b, s, simplex)
         # Ratio test: the largest step α ≤ 1 towards p_eq that keeps p ≥ 0.
         blocking = s & (p_eq < -drop_tol)
         ratio = torch.where(blocking, p / (p - p_eq).clamp_min(torch.finfo(p.dtype).tiny), torch.full_like(p, 2.0))
@@ -124,6 +134,7 @@ def solve_active_set(
     valid: torch.Tensor,
     dual_tol: torch.Tensor,
     *,
+    simplex: bool = True,
     max_iter: int = 100,
     check_every: int = 2,
     compact: bool = True,
@@ -133,6 +144,7 @@ def solve_active_set(
     Args:
         H: (N, m, m) SPD. b: (N, m). weights: (N, m) feasible start, zero off ``support``.
         valid: (N, m) bool, slots that may enter the support.
+        simplex: with the constraint 1ᵀp = 1 (else only p ≥ 0).
         dual_tol: (N,) a multiplier counts as negative below ``-dual_tol``.
         max_iter: iteration cap; rows still running then come back with ``converged`` False.
         check_every: iterations between convergence checks (each is one host sync).
@@ -152,11 +164,11 @@ def solve_active_set(
         n_iter = min(check_every, max_iter - iterations)
         if rows is None:
             p, s, nu, converged, single_add, progress = _iterate(
-                H, b, p, s, valid, dual_tol, single_add, progress, n_iter
+                H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex
             )
         else:
             state = _iterate(H[rows], b[rows], p[rows], s[rows], valid[rows], dual_tol[rows],
-                             single_add[rows], progress[rows], n_iter)
+                             single_add[rows], progress[rows], n_iter, simplex)
             p[rows], s[rows], nu[rows], converged[rows], single_add[rows], progress[rows] = state
         iterations += n_iter
         if bool(converged.all()):
