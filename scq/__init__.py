@@ -1,20 +1,23 @@
 """scq: differentiable quantizers built on convex optimization.
 
-Functional API: :func:`solve_scq`, :func:`project_simplex`, :func:`codebook_usage`.
-Modules: :class:`VQ` (baseline), :class:`SCQ` (soft convex quantization); each returns a
+Functional API: :func:`solve_scq`, :func:`solve_lasso`, :func:`project_simplex`, :func:`codebook_usage`.
+Modules: :class:`VQ` (baseline), :class:`SCQ` (soft convex quantization), :class:`SVQ` (sparse
+soft VQ); each returns a
 :class:`QuantizerOutput` ``(quantized, weights, indices, loss)``.
 """
 
 from .functional import solve_scq
 from .metrics import CodebookUsage, codebook_usage
-from .quantizers import SCQ, VQ, QuantizerOutput
+from .quantizers import SCQ, SVQ, VQ, QuantizerOutput
 from .simplex import project_simplex
+from .solvers.lasso import solve_lasso
 from .solvers import SolverInfo, SparseWeights, available_methods, register_method
 
 __version__ = "0.1.0"
 
 __all__ = [
     "solve_scq",
+    "solve_lasso",
     "project_simplex",
     "available_methods",
     "register_method",
@@ -22,6 +25,7 @@ __all__ = [
     "SparseWeights",
     "VQ",
     "SCQ",
+    "SVQ",
     "QuantizerOutput",
     "codebook_usage",
     "CodebookUsage",

@@ -83,3 +83,18 @@ def reference_scq_grads(
         dE += np.outer(v, Z[n] - P[n] @ E) - np.outer(P[n], vE)
     as_t = lambda a: torch.from_numpy(a)
     return as_t(dZ), as_t(dE), as_t(dT)
+
+
+def reference_lasso(z: torch.Tensor, codebook: torch.Tensor, alpha: float, nonneg: bool = False) -> torch.Tensor:
+    """argmin_w ½‖z − Eᵀw‖² + α‖w‖₁ (w ≥ 0 if ``nonneg``) per row, with cvxpy + Clarabel; float64."""
+    import cvxpy as cp
+
+    Zn = _as_np(z.reshape(-1, z.shape[-1]))
+    En = _as_np(codebook)
+    out = np.zeros((Zn.shape[0], En.shape[0]))
+    for n, zn in enumerate(Zn):
+        w = cp.Variable(En.shape[0], nonneg=nonneg)
+        problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(En.T @ w - zn) + alpha * cp.norm1(w)))
+        _solve(problem)
+        out[n] = w.value
+    return torch.from_numpy(out).reshape(*z.shape[:-1], En.shape[0])

@@ -35,7 +35,10 @@ def masked_cholesky(H: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     A = H * (s.unsqueeze(-1) * s.unsqueeze(-2)) + torch.diag_embed(1 - s)
     L, info = torch.linalg.cholesky_ex(A)
     if bool((info != 0).any()):
-        raise RuntimeError("active-set solve: the restricted Gram matrix is not positive definite")
+        raise RuntimeError(
+            "active-set solve: the Gram matrix restricted to the support is singular (duplicate codes, "
+            "or a lasso support larger than the dimension D); a ridge term or a larger alpha avoids it"
+        )
     return L
 
 
@@ -76,7 +79,7 @@ class ActiveSetResult:
     iterations: int
 
 
-def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex):
+def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex, max_support):
     """``n_iter`` lockstep iterations; rows that finish are frozen.
 
     Returns p, s, ν, done and the anti-cycling flags (single_add, progress) to carry on with.
@@ -112,6 +115,10 @@ def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex)
         single_add_new = single_add | (at_face_optimum & has_violation & ~progress_new)
         adds = (violation > dual_tol.unsqueeze(-1)) & at_face_optimum.unsqueeze(-1)
         one_add = torch.zeros_like(adds).scatter_(-1, worst_slot.unsqueeze(-1), True) & adds
+        if max_support is not None:
+            # Past max_support codes H_SS turns singular (the lasso's |S| ≤ D): enter one at a time.
+            crowded = s_new.sum(-1) + adds.sum(-1) > max_support
+            adds = torch.where(crowded.unsqueeze(-1), one_add, adds)
         adds = torch.where(single_add_new.unsqueeze(-1), one_add, adds)
         s_new = s_new | adds
         progress_new = progress_new & ~adds.any(-1)
@@ -135,6 +142,7 @@ def solve_active_set(
     dual_tol: torch.Tensor,
     *,
     simplex: bool = True,
+    max_support: "int | None" = None,
     max_iter: int = 100,
     check_every: int = 2,
     compact: bool = True,
@@ -145,6 +153,7 @@ def solve_active_set(
         H: (N, m, m) SPD. b: (N, m). weights: (N, m) feasible start, zero off ``support``.
         valid: (N, m) bool, slots that may enter the support.
         simplex: with the constraint 1ᵀp = 1 (else only p ≥ 0).
+        max_support: add codes one at a time once the support would exceed this size.
         dual_tol: (N,) a multiplier counts as negative below ``-dual_tol``.
         max_iter: iteration cap; rows still running then come back with ``converged`` False.
         check_every: iterations between convergence checks (each is one host sync).
@@ -164,11 +173,11 @@ def solve_active_set(
         n_iter = min(check_every, max_iter - iterations)
         if rows is None:
             p, s, nu, converged, single_add, progress = _iterate(
-                H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex
+                H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex, max_support
             )
         else:
             state = _iterate(H[rows], b[rows], p[rows], s[rows], valid[rows], dual_tol[rows],
-                             single_add[rows], progress[rows], n_iter, simplex)
+                             single_add[rows], progress[rows], n_iter, simplex, max_support)
             p[rows], s[rows], nu[rows], converged[rows], single_add[rows], progress[rows] = state
         iterations += n_iter
         if bool(converged.all()):

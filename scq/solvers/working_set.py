@@ -151,6 +151,7 @@ def _forward(z, E, extra, problem: Problem, opts: Options, info: SolverInfo):
         C = E[cr] * sgr.unsqueeze(-1)
         b = sgr * Br.gather(1, cr) - alpha
         res = solve_active_set(_gram(C, problem.ridge), b, ur, sr, vr, take(dual_tol), simplex=problem.simplex,
+                               max_support=None if problem.ridge > 0 else D,
                                max_iter=opts.max_inner, compact=opts.compact)
         ur, sr, nu = res.weights, res.support, res.nu
         inner_total += res.iterations

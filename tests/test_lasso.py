@@ -1,0 +1,88 @@
+"""solve_lasso against cvxpy, gradients, bad input."""
+
+import math
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import scq
+from scq.reference import reference_lasso
+from tests.helpers import assert_close, problem
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("alpha", [0.01, 0.3, 3.0])
+def test_pgd_matches_cvxpy(alpha, nonneg):
+    z, E = problem(N=6, K=30, D=6, seed=11)
+    w = scq.solve_lasso(z, E, alpha, nonneg=nonneg)
+    assert_close(w, reference_lasso(z, E, alpha, nonneg), atol=1e-6)
+    if nonneg:
+        assert (w >= 0).all()
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_large_alpha_gives_zero(nonneg):
+    z, E = problem(N=5, K=20, D=4, seed=12)
+    alpha = 1.01 * float((z @ E.T).abs().max())  # above max |e_kᵀz|: w = 0 is optimal
+    w, info = scq.solve_lasso(z, E, alpha, nonneg=nonneg, return_info=True)
+    assert torch.equal(w, torch.zeros_like(w)) and info.converged
+    assert_close(reference_lasso(z, E, alpha, nonneg), w, atol=1e-7)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_exact_method_matches_cvxpy(nonneg):
+    z, E = problem(N=4, K=12, D=4, seed=13)
+    assert_close(scq.solve_lasso(z, E, 0.5, nonneg=nonneg, method="exact"), reference_lasso(z, E, 0.5, nonneg), atol=1e-6)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_gradcheck(alpha, nonneg):
+    z, E = problem(N=3, K=10, D=4, seed=14)
+    args = (z.clone().requires_grad_(), E.clone().requires_grad_())
+    assert gradcheck(lambda a, b: scq.solve_lasso(a, b, alpha, nonneg=nonneg), args)
+
+
+def test_gradients_match_exact_method():
+    z, E = problem(N=4, K=12, D=4, seed=15)
+    grads = []
+    for method in ("pgd", "exact"):
+        zz, EE = z.clone().requires_grad_(), E.clone().requires_grad_()
+        w = scq.solve_lasso(zz, EE, 0.5, method=method)
+        g = torch.linspace(-1, 1, w.numel(), dtype=w.dtype).reshape(w.shape)
+        grads.append(torch.autograd.grad((w * g).sum(), (zz, EE)))
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() / b.abs().max() < 1e-5
+
+
+def test_shapes_float32_and_empty():
+    z, E = problem(N=6, K=50, D=5, seed=16, dtype=torch.float32)
+    w = scq.solve_lasso(z.reshape(2, 3, 5), E, 0.5)
+    assert w.shape == (2, 3, 50) and w.dtype == torch.float32
+    assert scq.solve_lasso(z[:0], E, 0.5).shape == (0, 50)
+
+
+def test_bad_inputs():
+    z, E = problem(N=3, K=8, D=4)
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        scq.solve_lasso(z, E, -0.1)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        scq.solve_lasso(z, E, 0.0)
+    with pytest.raises(ValueError, match="z has last dimension 3"):
+        scq.solve_lasso(z[:, :3], E, 0.1)
+    bad = z.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="z contains NaN"):
+        scq.solve_lasso(bad, E, 0.1)
+    with pytest.raises(ValueError, match="unknown method 'ista'"):
+        scq.solve_lasso(z, E, 0.1, method="ista")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        scq.solve_lasso(z, E, 0.1, lam=1.0)
+
+
+def test_never_forms_a_KxK_matrix_at_K_10000():
+    # O(N·K + K·D) memory: a K×K float32 matrix would be 400 MB; the solve runs on 16 vectors.
+    z, E = problem(N=16, K=10000, D=16, seed=17, dtype=torch.float32)
+    w, info = scq.solve_lasso(z, E, 20.0, return_info=True)
+    assert info.converged and w.shape == (16, 10000)
