@@ -44,3 +44,20 @@ def numpy_relaxed(z: np.ndarray, E: np.ndarray, lam: float, target: np.ndarray) 
     H = E @ E.T + lam * np.eye(E.shape[0])
     p_u = np.linalg.solve(H, (z @ E.T + lam * target).T).T
     return numpy_projection(p_u)
+
+
+def scq_kkt_violation(w: torch.Tensor, z: torch.Tensor, E: torch.Tensor, lam: float, target: torch.Tensor) -> float:
+    """Largest violation of the SCQ optimality conditions (MATH.md §2), computed densely.
+
+    With g = Hp − b and ν = −mean_S(g): stationarity on S (g_S + ν = 0), dual feasibility off S
+    (g_k + ν ≥ 0), primal feasibility. Zero (to rounding) exactly at the unique solution.
+    """
+    w, z, E, target = (t.detach().double() for t in (w, z, E, target))
+    g = (w @ E) @ E.T + lam * w - (z @ E.T + lam * target)
+    S = w > 0
+    nu = -(g * S).sum(-1, keepdim=True) / S.sum(-1, keepdim=True)
+    mu = g + nu
+    stationarity = (mu * S).abs().max()
+    dual = (-mu * ~S).clamp_min(0).max()
+    primal = max(float((-w).clamp_min(0).max()), float((w.sum(-1) - 1).abs().max()))
+    return max(float(stationarity), float(dual), primal)

@@ -43,7 +43,7 @@ def _lasso_pgd(z, codebook, alpha, nonneg, *, ridge=None, tol=None, max_rounds=3
         # On its way to a support of ≤ D codes the active set may hold D + 1 of them, where E_S E_Sᵀ
         # is singular. A ridge this small keeps those systems definite while moving the solution
         # by ~ε‖w‖ (the elastic net ½‖z − Eᵀw‖² + α‖w‖₁ + ½ρ‖w‖²; ``ridge=0`` is the plain lasso).
-        ridge = DEFAULT_RIDGE.get(z.dtype, 1e-6) * float((codebook * codebook).sum(-1).max())
+        ridge = DEFAULT_RIDGE.get(z.dtype, 1e-6) * float((codebook.detach() ** 2).sum(-1).max())
     problem = ws.Problem(simplex=False, signed=not nonneg, ridge=float(v.check_nonnegative("ridge", ridge)), l1=alpha)
     u, code, sign = ws.solve(z, codebook, None, problem, opts, info)
     return SparseWeights(code, u * sign, codebook.shape[0]), info

@@ -1,0 +1,165 @@
+"""method="pgd": the exact SCQ solution (cvxpy reference) in the hard cases, gradients, reporting."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import scq
+from scq.reference import reference_scq
+from tests.conftest import cuda_devices
+from scq.solvers.problem import objective, resolve_target
+from tests.helpers import assert_close, problem, scq_kkt_violation
+
+LAMS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+
+
+@pytest.mark.parametrize("lam", LAMS)
+def test_float64_matches_reference_to_1e8(lam):
+    z, E = problem(N=12, K=24, D=5, seed=20)
+    assert_close(scq.solve_scq(z, E, lam, method="pgd"), reference_scq(z, E, lam), atol=1e-8)
+
+
+@pytest.mark.parametrize("lam", LAMS)
+def test_float32_matches_reference_to_1e5(lam):
+    z, E = problem(N=12, K=24, D=5, seed=21)
+    w = scq.solve_scq(z.float(), E.float(), lam, method="pgd")
+    assert w.dtype == torch.float32
+    assert_close(w, reference_scq(z.float().double(), E.float().double(), lam), atol=1e-5)
+
+
+def test_data_like_codebook_support_far_from_nearest_codes():
+    # Clustered codes, inputs = codes + noise: the regime where nearest-code neighbourhoods fail.
+    gen = torch.Generator().manual_seed(22)
+    centers = torch.randn(4, 8, dtype=torch.float64, generator=gen)
+    E = centers[torch.randint(4, (64,), generator=gen)] + 0.3 * torch.randn(64, 8, dtype=torch.float64, generator=gen)
+    z = E[torch.randint(64, (10,), generator=gen)] + 0.5 * torch.randn(10, 8, dtype=torch.float64, generator=gen)
+    for lam in (0.01, 0.1):
+        assert_close(scq.solve_scq(z, E, lam, working_set=4, add_per_round=2), reference_scq(z, E, lam), atol=1e-8)
+
+
+def test_duplicate_codes():
+    # Four codes twice: H stays definite thanks to λ, but moving weight between twins changes the
+    # objective only at second order, so the cone solver's answer is loose there (~1e-6). Judge by
+    # the objective and an independent dense KKT check instead.
+    z, E = problem(N=8, K=10, D=3, seed=23)
+    E = torch.cat([E, E[:4]])
+    target = resolve_target(z, E, None)
+    for lam in (0.01, 1.0):
+        w = scq.solve_scq(z, E, lam)
+        ref = reference_scq(z, E, lam)
+        assert (objective(w, z, E, lam, target) <= objective(ref, z, E, lam, target) + 1e-10).all()
+        assert scq_kkt_violation(w, z, E, lam, target) < 1e-10
+        assert_close(w, ref, atol=1e-4)
+
+
+def test_inputs_exactly_on_codes():
+    _, E = problem(N=1, K=12, D=4, seed=24)
+    z = E[[0, 3, 7]].clone()
+    w = scq.solve_scq(z, E, 0.1)
+    # The solution is the one-hot code itself (objective 0); an interior-point reference only
+    # approaches that corner (~2e-7), so check the corner directly.
+    expected = torch.zeros(3, 12, dtype=torch.float64)
+    expected[torch.arange(3), torch.tensor([0, 3, 7])] = 1
+    assert torch.equal(w, expected)
+    assert_close(w, reference_scq(z, E, 0.1), atol=1e-6)
+
+
+def test_inputs_far_outside_the_hull():
+    z, E = problem(N=6, K=16, D=4, seed=25)
+    for scale in (1e2, 1e4):
+        zf = z * scale
+        assert_close(scq.solve_scq(zf, E, 0.1), reference_scq(zf, E, 0.1), atol=1e-8)
+
+
+def test_single_code():
+    z, E = problem(N=5, K=1, D=3, seed=26)
+    assert_close(scq.solve_scq(z, E, 0.5), torch.ones(5, 1, dtype=torch.float64), atol=0)
+
+
+@pytest.mark.parametrize("lam", [0.05, 1.0])
+def test_non_one_hot_target(lam):
+    z, E = problem(N=8, K=16, D=4, seed=27)
+    target = torch.softmax(3 * torch.randn(8, 16, dtype=torch.float64), -1)
+    assert_close(scq.solve_scq(z, E, lam, target=target), reference_scq(z, E, lam, target), atol=1e-8)
+
+
+@pytest.mark.parametrize("lam", [0.01, 0.2, 5.0])
+@pytest.mark.parametrize("K,D", [(6, 3), (20, 4)])
+def test_gradcheck(lam, K, D):
+    z, E = problem(N=4, K=K, D=D, seed=28)
+    target = torch.softmax(torch.randn(4, K, dtype=torch.float64), -1)
+    args = tuple(t.clone().requires_grad_() for t in (z, E, target))
+    assert gradcheck(lambda a, b, c: scq.solve_scq(a, b, lam, target=c), args)
+
+
+def test_gradients_agree_with_exact_method():
+    z, E = problem(N=5, K=14, D=4, seed=29)
+    grads = []
+    for method in ("pgd", "exact"):
+        zz, EE = z.clone().requires_grad_(), E.clone().requires_grad_()
+        w = scq.solve_scq(zz, EE, 0.3, method=method)
+        g = torch.linspace(-1, 1, w.numel(), dtype=w.dtype).reshape(w.shape)
+        grads.append(torch.autograd.grad((w * g).sum(), (zz, EE)))
+    for a, b in zip(*grads):
+        assert (a - b).abs().max() / b.abs().max() < 1e-6
+
+
+def test_lockstep_and_compacted_agree():
+    z, E = problem(N=40, K=64, D=6, seed=30)
+    a = scq.solve_scq(z, E, 0.05, compact=True)
+    b = scq.solve_scq(z, E, 0.05, compact=False)
+    assert_close(a, b, atol=1e-12)
+
+
+def test_working_set_growth_from_tiny_start():
+    z, E = problem(N=10, K=40, D=6, seed=31)
+    w, info = scq.solve_scq(z, E, 0.01, working_set=1, add_per_round=1, return_info=True)
+    assert info.converged and info.extra["rounds"] > 1
+    assert_close(w, reference_scq(z, E, 0.01), atol=1e-8)
+
+
+def test_non_convergence_is_reported():
+    z, E = problem(N=10, K=40, D=6, seed=32)
+    with pytest.warns(RuntimeWarning, match="did not reach tol"):
+        w, info = scq.solve_scq(z, E, 0.01, working_set=1, add_per_round=1, max_rounds=1, return_info=True)
+    assert not info.converged and info.residual > 0
+    assert not bool(info.extra["converged_mask"].all())
+    assert scq.SolverInfo  # the type users import
+
+
+def test_info_reports_support_and_residual():
+    z, E = problem(N=10, K=30, D=5, seed=33)
+    w, info = scq.solve_scq(z, E, 0.1, return_info=True)
+    assert info.converged and info.residual <= 1e-11
+    assert torch.equal(info.extra["support_size"].cpu(), (w > 0).sum(-1).cpu())
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(device, dtype):
+    z, E = problem(N=64, K=128, D=16, seed=34, dtype=dtype)
+    cpu = scq.solve_scq(z, E, 0.1)
+    gpu = scq.solve_scq(z.to(device), E.to(device), 0.1)
+    assert gpu.device.type == "cuda" and gpu.dtype == dtype
+    assert_close(gpu.cpu(), cpu)
+    zz, EE = z.to(device).requires_grad_(), E.to(device).requires_grad_()
+    q = scq.SCQ(16, 128).to(device, dtype)
+    out = q(zz)
+    (out.quantized.sum() + out.loss).backward()
+    assert q.codebook.grad.device.type == "cuda"
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+def test_cuda_gradcheck(device):
+    z, E = problem(N=3, K=8, D=3, seed=35, device=device)
+    args = (z.clone().requires_grad_(), E.clone().requires_grad_())
+    assert gradcheck(lambda a, b: scq.solve_scq(a, b, 0.2), args)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+def test_cuda_lasso_and_vq(device):
+    z, E = problem(N=16, K=64, D=8, seed=36, dtype=torch.float32)
+    cpu = scq.solve_lasso(z, E, 0.5)
+    assert_close(scq.solve_lasso(z.to(device), E.to(device), 0.5).cpu(), cpu, atol=1e-4)
+    out = scq.VQ(8, 64).to(device)(z.to(device))
+    assert out.indices.device.type == "cuda"
