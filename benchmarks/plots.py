@@ -29,3 +29,25 @@ def exactness_vs_lambda(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def runtime_sweeps(rows: list[dict], path: Path) -> None:
+    """Log-log forward+backward time against N, K and D, one line per method."""
+    sweeps = [s for s in ("N", "K", "D") if any(r["sweep"] == s for r in rows)]
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
+    for ax, sweep in zip(axes[0], sweeps):
+        pts = [r for r in rows if r["sweep"] == sweep and r.get("status") == "ok"]
+        for method in sorted({r["method"] for r in pts}):
+            xs = sorted((r[sweep], r["fwdbwd_s"]) for r in pts if r["method"] == method)
+            ax.plot([x for x, _ in xs], [t for _, t in xs], marker="o", label=method)
+        fixed = {k: pts[0][k] for k in ("N", "K", "D") if k != sweep} if pts else {}
+        ax.set_title(f"against {sweep} (" + ", ".join(f"{k}={v}" for k, v in fixed.items()) + ")")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(sweep)
+        ax.set_ylabel("forward+backward time (s)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

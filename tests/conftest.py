@@ -1,8 +1,6 @@
 import pytest
 import torch
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
-
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -10,4 +8,5 @@ def _seed():
 
 
 def cuda_devices():
-    return ["cuda"] if torch.cuda.is_available() else []
+    """``["cuda"]``, skipped cleanly (with a reason) on machines without a GPU."""
+    return [pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))]
