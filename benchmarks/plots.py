@@ -51,3 +51,24 @@ def runtime_sweeps(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def training_curves(curves: dict, path: Path) -> None:
+    """Training reconstruction MSE per step (mean over seeds), one panel per data set."""
+    datasets = list(dict.fromkeys(ds for ds, _ in curves))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for (d, q), runs in curves.items():
+            if d != ds:
+                continue
+            n = min(len(r) for r in runs)
+            mean = [sum(r[i] for r in runs) / len(runs) for i in range(n)]
+            ax.plot(range(1, n + 1), mean, label=q)
+        ax.set_yscale("log")
+        ax.set_title(f"{ds}: training reconstruction MSE")
+        ax.set_xlabel("step")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from . import exactness, plots
+from . import exactness, plots, runtime, usage
 from .common import format_table, write_csv
 
 PARTS = ("exactness", "runtime", "usage")
@@ -38,6 +38,26 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
         if out_dir:
             write_csv(out_dir / "exactness.csv", rows)
             plots.exactness_vs_lambda(rows, out_dir / "exactness_vs_lambda.png")
+    if "runtime" in parts:
+        rows = runtime.run(quick=quick, device=device, seed=seed)
+        results["runtime"] = rows
+        cols = ["sweep", "method", "N", "K", "D", "fwd_s", "fwdbwd_s", "fwd_vs_vq", "fwdbwd_vs_vq", "peak_mb",
+                "max_dev", "support_size", "status"]
+        _emit("Runtime: headline (float32, forward+backward; ratios to scq's VQ at the same size)",
+              format_table(runtime.headline(rows), cols), md)
+        _emit("Runtime (every measurement)", format_table(rows, cols), md)
+        if out_dir:
+            write_csv(out_dir / "runtime.csv", rows)
+            plots.runtime_sweeps(rows, out_dir / "runtime_sweeps.png")
+    if "usage" in parts:
+        rows, curves = usage.run(quick=quick, device=device, seed=seed)
+        results["usage"] = rows
+        _emit("Codebook usage on real images (held-out set; mean ± std over seeds)", format_table(usage.summary(rows), [
+            "dataset", "quantizer", "seeds", "codebook_size", "test_mse", "perplexity", "usage_pct", "dead_codes",
+            "support_size", "step_s"]), md)
+        if out_dir:
+            write_csv(out_dir / "usage.csv", rows)
+            plots.training_curves(curves, out_dir / "usage_training_curves.png")
     if out_dir:
         (out_dir / "results.md").write_text("\n".join(md))
         print(f"results written to {out_dir}/")

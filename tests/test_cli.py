@@ -12,7 +12,6 @@ def _read(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow
 def test_bench_quick_exactness(tmp_path, capsys):
     assert main(["bench", "exactness", "--quick", "--out", str(tmp_path)]) == 0
     rows = _read(tmp_path / "exactness.csv")
@@ -26,6 +25,28 @@ def test_bench_quick_exactness(tmp_path, capsys):
     md = (tmp_path / "results.md").read_text()
     assert "| method" in md
     assert "Exactness" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_quick_all_parts(tmp_path):
+    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    for name in ("exactness.csv", "runtime.csv", "usage.csv", "results.md", "exactness_vs_lambda.png",
+                 "runtime_sweeps.png", "usage_training_curves.png"):
+        assert (tmp_path / name).stat().st_size > 100, name
+    runtime = _read(tmp_path / "runtime.csv")
+    assert {"vq", "vector-quantize-pytorch", "scq-relaxed", "scq-pgd", "scq-exact", "svq-mlp", "svq-lasso"} <= {
+        r["method"] for r in runtime}
+    for col in ("machine", "torch", "dtype", "device", "threads", "sweep", "N", "K", "D", "fwd_s", "fwdbwd_s",
+                "fwdbwd_vs_vq", "peak_mb", "max_dev", "status"):
+        assert col in runtime[0], col
+    assert {r["sweep"] for r in runtime} == {"N", "K", "D", "peers", "svq"}
+    usage = _read(tmp_path / "usage.csv")
+    assert {r["quantizer"] for r in usage} == {"none", "vq", "scq-relaxed", "scq-pgd", "svq-mlp"}
+    assert {r["dataset"] for r in usage} == {"photos", "digits"}
+    for col in ("test_mse", "perplexity", "usage_pct", "dead_codes", "support_size", "step_s", "seed"):
+        assert col in usage[1], col
+    md = (tmp_path / "results.md").read_text()
+    assert "Runtime" in md and "Codebook usage" in md
 
 
 def test_cli_rejects_unknown_part():

@@ -28,6 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
+# A code whose multiplier is negative by less than this many tolerances, and whose entry into the
+# support comes straight back out (weight ~0), is rounding-level degenerate: the face is accepted.
+DEGENERATE_SLACK = 10.0
+
 
 def masked_cholesky(H: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """Cholesky factor of H restricted to ``support`` (N, m) bool, identity off it."""
@@ -77,18 +81,21 @@ class ActiveSetResult:
     nu: torch.Tensor  # (N,) multiplier of 1ᵀp = 1
     converged: torch.Tensor  # (N,) bool
     iterations: int
+    residual: torch.Tensor  # (N,) multiplier violation left on the slots (≤ DEGENERATE_SLACK·tol)
 
 
 def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex, max_support):
     """``n_iter`` lockstep iterations; rows that finish are frozen.
 
-    Returns p, s, ν, done and the anti-cycling flags (single_add, progress) to carry on with.
+    Returns p, s, ν, done, the anti-cycling flags (single_add, progress) to carry on with, and
+    the multiplier violation left at finish (0 unless finished as degenerate).
     """
     N = p.shape[0]
     # Weights this small are rounding noise of a zero; dropping them keeps rows from cycling.
     drop_tol = 16 * torch.finfo(p.dtype).eps
     done = torch.zeros(N, dtype=torch.bool, device=p.device)
     nu = torch.zeros(N, dtype=p.dtype, device=p.device)
+    residual = torch.zeros(N, dtype=p.dtype, device=p.device)
     for _ in range(n_iter):
         L = masked_cholesky(H, s)
         p_eq, nu_eq = equality_solution(L, b, s, simplex)
@@ -110,9 +117,13 @@ def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex,
         violation = torch.where(valid & ~s_new, -mu, torch.zeros_like(mu))
         worst, worst_slot = violation.max(-1)
         has_violation = worst > dual_tol
-        finished = at_face_optimum & ~has_violation
+        stalled = at_face_optimum & has_violation & ~progress_new
+        # A single add that came straight back out: the code's multiplier is negative only by
+        # rounding (its weight would be ~0). Accept the face within DEGENERATE_SLACK·tol.
+        degenerate = stalled & single_add & (worst <= DEGENERATE_SLACK * dual_tol)
+        finished = at_face_optimum & (~has_violation | degenerate)
         # A multi-add that led back to the same face without progress: add one code at a time.
-        single_add_new = single_add | (at_face_optimum & has_violation & ~progress_new)
+        single_add_new = single_add | stalled
         adds = (violation > dual_tol.unsqueeze(-1)) & at_face_optimum.unsqueeze(-1)
         one_add = torch.zeros_like(adds).scatter_(-1, worst_slot.unsqueeze(-1), True) & adds
         if max_support is not None:
@@ -127,10 +138,11 @@ def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex,
         p = torch.where(keep, p, p_new)
         s = torch.where(keep, s, s_new)
         nu = torch.where(done, nu, nu_eq)
+        residual = torch.where(done, residual, torch.where(finished, worst.clamp_min(0), residual))
         progress = torch.where(done, progress, progress_new)
         single_add = torch.where(done, single_add, single_add_new)
         done = done | finished
-    return p, s, nu, done, single_add, progress
+    return p, s, nu, done, single_add, progress, residual
 
 
 def solve_active_set(
@@ -167,21 +179,22 @@ def solve_active_set(
     converged = torch.zeros(N, dtype=torch.bool, device=p.device)
     single_add = torch.zeros_like(converged)
     progress = torch.ones_like(converged)
+    residual = p.new_zeros(N)
     rows = None  # None: every row (a converged row re-solved is a fixed point)
     iterations = 0
     while iterations < max_iter:
         n_iter = min(check_every, max_iter - iterations)
         if rows is None:
-            p, s, nu, converged, single_add, progress = _iterate(
+            p, s, nu, converged, single_add, progress, residual = _iterate(
                 H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex, max_support
             )
         else:
             state = _iterate(H[rows], b[rows], p[rows], s[rows], valid[rows], dual_tol[rows],
                              single_add[rows], progress[rows], n_iter, simplex, max_support)
-            p[rows], s[rows], nu[rows], converged[rows], single_add[rows], progress[rows] = state
+            p[rows], s[rows], nu[rows], converged[rows], single_add[rows], progress[rows], residual[rows] = state
         iterations += n_iter
         if bool(converged.all()):
             break
         if compact:
             rows = (~converged).nonzero().squeeze(1)
-    return ActiveSetResult(p, s, nu, converged, iterations)
+    return ActiveSetResult(p, s, nu, converged, iterations, residual)

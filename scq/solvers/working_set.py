@@ -163,7 +163,7 @@ def _forward(z, E, extra, problem: Problem, opts: Options, info: SolverInfo):
         violation = worst - alpha - nu.unsqueeze(1)
         violating = violation > take(dual_tol).unsqueeze(1)
         conv_r = res.converged & ~violating[:, 0]
-        res_r = violation[:, 0].clamp_min(0) / take(scale)
+        res_r = torch.maximum(violation[:, 0].clamp_min(0), res.residual) / take(scale)
         if rows is None:
             u, s, converged, residual = ur, sr, conv_r, res_r
         else:

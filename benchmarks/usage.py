@@ -1,0 +1,146 @@
+"""Codebook usage on real images: one autoencoder, every quantizer, a fixed training budget.
+
+For each data set (photo patches, digits), quantizer and seed: train the same autoencoder for a
+fixed number of Adam steps, then report held-out reconstruction MSE, perplexity, usage, dead
+codes and support size over the whole held-out set, and the mean time per training step.
+Codebooks of VQ and SCQ are initialized from the first batch's latent vectors (the common
+practice against dead codes at init; the same for both).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+import scq
+
+from . import data
+from .autoencoder import AutoEncoder
+from .common import machine_info
+
+
+@dataclass(frozen=True)
+class Setting:
+    dataset: str
+    steps: int
+    batch: int
+    seeds: tuple
+    dim: int
+    codebook_size: int
+    svq_codebook_size: int
+    n_train: int
+    n_test: int
+
+
+def settings(quick: bool) -> list[Setting]:
+    if quick:
+        return [Setting("photos", 30, 16, (0,), 8, 32, 256, 512, 128),
+                Setting("digits", 30, 32, (0,), 8, 32, 256, 0, 0)]
+    return [Setting("photos", 400, 32, (0, 1, 2), 16, 128, 1024, 8192, 2048),
+            Setting("digits", 400, 64, (0, 1, 2), 16, 64, 1024, 0, 0)]
+
+
+QUANTIZERS = ("none", "vq", "scq-relaxed", "scq-pgd", "svq-mlp")
+
+
+def make_quantizer(name: str, s: Setting):
+    if name == "none":
+        return None
+    if name == "vq":
+        return scq.VQ(s.dim, s.codebook_size)
+    if name.startswith("scq-"):
+        return scq.SCQ(s.dim, s.codebook_size, lam=0.1, method=name[4:])
+    if name == "svq-mlp":
+        return scq.SVQ(s.dim, s.svq_codebook_size)
+    raise ValueError(name)
+
+
+def _load(s: Setting, seed: int):
+    if s.dataset == "photos":
+        return (data.photo_patches(s.n_train, data.TRAIN_PHOTOS, seed=seed),
+                data.photo_patches(s.n_test, data.TEST_PHOTOS, seed=seed + 1000))
+    return data.digits(seed=seed)
+
+
+def train_one(name: str, s: Setting, seed: int, train: torch.Tensor, test: torch.Tensor) -> "tuple[dict, list]":
+    torch.manual_seed(seed)
+    model = AutoEncoder(train.shape[1], s.dim, make_quantizer(name, s))
+    gen = torch.Generator().manual_seed(seed)
+    first = train[torch.randint(train.shape[0], (s.batch,), generator=gen)]
+    if isinstance(model.quantizer, (scq.VQ, scq.SCQ)):
+        with torch.no_grad():
+            model.quantizer.init_codebook_from_data(model.encode(first), generator=gen)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    curve, times = [], []
+    for step in range(s.steps):
+        x = train[torch.randint(train.shape[0], (s.batch,), generator=gen)]
+        start = time.perf_counter()
+        recon, out = model(x)
+        mse = torch.mean((recon - x) ** 2)
+        loss = mse + (out.loss if out is not None else 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+        curve.append(float(mse.detach()))
+    model.eval()
+    usage = scq.CodebookUsage(model.quantizer.codebook_size) if model.quantizer is not None else None
+    sq_err, count = 0.0, 0
+    with torch.no_grad():
+        for chunk in test.split(256):
+            recon, out = model(chunk)
+            sq_err += float(((recon - chunk) ** 2).sum())
+            count += chunk.numel()
+            if usage is not None:
+                usage.update(out.weights)
+    row = dict(test_mse=sq_err / count, step_s=statistics.median(times[1:] or times), train_mse_end=statistics.mean(curve[-10:]))
+    if usage is not None:
+        u = usage.compute()
+        row.update(perplexity=u["perplexity"], normalized_perplexity=u["normalized_perplexity"],
+                   usage_pct=100 * u["usage"], dead_codes=u["dead_codes"], support_size=u["support_size"],
+                   codebook_size=model.quantizer.codebook_size)
+    return row, curve
+
+
+def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool = True) -> "tuple[list[dict], dict]":
+    """Rows (one per data set × quantizer × seed) and the training curves {(dataset, quantizer): [curves]}."""
+    meta = machine_info("cpu", torch.float32)
+    rows, curves = [], {}
+    jobs = [(s, q, sd) for s in settings(quick) for sd in s.seeds for q in QUANTIZERS]
+    cache = {}
+    bar = tqdm(jobs, desc="usage", disable=not progress)
+    for s, name, sd in bar:
+        bar.set_postfix_str(f"{s.dataset} {name} seed={sd}")
+        key = (s.dataset, sd + seed)
+        if key not in cache:
+            cache[key] = _load(s, sd + seed)
+        train, test = cache[key]
+        row, curve = train_one(name, s, sd + seed, train, test)
+        rows.append(dict(meta, part="usage", dataset=s.dataset, quantizer=name, seed=sd + seed, steps=s.steps,
+                         batch=s.batch, dim=s.dim, **row))
+        curves.setdefault((s.dataset, name), []).append(curve)
+    return rows, curves
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Mean ± spread over seeds per (data set, quantizer)."""
+    keys = ("test_mse", "perplexity", "usage_pct", "dead_codes", "support_size", "step_s")
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        for q in QUANTIZERS:
+            group = [r for r in rows if r["dataset"] == ds and r["quantizer"] == q]
+            if not group:
+                continue
+            s = dict(dataset=ds, quantizer=q, seeds=len(group), codebook_size=group[0].get("codebook_size", ""))
+            for k in keys:
+                vals = [r[k] for r in group if k in r]
+                if vals:
+                    mean = statistics.mean(vals)
+                    spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                    s[k] = f"{mean:.4g} ± {spread:.2g}" if len(vals) > 1 else float(mean)
+            out.append(s)
+    return out
