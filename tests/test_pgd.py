@@ -60,7 +60,8 @@ def test_inputs_exactly_on_codes():
     # approaches that corner (~2e-7), so check the corner directly.
     expected = torch.zeros(3, 12, dtype=torch.float64)
     expected[torch.arange(3), torch.tensor([0, 3, 7])] = 1
-    assert torch.equal(w, expected)
+    assert_close(w, expected, atol=1e-14)
+    assert torch.equal(w > 0, expected > 0)
     assert_close(w, reference_scq(z, E, 0.1), atol=1e-6)
 
 
@@ -163,3 +164,30 @@ def test_cuda_lasso_and_vq(device):
     assert_close(scq.solve_lasso(z.to(device), E.to(device), 0.5).cpu(), cpu, atol=1e-4)
     out = scq.VQ(8, 64).to(device)(z.to(device))
     assert out.indices.device.type == "cuda"
+
+
+@pytest.mark.parametrize("pg_iters", [0, 3, 40])
+def test_warm_start_length_does_not_change_the_answer(pg_iters):
+    z, E = problem(N=20, K=32, D=5, seed=37)
+    assert_close(scq.solve_scq(z, E, 0.05, pg_iters=pg_iters), reference_scq(z, E, 0.05), atol=1e-8)
+
+
+@pytest.mark.parametrize("simplex", [True, False])
+def test_fista_alone_converges_to_the_active_set_solution(simplex):
+    # Two algorithms for one small QP, cross-checked: FISTA run long vs the exact active set.
+    from scq.solvers.active_set import solve_active_set
+    from scq.solvers.proximal import fista
+
+    gen = torch.Generator().manual_seed(38)
+    N, m, D, ridge = 6, 8, 5, 0.5
+    C = torch.randn(N, m, D, dtype=torch.float64, generator=gen)
+    H = C @ C.transpose(1, 2) + ridge * torch.eye(m, dtype=torch.float64)
+    b = torch.randn(N, m, dtype=torch.float64, generator=gen) * 3
+    valid = torch.ones(N, m, dtype=torch.bool)
+    u0 = torch.zeros(N, m, dtype=torch.float64)
+    if simplex:
+        u0[:, 0] = 1
+    u_pg = fista(H, b, u0, valid, simplex=simplex, ridge=ridge, n_iter=3000)
+    res = solve_active_set(H, b, u0, u0 > 0, valid, torch.full((N,), 1e-12, dtype=torch.float64), simplex=simplex)
+    assert bool(res.converged.all())
+    assert_close(u_pg, res.weights, atol=1e-9)

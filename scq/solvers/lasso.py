@@ -36,9 +36,9 @@ DEFAULT_RIDGE = {torch.float64: 1e-10, torch.float32: 1e-6}
 
 
 def _lasso_pgd(z, codebook, alpha, nonneg, *, ridge=None, tol=None, max_rounds=30, max_inner=100, working_set=16,
-               add_per_round=8, compact=True):
+               add_per_round=8, compact=True, pg_iters=10):
     info = SolverInfo("lasso-pgd")
-    opts = make_options(z.dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact)
+    opts = make_options(z.dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact, pg_iters)
     if ridge is None:
         # On its way to a support of ≤ D codes the active set may hold D + 1 of them, where E_S E_Sᵀ
         # is singular. A ridge this small keeps those systems definite while moving the solution

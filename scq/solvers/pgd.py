@@ -29,7 +29,7 @@ def default_tol(dtype: torch.dtype) -> float:
     return DEFAULT_TOL.get(dtype, 1e-6)
 
 
-def make_options(dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact) -> ws.Options:
+def make_options(dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact, pg_iters) -> ws.Options:
     return ws.Options(
         tol=default_tol(dtype) if tol is None else float(tol),
         max_rounds=max(1, int(max_rounds)),
@@ -37,6 +37,7 @@ def make_options(dtype, tol, max_rounds, max_inner, working_set, add_per_round, 
         working_set=max(1, int(working_set)),
         add_per_round=max(1, int(add_per_round)),
         compact=bool(compact),
+        pg_iters=max(0, int(pg_iters)),
     )
 
 
@@ -53,6 +54,7 @@ def solve_pgd(
     working_set: int = 16,
     add_per_round: int = 8,
     compact: bool = True,
+    pg_iters: int = 10,
 ) -> "tuple[SparseWeights, SolverInfo]":
     """Options:
         tol: relative KKT tolerance (default 1e-11 in float64, 1e-6 in float32): a code counts as
@@ -65,11 +67,13 @@ def solve_pgd(
         compact: after each convergence check, work on the unfinished vectors only (gathered by
             index at the check's host sync). ``False`` keeps the whole batch in lockstep with
             fixed shapes, at the cost of re-solving finished vectors.
+        pg_iters: accelerated projected-gradient (FISTA) steps on the working set before each
+            exact active-set polish (0: polish from the previous point directly).
 
     Returns the solution as :class:`SparseWeights` (``solve_scq`` densifies it).
     """
     info = SolverInfo("pgd")
-    opts = make_options(z.dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact)
+    opts = make_options(z.dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact, pg_iters)
     problem = ws.Problem(simplex=True, signed=False, ridge=lam, l1=0.0, start_bonus=lam)
     extra = None if target is None else lam * target
     values, indices, _ = ws.solve(z, codebook, extra, problem, opts, info)

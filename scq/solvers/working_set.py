@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 
 from .active_set import masked_cholesky, solve_active_set, support_vjp
+from .proximal import fista
 from .registry import SolverInfo
 
 
@@ -58,6 +59,7 @@ class Options:
     working_set: int
     add_per_round: int
     compact: bool
+    pg_iters: int = 10
 
 
 def _gram(C: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -150,7 +152,13 @@ def _forward(z, E, extra, problem: Problem, opts: Options, info: SolverInfo):
         cr, sgr, ur, sr, vr, Br = take(code), take(sign), take(u), take(s), take(valid), take(B)
         C = E[cr] * sgr.unsqueeze(-1)
         b = sgr * Br.gather(1, cr) - alpha
-        res = solve_active_set(_gram(C, problem.ridge), b, ur, sr, vr, take(dual_tol), simplex=problem.simplex,
+        H = _gram(C, problem.ridge)
+        if opts.pg_iters:
+            # Projected-gradient warm start on W: finds most of the support cheaply, so the exact
+            # active-set polish below needs few (costly) equality solves.
+            ur = fista(H, b, ur, vr, simplex=problem.simplex, ridge=problem.ridge, n_iter=opts.pg_iters)
+            sr = ur > 0
+        res = solve_active_set(H, b, ur, sr, vr, take(dual_tol), simplex=problem.simplex,
                                max_support=None if problem.ridge > 0 else D,
                                max_iter=opts.max_inner, compact=opts.compact)
         ur, sr, nu = res.weights, res.support, res.nu

@@ -1,0 +1,45 @@
+r"""Batched accelerated projected gradient (FISTA) on small quadratic programs.
+
+    minimize_u  ½uᵀHu − bᵀu   over  C = {u ≥ 0, 1ᵀu = 1}  (simplex)  or  {u ≥ 0}  (orthant)
+
+per row of a batch, H (N, m, m) SPD. Steps u ← Π_C(y − (Hy − b)/L) with Nesterov momentum
+β = (√L − √ρ)/(√L + √ρ) (ρ a lower bound on H's spectrum, the ridge), L a Gershgorin upper bound
+on λ_max(H) per row (safe: never too large a step). Π_C is the sparsemax projection for the
+simplex and a clamp for the orthant — on the lasso's signed codes the clamp *is* the soft
+threshold S_{α/L}, since the ℓ₁ term is folded into b.
+
+Used as the warm start of the active-set polish (:mod:`scq.solvers.active_set`): a few
+iterations find most of the support, so the exact polish finishes in one or two solves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..simplex import simplex_threshold
+
+
+def project(u: torch.Tensor, valid: torch.Tensor, simplex: bool) -> torch.Tensor:
+    if simplex:
+        # Invalid slots must end at 0: push them far below any threshold.
+        u = torch.where(valid, u, torch.full_like(u, -1e30 if u.dtype != torch.float16 else -6e4))
+        return (u - simplex_threshold(u)).clamp_min(0)
+    return torch.where(valid, u.clamp_min(0), torch.zeros_like(u))
+
+
+def fista(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch.Tensor, *, simplex: bool,
+          ridge: float, n_iter: int) -> torch.Tensor:
+    """``n_iter`` FISTA steps from the feasible ``u0`` (N, m); returns a feasible iterate."""
+    if n_iter <= 0:
+        return u0
+    L = H.abs().sum(-1).amax(-1, keepdim=True)  # Gershgorin: ≥ λ_max(H)
+    step = 1.0 / L
+    rho = torch.as_tensor(ridge, dtype=H.dtype, device=H.device)
+    beta = (L.sqrt() - rho.sqrt()) / (L.sqrt() + rho.sqrt())
+    u, y = u0, u0
+    for _ in range(n_iter):
+        grad = torch.einsum("nij,nj->ni", H, y) - b
+        u_next = project(y - step * grad, valid, simplex)
+        y = u_next + beta * (u_next - u)
+        u = u_next
+    return u
