@@ -35,8 +35,13 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
         _emit("Exactness (every measurement)", format_table(rows, [
             "method", "K", "D", "lam", "codebook", "max_dev", "rel_obj_gap", "grad_dev", "seconds",
             "support_size", "perplexity", "usage"]), md)
+        lasso_rows = exactness.run_lasso(quick=quick, seed=seed)
+        results["exactness-lasso"] = lasso_rows
+        _emit("Exactness of the lasso solvers (SVQ's exact problem)", format_table(
+            lasso_rows, ["method", "K", "D", "alpha", "nonneg", "max_dev", "seconds", "support_size"]), md)
         if out_dir:
             write_csv(out_dir / "exactness.csv", rows)
+            write_csv(out_dir / "exactness_lasso.csv", lasso_rows)
             plots.exactness_vs_lambda(rows, out_dir / "exactness_vs_lambda.png")
     if "runtime" in parts:
         rows = runtime.run(quick=quick, device=device, seed=seed)

@@ -66,7 +66,8 @@ def _load(s: Setting, seed: int):
     return data.digits(seed=seed)
 
 
-def train_one(name: str, s: Setting, seed: int, train: torch.Tensor, test: torch.Tensor) -> "tuple[dict, list]":
+def train_one(name: str, s: Setting, seed: int, train: torch.Tensor, test: torch.Tensor, return_model: bool = False):
+    """Train one autoencoder; returns (row, curve), plus the trained model if ``return_model``."""
     torch.manual_seed(seed)
     model = AutoEncoder(train.shape[1], s.dim, make_quantizer(name, s))
     gen = torch.Generator().manual_seed(seed)
@@ -103,7 +104,7 @@ def train_one(name: str, s: Setting, seed: int, train: torch.Tensor, test: torch
         row.update(perplexity=u["perplexity"], normalized_perplexity=u["normalized_perplexity"],
                    usage_pct=100 * u["usage"], dead_codes=u["dead_codes"], support_size=u["support_size"],
                    codebook_size=model.quantizer.codebook_size)
-    return row, curve
+    return (row, curve, model) if return_model else (row, curve)
 
 
 def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool = True) -> "tuple[list[dict], dict]":
