@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -20,12 +21,20 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), so the next allocations show up in RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS may under-report reused memory
+        pass
+
+
 def peak_memory_mb(fn: Callable[[], object], device: str = "cpu") -> float:
     """Extra memory (MB) at the peak of ``fn()`` over what was held before it.
 
     CUDA: ``torch.cuda.max_memory_allocated``. CPU: the process RSS sampled every 0.5 ms in a
-    thread (torch's CPU allocator keeps no statistics); short-lived peaks can be missed, so read
-    it as a lower bound.
+    thread (torch's CPU allocator keeps no statistics), after returning freed heap pages to the OS
+    so that reused memory counts; short-lived peaks can be missed: read it as a lower bound.
     """
     if device == "cuda":
         torch.cuda.synchronize()
@@ -34,6 +43,7 @@ def peak_memory_mb(fn: Callable[[], object], device: str = "cpu") -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    _release_free_memory()
     base = _rss_bytes()
     peak = [base]
     done = threading.Event()

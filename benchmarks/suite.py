@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from . import exactness, plots, runtime, usage
+from . import ablation, exactness, plots, runtime, usage
 from .common import format_table, write_csv
 
 PARTS = ("exactness", "runtime", "usage")
@@ -18,6 +18,13 @@ def _emit(title: str, table: str, md: list) -> None:
     md.append(f"## {title}\n\n{table}\n")
 
 
+def _write_markdown(out_dir: Path, part: str, sections: list) -> None:
+    """``{part}.md`` for this run's part, and ``results.md`` joining every part's file present."""
+    (out_dir / f"{part}.md").write_text("\n".join(sections))
+    present = [out_dir / f"{p}.md" for p in PARTS if (out_dir / f"{p}.md").exists()]
+    (out_dir / "results.md").write_text("\n".join(f.read_text() for f in present))
+
+
 def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, device: str = "cpu", seed: int = 0) -> dict:
     """Run ``part`` (or all parts); returns {part: rows}."""
     torch.manual_seed(seed)
@@ -25,8 +32,8 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
     out_dir = Path(out) if out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    md: list[str] = []
     results: dict = {}
+    md: list[str] = []
     if "exactness" in parts:
         rows = exactness.run(quick=quick, device=device, seed=seed)
         results["exactness"] = rows
@@ -43,6 +50,8 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
             write_csv(out_dir / "exactness.csv", rows)
             write_csv(out_dir / "exactness_lasso.csv", lasso_rows)
             plots.exactness_vs_lambda(rows, out_dir / "exactness_vs_lambda.png")
+            _write_markdown(out_dir, "exactness", md)
+        md = []
     if "runtime" in parts:
         rows = runtime.run(quick=quick, device=device, seed=seed)
         results["runtime"] = rows
@@ -51,9 +60,17 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
         _emit("Runtime: headline (float32, forward+backward; ratios to scq's VQ at the same size)",
               format_table(runtime.headline(rows), cols), md)
         _emit("Runtime (every measurement)", format_table(rows, cols), md)
+        ab_rows = ablation.run(quick=quick, device=device, seed=seed)
+        results["ablation"] = ab_rows
+        _emit("What each idea inside pgd buys (forward+backward, ratios to the default)", format_table(ab_rows, [
+            "config", "N", "K", "D", "fwdbwd_s", "vs_default", "rounds", "inner_iterations", "final_working_set",
+            "converged"]), md)
         if out_dir:
             write_csv(out_dir / "runtime.csv", rows)
+            write_csv(out_dir / "ablation.csv", ab_rows)
             plots.runtime_sweeps(rows, out_dir / "runtime_sweeps.png")
+            _write_markdown(out_dir, "runtime", md)
+        md = []
     if "usage" in parts:
         rows, curves = usage.run(quick=quick, device=device, seed=seed)
         results["usage"] = rows
@@ -63,7 +80,7 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
         if out_dir:
             write_csv(out_dir / "usage.csv", rows)
             plots.training_curves(curves, out_dir / "usage_training_curves.png")
+            _write_markdown(out_dir, "usage", md)
     if out_dir:
-        (out_dir / "results.md").write_text("\n".join(md))
         print(f"results written to {out_dir}/")
     return results

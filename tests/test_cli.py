@@ -30,7 +30,8 @@ def test_bench_quick_exactness(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_quick_all_parts(tmp_path):
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
-    for name in ("exactness.csv", "runtime.csv", "usage.csv", "results.md", "exactness_vs_lambda.png",
+    for name in ("exactness.csv", "exactness_lasso.csv", "runtime.csv", "ablation.csv", "usage.csv", "results.md",
+                 "exactness_vs_lambda.png",
                  "runtime_sweeps.png", "usage_training_curves.png"):
         assert (tmp_path / name).stat().st_size > 100, name
     runtime = _read(tmp_path / "runtime.csv")
@@ -45,8 +46,11 @@ def test_bench_quick_all_parts(tmp_path):
     assert {r["dataset"] for r in usage} == {"photos", "digits"}
     for col in ("test_mse", "perplexity", "usage_pct", "dead_codes", "support_size", "step_s", "seed"):
         assert col in usage[1], col
+    ablation = _read(tmp_path / "ablation.csv")
+    assert ablation[0]["config"] == "default" and len(ablation) >= 5
+    assert {"fwdbwd_s", "vs_default", "rounds", "converged"} <= set(ablation[0])
     md = (tmp_path / "results.md").read_text()
-    assert "Runtime" in md and "Codebook usage" in md
+    assert "Runtime" in md and "Codebook usage" in md and "pgd" in md
 
 
 def test_cli_rejects_unknown_part():

@@ -10,13 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validation as v
+from ..solvers.problem import nearest_codes
 from .base import Quantizer, QuantizerOutput, commitment_loss
-
-
-def nearest_codes(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """argmin_k ‖x − e_k‖² for rows of ``x`` (N, D): one fused GEMM ‖e‖² − 2xEᵀ, then argmin."""
-    sq_norms = (codebook * codebook).sum(-1)
-    return torch.addmm(sq_norms, x, codebook.transpose(0, 1), alpha=-2).argmin(-1)
 
 
 class VQ(Quantizer):

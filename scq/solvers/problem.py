@@ -22,6 +22,13 @@ def nearest_code(scores: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return (sq_norms - 2 * scores).argmin(dim=-1)
 
 
+def nearest_codes(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """argmin_k ‖z − e_k‖² for rows of ``z`` (N, D) when the scores are not needed otherwise:
+    ‖e‖² − 2ZEᵀ in one fused GEMM (MATH.md §1)."""
+    sq_norms = (codebook * codebook).sum(-1)
+    return torch.addmm(sq_norms, z, codebook.transpose(0, 1), alpha=-2).argmin(-1)
+
+
 def one_hot_target(scores: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """p̃ = one_hot(nearest code), with no gradient (MATH.md §2)."""
     with torch.no_grad():
