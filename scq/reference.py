@@ -33,7 +33,9 @@ def reference_scq(
     """argmin_{p ∈ Δ} ‖z − Eᵀp‖² + λ‖p − p̃‖² for rows of ``z`` (N, D); float64, CPU.
 
     ``chunk`` vectors share one cone program. Clarabel's tolerances apply to the whole program,
-    so one vector per program (the default) is the accurate choice: ~1e-9 on the weights.
+    so one vector per program (the default) is the accurate choice: ~1e-9 on the weights. Each
+    answer is then polished on its support in numpy and kept only where the KKT certificate holds
+    (~1e-14 there; Clarabel's own answer elsewhere).
     """
     import cvxpy as cp
 
@@ -53,17 +55,41 @@ def reference_scq(
     # Clarabel stops a hair outside the simplex: project the rounding away.
     out = np.clip(out, 0, None)
     out /= out.sum(1, keepdims=True)
+    out = np.stack([_polish_simplex(p, zn, En, lam, tn) for p, zn, tn in zip(out, Zn, Tn)])
     return torch.from_numpy(out).reshape(*z.shape[:-1], En.shape[0])
+
+
+def _polish_simplex(p: np.ndarray, z: np.ndarray, E: np.ndarray, lam: float, target: np.ndarray) -> np.ndarray:
+    """Finish an interior-point answer exactly: guess the support from ``p``, solve the KKT
+    equality system on it (dense numpy), and keep the result only if it certifies optimality
+    (p_S > 0, multipliers ≥ 0 off S, MATH.md §2). Otherwise return ``p`` unchanged."""
+    K = E.shape[0]
+    H = E @ E.T + lam * np.eye(K)
+    b = E @ z + lam * target
+    scale = np.abs(H).max() + np.abs(b).max()
+    for thresh in (1e-6, 1e-7, 1e-8, 1e-5, 1e-4):
+        S = np.flatnonzero(p > thresh * p.max())
+        A = np.zeros((len(S) + 1, len(S) + 1))
+        A[:-1, :-1] = H[np.ix_(S, S)]
+        A[:-1, -1] = A[-1, :-1] = 1
+        sol = np.linalg.solve(A, np.append(b[S], 1.0))
+        q = np.zeros(K)
+        q[S] = sol[:-1]
+        mu = H @ q - b + sol[-1]
+        if (q[S] > 0).all() and (mu >= -1e-11 * scale).all():
+            return q
+    return p
 
 
 def reference_scq_grads(
     z: torch.Tensor, codebook: torch.Tensor, lam: float, target: torch.Tensor, weights: torch.Tensor,
-    grad_weights: torch.Tensor, support_tol: float = 1e-7,
+    grad_weights: torch.Tensor, support_tol: float = 1e-13,
 ) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
     """Vector-Jacobian products of the SCQ solution, written densely in numpy from MATH.md §4.
 
     Given the solution ``weights`` (N, K) and ``grad_weights`` = ∂ℓ/∂p, returns (∂ℓ/∂z, ∂ℓ/∂E,
-    ∂ℓ/∂p̃), one vector at a time, with the support read off ``weights > support_tol``.
+    ∂ℓ/∂p̃), one vector at a time, with the support read off ``weights > support_tol`` (pass the
+    polished weights of :func:`reference_scq`, which are exactly zero off the support).
     """
     Z, E, T = _as_np(z), _as_np(codebook), _as_np(target)
     P, Gw = _as_np(weights), _as_np(grad_weights)
