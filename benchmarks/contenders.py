@@ -21,41 +21,33 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _scq_module(method: str):
-    def build(K, D, device, dtype, codebook):
-        q = scq.SCQ(D, K, lam=LAM, method=method).to(device, dtype)
-        with torch.no_grad():
-            q.codebook.copy_(codebook)
-        return q
+def _with_codebook(module, codebook):
+    """Every contender starts from the same codes."""
+    with torch.no_grad():
+        module.codebook.copy_(codebook)
+    return module
 
-    return build
+
+def _scq_module(method: str):
+    return lambda K, D, device, dtype, codebook: _with_codebook(
+        scq.SCQ(D, K, lam=LAM, method=method).to(device, dtype), codebook)
 
 
 def _vq(K, D, device, dtype, codebook):
-    q = scq.VQ(D, K).to(device, dtype)
-    with torch.no_grad():
-        q.codebook.copy_(codebook)
-    return q
+    return _with_codebook(scq.VQ(D, K).to(device, dtype), codebook)
 
 
 def _vqp(K, D, device, dtype, codebook):
     from vector_quantize_pytorch import VectorQuantize
 
     # Learnable codebook trained by the loss (as scq's VQ), no EMA, no k-means init.
-    q = VectorQuantize(dim=D, codebook_size=K, learnable_codebook=True, ema_update=False).to(device, dtype)
-    with torch.no_grad():
-        q.codebook.copy_(codebook)
-    return q
+    q = VectorQuantize(dim=D, codebook_size=K, learnable_codebook=True, ema_update=False)
+    return _with_codebook(q.to(device, dtype), codebook)
 
 
 def _svq(solver: str, alpha: float = 20.0):
-    def build(K, D, device, dtype, codebook):
-        q = scq.SVQ(D, K, solver=solver, alpha=alpha).to(device, dtype)
-        with torch.no_grad():
-            q.codebook.copy_(codebook)
-        return q
-
-    return build
+    return lambda K, D, device, dtype, codebook: _with_codebook(
+        scq.SVQ(D, K, solver=solver, alpha=alpha).to(device, dtype), codebook)
 
 
 class _QpthSCQ(torch.nn.Module):
