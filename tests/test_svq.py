@@ -64,3 +64,10 @@ def test_bad_arguments():
         scq.SVQ(4, 10, solver="lasso", alpha=-1)
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 4\)"):
         scq.SVQ(4, 10)(torch.randn(3, 5))
+
+
+def test_mlp_keeps_its_dtype_for_other_input_dtypes():
+    q = scq.SVQ(4, 30)
+    out = q(torch.randn(5, 4, dtype=torch.float64))
+    assert out.quantized.dtype == torch.float64 and q.mlp[0].weight.dtype == torch.float32
+    assert q(torch.randn(5, 4).half()).quantized.dtype == torch.float16

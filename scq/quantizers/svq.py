@@ -81,7 +81,8 @@ class SVQ(Quantizer):
         flat, batch_shape = self._flatten(x)
         E = self._codebook(flat.dtype)
         if self.solver == "mlp":
-            weights = self.mlp.to(flat.dtype)(flat) if flat.dtype != self.mlp[0].weight.dtype else self.mlp(flat)
+            # The MLP computes in its parameters' dtype (as any nn.Module); the result joins flat's.
+            weights = self.mlp(flat.to(self.mlp[0].weight.dtype)).to(flat.dtype)
             if self.relu_output:
                 weights = torch.relu(weights)
             quantized = weights @ E
