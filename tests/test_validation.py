@@ -127,3 +127,25 @@ def test_module_inputs(cls):
         q(torch.full((3, 4), math.nan))
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         q([[0.0] * 4])
+
+
+def test_failed_cone_solve_is_reported(monkeypatch, zE):
+    from scq.solvers import exact
+
+    class Failing:
+        def __call__(self, *args, **kwargs):
+            raise ValueError("Solver scs returned status infeasible")
+
+    monkeypatch.setattr(exact, "_layer", lambda K, D: Failing())
+    z, E = zE
+    with pytest.raises(RuntimeError, match="method='exact': the cone solver failed"):
+        scq.solve_scq(z, E, 0.5, method="exact")
+
+
+def test_non_finite_cone_output_is_reported(monkeypatch, zE):
+    from scq.solvers import exact
+
+    monkeypatch.setattr(exact, "_layer", lambda K, D: (lambda C, z, s, t, solver_args: (torch.full((z.shape[0], 6), math.nan, dtype=torch.float64),)))
+    z, E = zE
+    with pytest.raises(RuntimeError, match="non-finite"):
+        scq.solve_scq(z, E, 0.5, method="exact")
