@@ -11,7 +11,7 @@ from .metrics import CodebookUsage, codebook_usage
 from .quantizers import SCQ, SVQ, VQ, QuantizerOutput
 from .simplex import project_simplex
 from .solvers.lasso import solve_lasso
-from .solvers import SolverInfo, SparseWeights, available_methods, register_method
+from .solvers import SolverInfo, SparseWeights, available_methods, describe_method, register_method
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "solve_lasso",
     "project_simplex",
     "available_methods",
+    "describe_method",
     "register_method",
     "SolverInfo",
     "SparseWeights",

@@ -14,6 +14,9 @@ LAMS = [0.01, 0.1, 1.0, 10.0]
 
 def test_registry_lists_methods():
     assert {"exact", "relaxed", "pgd"} <= set(scq.available_methods())
+    assert "approximate" in scq.describe_method("relaxed")
+    with pytest.raises(ValueError, match="unknown method"):
+        scq.describe_method("nope")
 
 
 @pytest.mark.parametrize("lam", LAMS)

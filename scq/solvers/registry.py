@@ -9,11 +9,11 @@ New methods register themselves with :func:`register_method`; nothing else needs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
-__all__ = ["SolverInfo", "register_method", "get_method", "available_methods"]
+__all__ = ["SolverInfo", "register_method", "get_method", "available_methods", "describe_method"]
 
 
 @dataclass
@@ -68,5 +68,7 @@ def available_methods() -> tuple[str, ...]:
     return tuple(_METHODS)
 
 
-def describe_method(name: str) -> Optional[str]:
-    return _DOCS.get(name)
+def describe_method(name: str) -> str:
+    """The one-line description a method was registered with."""
+    get_method(name)
+    return _DOCS[name]

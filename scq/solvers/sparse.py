@@ -57,6 +57,3 @@ class SparseWeights(NamedTuple):
 
     def argmax(self) -> torch.Tensor:
         return self.indices.gather(-1, self.values.argmax(-1, keepdim=True)).squeeze(-1)
-
-    def support_size(self) -> torch.Tensor:
-        return (self.values != 0).sum(-1)
