@@ -59,7 +59,8 @@ def make_quantizer(name: str, s: Setting):
     raise ValueError(name)
 
 
-def _load(s: Setting, seed: int):
+def load(s: Setting, seed: int) -> "tuple[torch.Tensor, torch.Tensor]":
+    """(train, held-out) images of a setting's data set."""
     if s.dataset == "photos":
         return (data.photo_patches(s.n_train, data.TRAIN_PHOTOS, seed=seed),
                 data.photo_patches(s.n_test, data.TEST_PHOTOS, seed=seed + 1000))
@@ -118,7 +119,7 @@ def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool 
         bar.set_postfix_str(f"{s.dataset} {name} seed={sd}")
         key = (s.dataset, sd + seed)
         if key not in cache:
-            cache[key] = _load(s, sd + seed)
+            cache[key] = load(s, sd + seed)
         train, test = cache[key]
         row, curve = train_one(name, s, sd + seed, train, test)
         rows.append(dict(meta, part="usage", dataset=s.dataset, quantizer=name, seed=sd + seed, steps=s.steps,

@@ -8,26 +8,18 @@ dispatches to a method from the registry (``scq.available_methods()``).
 
 from __future__ import annotations
 
-import inspect
 from typing import NamedTuple, Optional, Union
 
 import torch
 
 from . import _validation as v
+from .solvers.options import check_options
 from .solvers.registry import SolverInfo, get_method
 from .solvers.sparse import SparseWeights
 
 __all__ = ["solve_scq"]
 
 DEFAULT_METHOD = "pgd"
-
-
-def _check_options(method: str, fn, options: dict) -> None:
-    params = inspect.signature(fn).parameters
-    allowed = [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(f"method={method!r} got unknown options {unknown}; it accepts {allowed}")
 
 
 class Prepared(NamedTuple):
@@ -39,10 +31,12 @@ class Prepared(NamedTuple):
     out_dtype: torch.dtype
 
 
-def prepare(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optional[torch.Tensor]) -> Prepared:
-    """Validate the arguments of an SCQ solve and flatten them to the 2-D form methods take."""
+def prepare(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optional[torch.Tensor], *,
+            name: str = "z") -> Prepared:
+    """Validate the arguments of an SCQ solve and flatten them to the 2-D form methods take;
+    ``name`` is what errors call the inputs."""
     codebook = v.check_codebook(codebook)
-    z = v.check_inputs(z, codebook)
+    z = v.check_inputs(z, codebook, name)
     lam = v.check_positive("lam", lam)
     K, D = codebook.shape
     batch_shape = z.shape[:-1]
@@ -62,7 +56,7 @@ def prepare(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optiona
 def dispatch(method: str, prepared: Prepared, options: dict) -> "tuple[Union[torch.Tensor, SparseWeights], SolverInfo]":
     """Run a registered method on prepared inputs; the result may be dense or sparse."""
     fn = get_method(method)
-    _check_options(method, fn, options)
+    check_options(f"method={method!r}", fn, options)
     z, E = prepared.z, prepared.codebook
     if z.shape[0] == 0:
         # Keep the (empty) result on the autograd graph so downstream losses still backprop.

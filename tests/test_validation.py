@@ -108,6 +108,12 @@ def test_module_arguments():
         scq.SCQ(4, 8, lam=0)
     with pytest.raises(ValueError, match="unknown method"):
         scq.SCQ(4, 8, method="nope")
+    with pytest.raises(TypeError, match=r"method='relaxed' got unknown options \['tol'\]"):
+        scq.SCQ(4, 8, method="relaxed", tol=1e-3)
+    with pytest.raises(TypeError, match=r"unknown options \['lam'\]"):
+        scq.SVQ(4, 8, solver="lasso", lam=1.0)
+    with pytest.raises(TypeError, match="solver='mlp' takes no solver options"):
+        scq.SVQ(4, 8, tol=1e-3)
     with pytest.raises(ValueError, match="codebook_size must be >= 1"):
         scq.VQ(4, 0)
     with pytest.raises(TypeError, match="dim must be an int"):

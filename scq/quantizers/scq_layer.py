@@ -12,6 +12,7 @@ import torch
 
 from .. import _validation as v
 from ..functional import DEFAULT_METHOD, dispatch, prepare
+from ..solvers.options import check_options
 from ..solvers.registry import SolverInfo, get_method
 from ..solvers.sparse import SparseWeights
 from .base import Quantizer, QuantizerOutput, commitment_loss
@@ -51,15 +52,15 @@ class SCQ(Quantizer):
     ):
         super().__init__(dim, codebook_size, init=init)
         self.lam = v.check_positive("lam", lam)
-        get_method(method)
+        check_options(f"method={method!r}", get_method(method), solver_options)
         self.method = method
         self.beta = v.check_nonnegative("beta", beta)
         self.solver_options = solver_options
         self.last_info: SolverInfo | None = None
 
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
-        flat, batch_shape = self._flatten(x)
-        prepared = prepare(flat, self._codebook(flat.dtype), self.lam, None)
+        flat, batch_shape = self._flatten(x, check_finite=False)
+        prepared = prepare(flat, self._codebook(flat.dtype), self.lam, None, name="x")
         solution, self.last_info = dispatch(self.method, prepared, self.solver_options)
         if isinstance(solution, SparseWeights):
             quantized = solution.combine(prepared.codebook)

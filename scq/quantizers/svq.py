@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import _validation as v
 from ..solvers.lasso import LASSO_METHODS, check_alpha, lasso_dispatch
+from ..solvers.options import check_options
 from ..solvers.registry import SolverInfo
 from ..solvers.sparse import SparseWeights
 from .base import Quantizer, QuantizerOutput
@@ -72,6 +73,10 @@ class SVQ(Quantizer):
         self.alpha = check_alpha(alpha)
         self.nonneg = bool(nonneg)
         self.lasso_method = lasso_method
+        if solver == "lasso":
+            check_options(f"solve_lasso(method={lasso_method!r})", LASSO_METHODS[lasso_method], solver_options)
+        elif solver_options:
+            raise TypeError(f"solver='mlp' takes no solver options, got {sorted(solver_options)}")
         self.solver_options = solver_options
         self.last_info: SolverInfo | None = None
         if solver == "mlp":

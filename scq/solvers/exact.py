@@ -44,6 +44,30 @@ def _layer(K: int, D: int):
     return CvxpyLayer(problem, parameters=[C, z, sqrt_lam, scaled_target], variables=[p])
 
 
+def check_cpu(z: torch.Tensor) -> None:
+    if z.device.type != "cpu":
+        raise ValueError(f"method='exact' runs on the CPU only (cvxpylayers/diffcp); z is on {z.device}")
+
+
+def run_chunked(layer, args_for, n: int, chunk_size: int, solver_args: Optional[dict], needs_grad: bool, what: str):
+    """Run a CvxpyLayer over rows ``0..n`` in chunks (diffcp's memory grows per vector);
+    ``args_for(slice)`` gives the layer's parameters for those rows. Float64 output, checked."""
+    args = {**DEFAULT_SOLVER_ARGS, **(solver_args or {})}
+    if not (torch.is_grad_enabled() and needs_grad):
+        args.pop("mode", None)  # a derivative option: diffcp hands it to SCS when only solving
+    chunks = []
+    for start in range(0, n, chunk_size):
+        try:
+            (out,) = layer(*args_for(slice(start, start + chunk_size)), solver_args=args)
+        except Exception as err:  # diffcp raises SolverError and plain exceptions alike
+            raise RuntimeError(f"{what}: the cone solver failed ({err})") from err
+        chunks.append(out)
+    weights = torch.cat(chunks)
+    if not bool(torch.isfinite(weights).all()):
+        raise RuntimeError(f"{what}: the cone solver returned non-finite weights")
+    return weights
+
+
 @register_method("exact", "cvxpylayers (diffcp + SCS, eps=1e-9, float64): the reference, one cone program per vector")
 def solve_exact(
     z: torch.Tensor,
@@ -56,34 +80,19 @@ def solve_exact(
 ) -> "tuple[torch.Tensor, SolverInfo]":
     """Solve with cvxpylayers. Options: ``chunk_size`` (vectors per cone-solver batch) and
     ``solver_args`` (merged over ``DEFAULT_SOLVER_ARGS`` and passed to diffcp)."""
-    if z.device.type != "cpu":
-        raise ValueError(f"method='exact' runs on the CPU only (cvxpylayers/diffcp); z is on {z.device}")
-    N, D = z.shape
+    check_cpu(z)
     K = codebook.shape[0]
     target = resolve_target(z, codebook, target)
-    args = {**DEFAULT_SOLVER_ARGS, **(solver_args or {})}
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (z, codebook, target))
-    if not needs_grad:
-        args.pop("mode", None)  # a derivative option: diffcp hands it to SCS when only solving
-    layer = _layer(K, D)
     f64 = torch.float64
     C = codebook.to(f64).transpose(0, 1)
     sqrt_lam = torch.tensor(math.sqrt(lam), dtype=f64)
-    chunks = []
-    for start in range(0, N, chunk_size):
-        zc = z[start : start + chunk_size].to(f64)
-        tc = target[start : start + chunk_size].to(f64) * sqrt_lam
-        try:
-            (p,) = layer(C, zc, sqrt_lam, tc, solver_args=args)
-        except Exception as err:  # diffcp raises SolverError and plain exceptions alike
-            raise RuntimeError(f"method='exact': the cone solver failed ({err})") from err
-        chunks.append(p)
-    weights = torch.cat(chunks) if chunks else z.new_zeros((0, K), dtype=f64)
-    if not bool(torch.isfinite(weights).all()):
-        raise RuntimeError("method='exact': the cone solver returned non-finite weights")
+    weights = run_chunked(
+        _layer(K, z.shape[1]),
+        lambda rows: (C, z[rows].to(f64), sqrt_lam, target[rows].to(f64) * sqrt_lam),
+        z.shape[0], chunk_size, solver_args, needs_grad=any(t.requires_grad for t in (z, codebook, target)),
+        what="method='exact'",
+    )
     # The cone solver stops at eps: its residual is the simplex-feasibility error it left.
     with torch.no_grad():
-        residual = float(
-            torch.maximum((weights.sum(-1) - 1).abs().max(), (-weights).clamp_min(0).max()) if N else 0.0
-        )
+        residual = float(torch.maximum((weights.sum(-1) - 1).abs().max(), (-weights).clamp_min(0).max()))
     return weights.to(z.dtype), SolverInfo("exact", residual=residual, converged=True)

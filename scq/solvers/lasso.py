@@ -23,7 +23,8 @@ import torch
 
 from .. import _validation as v
 from . import working_set as ws
-from .exact import DEFAULT_SOLVER_ARGS
+from .exact import check_cpu, run_chunked
+from .options import check_options
 from .pgd import make_options
 from .registry import SolverInfo
 from .sparse import SparseWeights
@@ -65,26 +66,15 @@ def _lasso_layer(K: int, D: int, nonneg: bool):
 
 
 def _lasso_exact(z, codebook, alpha, nonneg, *, chunk_size=32, solver_args=None):
-    if z.device.type != "cpu":
-        raise ValueError(f"method='exact' runs on the CPU only (cvxpylayers/diffcp); z is on {z.device}")
-    K, D = codebook.shape
-    args = {**DEFAULT_SOLVER_ARGS, **(solver_args or {})}
-    if not (torch.is_grad_enabled() and (z.requires_grad or codebook.requires_grad)):
-        args.pop("mode", None)
-    layer = _lasso_layer(K, D, nonneg)
+    check_cpu(z)
     f64 = torch.float64
     C = codebook.to(f64).transpose(0, 1)
     a = torch.tensor(alpha, dtype=f64)
-    chunks = []
-    for start in range(0, z.shape[0], chunk_size):
-        try:
-            (w,) = layer(C, z[start : start + chunk_size].to(f64), a, solver_args=args)
-        except Exception as err:
-            raise RuntimeError(f"solve_lasso(method='exact'): the cone solver failed ({err})") from err
-        chunks.append(w)
-    weights = torch.cat(chunks)
-    if not bool(torch.isfinite(weights).all()):
-        raise RuntimeError("solve_lasso(method='exact'): the cone solver returned non-finite weights")
+    weights = run_chunked(
+        _lasso_layer(*codebook.shape, nonneg), lambda rows: (C, z[rows].to(f64), a),
+        z.shape[0], chunk_size, solver_args, needs_grad=z.requires_grad or codebook.requires_grad,
+        what="solve_lasso(method='exact')",
+    )
     return weights.to(z.dtype), SolverInfo("lasso-exact")
 
 
@@ -92,16 +82,13 @@ LASSO_METHODS = {"pgd": _lasso_pgd, "exact": _lasso_exact}
 
 
 def lasso_dispatch(z2, codebook, alpha, nonneg, method, options):
+    """Run a lasso method on validated 2-D inputs (the analogue of ``functional.dispatch``)."""
     if method not in LASSO_METHODS:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(LASSO_METHODS)}")
+    check_options(f"solve_lasso(method={method!r})", LASSO_METHODS[method], options)
     if z2.shape[0] == 0:
         return (z2 @ codebook.transpose(0, 1)) * 0, SolverInfo(f"lasso-{method}")
-    try:
-        return LASSO_METHODS[method](z2, codebook, alpha, nonneg, **options)
-    except TypeError as err:
-        if "unexpected keyword" in str(err):
-            raise TypeError(f"solve_lasso(method={method!r}): {err}") from None
-        raise
+    return LASSO_METHODS[method](z2, codebook, alpha, nonneg, **options)
 
 
 def check_alpha(alpha) -> float:
@@ -141,8 +128,6 @@ def solve_lasso(
     Returns:
         weights ``(..., K)`` in the input dtype, differentiable w.r.t. ``z`` and ``codebook``.
     """
-    if method not in LASSO_METHODS:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(LASSO_METHODS)}")
     codebook = v.check_codebook(codebook)
     z = v.check_inputs(z, codebook)
     alpha = check_alpha(alpha)

@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 
 from .active_set import masked_cholesky, solve_active_set, support_vjp
+from .problem import code_scores, nearest_code
 from .proximal import fista
 from .registry import SolverInfo
 
@@ -92,17 +93,14 @@ def _violations(B, zq, E, code, sign, valid, problem: Problem):
 
 def _linear_term(z, E, extra, problem: Problem):
     """B = ZEᵀ + extra (N, K), the nearest code (simplex start) and the tolerance scale."""
-    B = z @ E.transpose(0, 1)
-    sq_norms = (E * E).sum(-1)
-    start = None
-    if problem.simplex:
-        start = (B - 0.5 * sq_norms).argmax(-1)
+    B = code_scores(z, E)
+    start = nearest_code(B, E) if problem.simplex else None
     if extra is not None:
         B.add_(extra)
     elif problem.start_bonus:
         B.scatter_add_(1, start.unsqueeze(1), torch.full_like(start, problem.start_bonus, dtype=B.dtype).unsqueeze(1))
     # Multipliers are sums of terms of size ‖e‖(‖e‖ + ‖z‖), the ridge and α: tolerances are relative to that.
-    e_max = sq_norms.max().sqrt()
+    e_max = E.norm(dim=-1).max()
     scale = e_max * (e_max + z.norm(dim=-1)) + problem.ridge + problem.l1
     if extra is not None:
         scale = scale + extra.abs().amax(-1)
