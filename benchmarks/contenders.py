@@ -62,7 +62,7 @@ class _QpthSCQ(torch.nn.Module):
 
         E = self.codebook
         N, K = z.shape[0], E.shape[0]
-        target = scq.solvers.problem.resolve_target(z, E, None)
+        target = scq.problems.resolve_target(z, E, None)
         Q = 2 * (E @ E.T + LAM * torch.eye(K, dtype=z.dtype, device=z.device))
         p = -2 * (z @ E.T + LAM * target)
         G = -torch.eye(K, dtype=z.dtype, device=z.device)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 import scq
 from scq.reference import reference_scq, reference_scq_grads
-from scq.solvers.problem import objective, resolve_target
+from scq.problems import objective, resolve_target
 
 from .common import data_like, machine_info, random_codebook, time_call
 

@@ -6,11 +6,10 @@ soft VQ); each returns a
 :class:`QuantizerOutput` ``(quantized, weights, indices, loss)``.
 """
 
-from .functional import solve_scq
+from .functional import solve_lasso, solve_scq
 from .metrics import CodebookUsage, codebook_usage
 from .quantizers import SCQ, SVQ, VQ, QuantizerOutput
 from .simplex import project_simplex
-from .solvers.lasso import solve_lasso
 from .solvers import SolverInfo, SparseWeights, available_methods, describe_method, register_method
 
 __version__ = "0.1.0"

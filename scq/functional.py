@@ -1,67 +1,36 @@
-r"""Functional entry point: :func:`solve_scq`.
+r"""The functional front doors: :func:`solve_scq` and :func:`solve_lasso`.
 
-    p* = argmin_{p ∈ Δ_K} ‖z − Eᵀp‖² + λ‖p − p̃‖²
-
-Validates the arguments once, flattens the leading batch dimensions, picks the compute dtype and
-dispatches to a method from the registry (``scq.available_methods()``).
+Both take the same path (:mod:`scq.solvers.dispatch`): check the arguments once, flatten the batch,
+run a registered method with autocast off, certify its answer, return dense weights in the
+input's dtype.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 import torch
 
 from . import _validation as v
-from .solvers.options import check_options
-from .solvers.registry import SolverInfo, get_method
-from .solvers.sparse import SparseWeights
+from .solvers.dispatch import LassoProblem, SCQProblem, check_method, prepare, solve
+from .solvers.registry import LASSO_METHODS, SCQ_METHODS, SolverInfo
+from .solvers.solution import densify
 
-__all__ = ["solve_scq"]
+__all__ = ["solve_scq", "solve_lasso", "check_alpha", "DEFAULT_METHOD"]
 
 DEFAULT_METHOD = "pgd"
 
 
-class Prepared(NamedTuple):
-    z: torch.Tensor  # (N, D) in the compute dtype
-    codebook: torch.Tensor  # (K, D) in the compute dtype
-    lam: float
-    target: Optional[torch.Tensor]  # (N, K) or None
-    batch_shape: torch.Size
-    out_dtype: torch.dtype
+def check_alpha(alpha: object) -> float:
+    alpha = v.check_nonnegative("alpha", alpha)
+    if alpha == 0:
+        raise ValueError("alpha must be > 0 (alpha = 0 is plain least squares, not unique when K > D)")
+    return alpha
 
 
-def prepare(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optional[torch.Tensor], *,
-            name: str = "z") -> Prepared:
-    """Validate the arguments of an SCQ solve and flatten them to the 2-D form methods take;
-    ``name`` is what errors call the inputs."""
-    codebook = v.check_codebook(codebook)
-    z = v.check_inputs(z, codebook, name)
-    lam = v.check_positive("lam", lam)
-    K, D = codebook.shape
-    batch_shape = z.shape[:-1]
-    if target is not None:
-        target = v.check_target(target, batch_shape, K, z)
-    dtype = v.compute_dtype(z, codebook, *(() if target is None else (target,)))
-    return Prepared(
-        z.reshape(-1, D).to(dtype),
-        codebook.to(dtype),
-        lam,
-        None if target is None else target.reshape(-1, K).to(dtype),
-        batch_shape,
-        z.dtype,
-    )
-
-
-def dispatch(method: str, prepared: Prepared, options: dict) -> "tuple[Union[torch.Tensor, SparseWeights], SolverInfo]":
-    """Run a registered method on prepared inputs; the result may be dense or sparse."""
-    fn = get_method(method)
-    check_options(f"method={method!r}", fn, options)
-    z, E = prepared.z, prepared.codebook
-    if z.shape[0] == 0:
-        # Keep the (empty) result on the autograd graph so downstream losses still backprop.
-        return (z @ E.transpose(0, 1)) * 0, SolverInfo(method)
-    return fn(z, E, prepared.lam, prepared.target, **options)
+def _result(weights, info: SolverInfo, batch, K: int, return_info: bool):
+    weights = densify(weights).to(batch.out_dtype).reshape(*batch.batch_shape, K)
+    return (weights, info) if return_info else weights
 
 
 def solve_scq(
@@ -72,6 +41,7 @@ def solve_scq(
     target: Optional[torch.Tensor] = None,
     method: str = DEFAULT_METHOD,
     return_info: bool = False,
+    strict: bool = False,
     **options,
 ) -> Union[torch.Tensor, "tuple[torch.Tensor, SolverInfo]"]:
     r"""Soft convex quantization weights: the best convex combination of codes for each input.
@@ -89,18 +59,61 @@ def solve_scq(
         target: ``(..., K)`` or ``None`` (the one-hot nearest code, without gradient).
         method: a name from ``scq.available_methods()``: ``"exact"`` (cvxpylayers reference),
             ``"relaxed"`` (the paper's one-shot relaxation, approximate), ``"pgd"`` (exact, fast).
-        return_info: also return the :class:`~scq.SolverInfo` of the solve.
+        return_info: also return the :class:`~scq.SolverInfo`: the answer's measured certificate
+            (relative KKT residual, bounds on ‖p − p*‖ and ‖z_q − z_q*‖) and ``converged``.
+        strict: raise a RuntimeError when the answer fails its certificate (by default an exact
+            method warns and returns it flagged ``converged=False``).
         **options: method-specific options (e.g. ``tol``, ``max_rounds`` for ``pgd``).
 
     Returns:
         weights ``(..., K)`` on the simplex, in the inputs' dtype (half types are computed in
         float32), differentiable w.r.t. ``z``, ``codebook`` and ``target``; and the info if asked.
     """
-    get_method(method)  # an unknown method is reported before anything else
-    prepared = prepare(z, codebook, lam, target)
-    weights, info = dispatch(method, prepared, options)
-    if isinstance(weights, SparseWeights):
-        weights = weights.to_dense()
-    K = prepared.codebook.shape[0]
-    weights = weights.to(prepared.out_dtype).reshape(*prepared.batch_shape, K)
-    return (weights, info) if return_info else weights
+    m = check_method(SCQ_METHODS, method, options)  # an unknown method is reported first
+    lam = v.check_positive("lam", lam)
+    batch = prepare(z, codebook, extra=() if target is None else (v.check_tensor("target", target),))
+    K = batch.codebook.shape[0]
+    if target is not None:
+        target = v.check_target(target, batch.batch_shape, K, z).reshape(-1, K).to(batch.z.dtype)
+    weights, info = solve(SCQProblem(lam, target), m, batch.z, batch.codebook, options, strict=strict)
+    return _result(weights, info, batch, K, return_info)
+
+
+def solve_lasso(
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    alpha: float,
+    *,
+    nonneg: bool = False,
+    method: str = "pgd",
+    return_info: bool = False,
+    strict: bool = False,
+    **options,
+) -> Union[torch.Tensor, "tuple[torch.Tensor, SolverInfo]"]:
+    r"""Sparse regression weights of each input on the codebook.
+
+    Solves, for every vector ``z`` of the batch, w* = argmin_w ½‖z − Eᵀw‖² + α‖w‖₁ (with
+    w ≥ 0 if ``nonneg``).
+
+    Args:
+        z: inputs ``(..., D)``. codebook: ``(K, D)``. alpha: α > 0.
+        nonneg: constrain the weights to be non-negative.
+        method: a name from ``scq.available_methods("lasso")``: ``"pgd"`` (fast, exact; CPU and
+            CUDA) or ``"exact"`` (cvxpylayers reference).
+        return_info: also return the :class:`~scq.SolverInfo` (certificate as for
+            :func:`solve_scq`).
+        strict: raise a RuntimeError when the answer fails its certificate.
+        **options: for ``pgd``: ``tol``, ``max_rounds``, ``max_inner``, ``working_set``,
+            ``add_per_round``, ``compact``, ``pg_iters`` (as for :func:`scq.solve_scq`) and ``ridge``
+            (ρ of a tiny elastic-net term ½ρ‖w‖² that keeps the support systems definite; default
+            1e-10·max‖e‖² in float64, 1e-6·max‖e‖² in float32; 0 for the plain lasso); for
+            ``exact``: ``tol``, ``chunk_size``, ``solver_args``.
+
+    Returns:
+        weights ``(..., K)`` in the input dtype, differentiable w.r.t. ``z`` and ``codebook``.
+    """
+    m = check_method(LASSO_METHODS, method, options)
+    alpha = check_alpha(alpha)
+    batch = prepare(z, codebook)
+    weights, info = solve(LassoProblem(alpha, bool(nonneg)), m, batch.z, batch.codebook, options, strict=strict)
+    return _result(weights, info, batch, batch.codebook.shape[0], return_info)

@@ -1,4 +1,4 @@
-r"""Codebook-usage metrics (MATH.md §6), for a batch or streamed over a whole evaluation set.
+r"""Codebook-usage metrics (docs/math.md §6), for a batch or streamed over a whole evaluation set.
 
 - ``perplexity``: exp(−Σ q_k log q_k), q_k the share of vectors whose argmax code is k; in [1, K].
 - ``soft_perplexity``: the same from the mean weights (equals ``perplexity`` for hard codes).

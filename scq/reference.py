@@ -39,7 +39,7 @@ def reference_scq(
     """
     import cvxpy as cp
 
-    from .solvers.problem import resolve_target
+    from .problems import resolve_target
 
     Z, E = z.detach().reshape(-1, z.shape[-1]).to(torch.float64).cpu(), codebook.detach().to(torch.float64).cpu()
     T = resolve_target(Z, E, None if target is None else target.reshape(-1, E.shape[0]).to(torch.float64).cpu())
@@ -62,7 +62,7 @@ def reference_scq(
 def _polish_simplex(p: np.ndarray, z: np.ndarray, E: np.ndarray, lam: float, target: np.ndarray) -> np.ndarray:
     """Finish an interior-point answer exactly: guess the support from ``p``, solve the KKT
     equality system on it (dense numpy), and keep the result only if it certifies optimality
-    (p_S > 0, multipliers ≥ 0 off S, MATH.md §2). Otherwise return ``p`` unchanged."""
+    (p_S > 0, multipliers ≥ 0 off S, docs/math.md §2). Otherwise return ``p`` unchanged."""
     K = E.shape[0]
     H = E @ E.T + lam * np.eye(K)
     b = E @ z + lam * target
@@ -85,7 +85,7 @@ def reference_scq_grads(
     z: torch.Tensor, codebook: torch.Tensor, lam: float, target: torch.Tensor, weights: torch.Tensor,
     grad_weights: torch.Tensor, support_tol: float = 1e-13,
 ) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
-    """Vector-Jacobian products of the SCQ solution, written densely in numpy from MATH.md §4.
+    """Vector-Jacobian products of the SCQ solution, written densely in numpy from docs/math.md §4.
 
     Given the solution ``weights`` (N, K) and ``grad_weights`` = ∂ℓ/∂p, returns (∂ℓ/∂z, ∂ℓ/∂E,
     ∂ℓ/∂p̃), one vector at a time, with the support read off ``weights > support_tol`` (pass the

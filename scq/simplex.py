@@ -3,7 +3,7 @@ r"""Euclidean projection onto the probability simplex (sparsemax).
     Π_Δ(u) = argmin_{p ∈ Δ} ‖p − u‖²,   Δ = {p ≥ 0, 1ᵀp = 1}
            = max(u − τ, 0),  τ such that the result sums to one.
 
-Two algorithms compute τ (MATH.md §3) and are cross-checked in the tests:
+Two algorithms compute τ (docs/math.md §3) and are cross-checked in the tests:
 
 - ``"sort"``: sort descending, pick the largest ρ with u_(ρ) − (Σ_{r≤ρ} u_(r) − 1)/ρ > 0. Exact.
 - ``"bisect"``: bisection on τ over [max u − 1, max u] with a fixed number of halvings, then one

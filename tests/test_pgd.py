@@ -7,7 +7,7 @@ from torch.autograd import gradcheck
 import scq
 from scq.reference import reference_scq
 from tests.conftest import cuda_devices
-from scq.solvers.problem import objective, resolve_target
+from scq.problems import objective, resolve_target
 from tests.helpers import assert_close, problem, scq_kkt_violation
 
 LAMS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
@@ -174,8 +174,8 @@ def test_warm_start_length_does_not_change_the_answer(pg_iters):
 @pytest.mark.parametrize("simplex", [True, False])
 def test_fista_alone_converges_to_the_active_set_solution(simplex):
     # Two algorithms for one small QP, cross-checked: FISTA run long vs the exact active set.
-    from scq.solvers.active_set import solve_active_set
-    from scq.solvers.proximal import fista
+    from scq.solvers.engine.active_set import solve_active_set
+    from scq.solvers.engine.fista import fista
 
     gen = torch.Generator().manual_seed(38)
     N, m, D, ridge = 6, 8, 5, 0.5

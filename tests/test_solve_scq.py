@@ -6,7 +6,7 @@ from torch.autograd import gradcheck
 
 import scq
 from scq.reference import reference_scq, reference_scq_grads
-from scq.solvers.problem import resolve_target
+from scq.problems import resolve_target
 from tests.helpers import assert_close, numpy_relaxed, on_simplex, problem
 
 LAMS = [0.01, 0.1, 1.0, 10.0]
@@ -125,14 +125,17 @@ def test_return_info():
 def test_register_method_is_used_by_solve_scq():
     from scq.solvers import registry
 
-    @scq.register_method("_uniform_for_test")
+    @scq.register_method("_uniform_for_test", exact=False)
     def uniform(z, codebook, lam, target):
         return torch.full((z.shape[0], codebook.shape[0]), 1.0 / codebook.shape[0], dtype=z.dtype), scq.SolverInfo("_uniform_for_test")
 
     try:
         z, E = problem(N=3, K=4, D=2)
-        assert_close(scq.solve_scq(z, E, 1.0, method="_uniform_for_test"), torch.full((3, 4), 0.25, dtype=torch.float64))
+        w, info = scq.solve_scq(z, E, 1.0, method="_uniform_for_test", return_info=True)
+        assert_close(w, torch.full((3, 4), 0.25, dtype=torch.float64))
+        # The front door certifies a user's method too: uniform weights are not the solution.
+        assert not info.converged and info.residual > 1e-3 and info.error_bound > 0
         with pytest.raises(ValueError, match="already registered"):
             scq.register_method("_uniform_for_test")(uniform)
     finally:
-        registry._METHODS.pop("_uniform_for_test")
+        registry.SCQ_METHODS.unregister("_uniform_for_test")

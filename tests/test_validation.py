@@ -81,8 +81,8 @@ def test_unknown_method(zE):
 
 def test_unknown_option(zE):
     z, E = zE
-    with pytest.raises(TypeError, match=r"method='relaxed' got unknown options \['tol'\]"):
-        scq.solve_scq(z, E, 0.5, method="relaxed", tol=1e-3)
+    with pytest.raises(TypeError, match=r"method='relaxed'\) got unknown options \['max_rounds'\]"):
+        scq.solve_scq(z, E, 0.5, method="relaxed", max_rounds=3)
 
 
 def test_wrong_types(zE):
@@ -108,8 +108,8 @@ def test_module_arguments():
         scq.SCQ(4, 8, lam=0)
     with pytest.raises(ValueError, match="unknown method"):
         scq.SCQ(4, 8, method="nope")
-    with pytest.raises(TypeError, match=r"method='relaxed' got unknown options \['tol'\]"):
-        scq.SCQ(4, 8, method="relaxed", tol=1e-3)
+    with pytest.raises(TypeError, match=r"method='relaxed'\) got unknown options \['max_rounds'\]"):
+        scq.SCQ(4, 8, method="relaxed", max_rounds=3)
     with pytest.raises(TypeError, match=r"unknown options \['lam'\]"):
         scq.SVQ(4, 8, solver="lasso", lam=1.0)
     with pytest.raises(TypeError, match="solver='mlp' takes no solver options"):
@@ -142,7 +142,7 @@ def test_failed_cone_solve_is_reported(monkeypatch, zE):
         def __call__(self, *args, **kwargs):
             raise ValueError("Solver scs returned status infeasible")
 
-    monkeypatch.setattr(exact, "_layer", lambda K, D: Failing())
+    monkeypatch.setattr(exact, "scq_layer", lambda K, D: Failing())
     z, E = zE
     with pytest.raises(RuntimeError, match="method='exact': the cone solver failed"):
         scq.solve_scq(z, E, 0.5, method="exact")
@@ -151,7 +151,7 @@ def test_failed_cone_solve_is_reported(monkeypatch, zE):
 def test_non_finite_cone_output_is_reported(monkeypatch, zE):
     from scq.solvers import exact
 
-    monkeypatch.setattr(exact, "_layer", lambda K, D: (lambda C, z, s, t, solver_args: (torch.full((z.shape[0], 6), math.nan, dtype=torch.float64),)))
+    monkeypatch.setattr(exact, "scq_layer", lambda K, D: (lambda C, z, s, t, solver_args: (torch.full((z.shape[0], 6), math.nan, dtype=torch.float64),)))
     z, E = zE
     with pytest.raises(RuntimeError, match="non-finite"):
         scq.solve_scq(z, E, 0.5, method="exact")

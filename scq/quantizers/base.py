@@ -61,6 +61,7 @@ class Quantizer(nn.Module):
         self.init = init
         self.codebook = nn.Parameter(torch.empty(codebook_size, dim), requires_grad=learnable_codebook)
         self.reset_parameters()
+        self.register_load_state_dict_post_hook(lambda module, keys: module.check_codebook())
 
     def reset_parameters(self) -> None:
         init_codebook_(self.codebook, self.init)
@@ -76,21 +77,23 @@ class Quantizer(nn.Module):
             else torch.randint(n, (self.codebook_size,), generator=generator)
         self.codebook.copy_(flat[idx.to(flat.device)].to(self.codebook.dtype))
 
-    def _flatten(self, x: torch.Tensor, check_finite: bool = True) -> "tuple[torch.Tensor, torch.Size]":
-        """Checked ``(N, dim)`` view of ``x`` in the compute dtype, and the batch shape.
-
-        ``check_finite=False`` for callers whose solver entry point checks the values anyway
-        (each check is a reduction and a host sync on the forward's hot path).
-        """
+    def _flatten(self, x: torch.Tensor) -> "tuple[torch.Tensor, torch.Size]":
+        """Checked ``(N, dim)`` view of ``x`` in the compute dtype, and the batch shape: the one
+        validation of a forward (the module's own parameters were checked when set)."""
         v.check_tensor("x", x)
         if x.dim() < 1 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (..., {self.dim}), got {tuple(x.shape)}")
         if x.device != self.codebook.device:
             raise ValueError(f"x is on {x.device} but the codebook is on {self.codebook.device}")
-        if check_finite:
-            v.check_finite("x", x)
+        v.check_finite("x", x)
         dtype = v.compute_dtype(x, self.codebook)
         return x.reshape(-1, self.dim).to(dtype), x.shape[:-1]
+
+    def check_codebook(self) -> None:
+        """Raise a ValueError if the codebook holds NaN or Inf (one host sync). Runs after
+        ``load_state_dict``; call it yourself after editing the codebook by hand. Forwards do not
+        check it: a non-finite codebook shows there as a failed certificate (``last_info``)."""
+        v.check_finite("codebook", self.codebook.detach())
 
     def _codebook(self, dtype: torch.dtype) -> torch.Tensor:
         return self.codebook.to(dtype)

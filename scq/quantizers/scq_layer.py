@@ -1,4 +1,4 @@
-r"""Soft convex quantization as a layer (MATH.md §2).
+r"""Soft convex quantization as a layer (docs/math.md §2).
 
     p* = argmin_{p ∈ Δ_K} ‖x − Eᵀp‖² + λ‖p − p̃‖²,   quantized = Eᵀp*
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from .. import _validation as v
-from ..functional import DEFAULT_METHOD, dispatch, prepare
-from ..solvers.options import check_options
-from ..solvers.registry import SolverInfo, get_method
-from ..solvers.sparse import SparseWeights
+from ..functional import DEFAULT_METHOD
+from ..solvers.dispatch import SCQProblem, check_method, solve
+from ..solvers.registry import SCQ_METHODS, SolverInfo
+from ..solvers.solution import combine, densify, hard_codes
 from .base import Quantizer, QuantizerOutput, commitment_loss
 
 
@@ -30,13 +30,16 @@ class SCQ(Quantizer):
             ``"relaxed"``: the paper's one-shot relaxation; ``"exact"``: cvxpylayers, slow).
         beta: weight of the commitment term in ``loss``.
         init: codebook initialization (``"normal"``, ``"uniform"``, ``"kaiming"``).
+        strict: raise when a solve fails its certificate (default: warn, flag ``last_info``).
         **solver_options: passed to the method (e.g. ``tol``, ``max_rounds``).
 
     ``forward(x)`` returns :class:`QuantizerOutput` with ``weights`` p* on the simplex and
     ``indices`` their argmax. ``loss = ‖sg(x) − q‖² + β‖x − sg(q)‖²`` (means over elements): the
     first term moves the codebook (its hull) towards the inputs, the second keeps the encoder's
     outputs near the hull. ``quantized`` itself is differentiable in x and the codebook, so the
-    loss is optional, unlike VQ's. The last solve's :class:`~scq.SolverInfo` is ``last_info``.
+    loss is optional, unlike VQ's. The last solve's :class:`~scq.SolverInfo` (its certificate) is
+    ``last_info``. Under ``torch.autocast`` the solve runs in float32 and the outputs come back in
+    the input's dtype.
     """
 
     def __init__(
@@ -48,29 +51,44 @@ class SCQ(Quantizer):
         method: str = DEFAULT_METHOD,
         beta: float = 0.25,
         init: str = "normal",
+        strict: bool = False,
         **solver_options,
     ):
         super().__init__(dim, codebook_size, init=init)
-        self.lam = v.check_positive("lam", lam)
-        check_options(f"method={method!r}", get_method(method), solver_options)
+        self.solver_options = solver_options
+        self.lam = lam
         self.method = method
         self.beta = v.check_nonnegative("beta", beta)
-        self.solver_options = solver_options
+        self.strict = bool(strict)
         self.last_info: SolverInfo | None = None
 
+    # λ and the method are checked when set (here is the edge), not on every forward.
+    @property
+    def lam(self) -> float:
+        return self._lam
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        self._lam = v.check_positive("lam", value)
+
+    @property
+    def method(self) -> str:
+        return self._method.name
+
+    @method.setter
+    def method(self, name: str) -> None:
+        self._method = check_method(SCQ_METHODS, name, self.solver_options)
+
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
-        flat, batch_shape = self._flatten(x, check_finite=False)
-        prepared = prepare(flat, self._codebook(flat.dtype), self.lam, None, name="x")
-        solution, self.last_info = dispatch(self.method, prepared, self.solver_options)
-        if isinstance(solution, SparseWeights):
-            quantized = solution.combine(prepared.codebook)
-            weights, indices = solution.to_dense(), solution.argmax()
-        else:
-            quantized = solution @ prepared.codebook
-            weights = solution
-            indices = solution.detach().argmax(-1) if solution.shape[0] else solution.new_zeros(0, dtype=torch.long)
-        loss = commitment_loss(flat, quantized, self.beta)
-        return self._output(quantized, weights, indices, loss, batch_shape, x.dtype)
+        flat, batch_shape = self._flatten(x)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            E = self._codebook(flat.dtype)
+            solution, self.last_info = solve(SCQProblem(self.lam), self._method, flat, E, self.solver_options,
+                                             strict=self.strict)
+            quantized = combine(solution, E)
+            loss = commitment_loss(flat, quantized, self.beta)
+            out = self._output(quantized, densify(solution), hard_codes(solution), loss, batch_shape, x.dtype)
+        return out
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={val!r}" for k, val in self.solver_options.items())

@@ -1,4 +1,4 @@
-r"""Sparse soft vector quantization (SVQ), Chen et al. 2023 (MATH.md §5).
+r"""Sparse soft vector quantization (SVQ), Chen et al. 2023 (docs/math.md §5).
 
 Sparse regression of each input on a large codebook, z_q = Eᵀw:
 
@@ -7,7 +7,7 @@ Sparse regression of each input on a large codebook, z_q = Eᵀw:
   only pressure towards sparse weights is its MAE training loss). ``relu_output=True`` adds
   a ReLU on w.
 - ``solver="lasso"``: the exact problem the MLP amortizes, w* = argmin ½‖z − Eᵀw‖² + α‖w‖₁
-  (w ≥ 0 with ``nonneg``), by :func:`scq.solve_lasso` (``method="pgd"``), with a KKT backward.
+  (w ≥ 0 with ``nonneg``), by :func:`scq.solve_lasso`'s methods, with a KKT backward.
 
 Image feature maps are the caller's to flatten: ``(B, C, H, W)`` → ``x.permute(0, 2, 3, 1)`` →
 ``(B, H, W, C)`` (or ``.flatten(1, 2)`` for ``(B, H·W, C)``), quantize with ``dim=C``, and permute
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from ..solvers.lasso import LASSO_METHODS, check_alpha, lasso_dispatch
-from ..solvers.options import check_options
-from ..solvers.registry import SolverInfo
-from ..solvers.sparse import SparseWeights
+from ..functional import check_alpha
+from ..solvers.dispatch import LassoProblem, check_method, solve
+from ..solvers.registry import LASSO_METHODS, SolverInfo
+from ..solvers.solution import combine, densify, hard_codes
 from .base import Quantizer, QuantizerOutput
 
 SOLVERS = ("mlp", "lasso")
@@ -40,8 +40,10 @@ class SVQ(Quantizer):
         solver: ``"mlp"`` (amortized, as in the paper) or ``"lasso"`` (exact sparse regression).
         relu_output: ReLU on the MLP's output (non-negative weights).
         alpha: α > 0 of the lasso. nonneg: non-negative lasso weights.
-        lasso_method: ``"pgd"`` (default) or ``"exact"`` (cvxpylayers).
-        **solver_options: passed to :func:`scq.solve_lasso`.
+        lasso_method: a name from ``scq.available_methods("lasso")``: ``"pgd"`` (default) or
+            ``"exact"`` (cvxpylayers).
+        strict: raise when a lasso solve fails its certificate (default: warn, flag ``last_info``).
+        **solver_options: passed to the lasso method (see :func:`scq.solve_lasso`).
 
     ``forward(x)`` returns :class:`QuantizerOutput`: ``weights`` the regression weights,
     ``indices`` the code of largest |weight|, ``loss`` zero (SVQ has no auxiliary loss).
@@ -60,23 +62,25 @@ class SVQ(Quantizer):
         alpha: float = 0.1,
         nonneg: bool = False,
         lasso_method: str = "pgd",
+        strict: bool = False,
         **solver_options,
     ):
         super().__init__(dim, codebook_size, init=init, learnable_codebook=not freeze_codebook)
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-        if lasso_method not in LASSO_METHODS:
-            raise ValueError(f"lasso_method must be one of {tuple(LASSO_METHODS)}, got {lasso_method!r}")
         self.solver = solver
         self.hidden = min(v.check_positive_int("hidden", hidden), codebook_size)
         self.relu_output = bool(relu_output)
         self.alpha = check_alpha(alpha)
         self.nonneg = bool(nonneg)
-        self.lasso_method = lasso_method
-        if solver == "lasso":
-            check_options(f"solve_lasso(method={lasso_method!r})", LASSO_METHODS[lasso_method], solver_options)
-        elif solver_options:
+        self.strict = bool(strict)
+        if solver == "mlp" and solver_options:
             raise TypeError(f"solver='mlp' takes no solver options, got {sorted(solver_options)}")
+        try:
+            self._lasso_method = check_method(LASSO_METHODS, lasso_method, solver_options)
+        except ValueError as err:
+            raise ValueError(f"lasso_method: {err}") from None
+        self.lasso_method = lasso_method
         self.solver_options = solver_options
         self.last_info: SolverInfo | None = None
         if solver == "mlp":
@@ -92,12 +96,11 @@ class SVQ(Quantizer):
                 weights = torch.relu(weights)
             quantized = weights @ E
         else:
-            solution, self.last_info = lasso_dispatch(flat, E, self.alpha, self.nonneg, self.lasso_method, self.solver_options)
-            if isinstance(solution, SparseWeights):
-                quantized, weights = solution.combine(E), solution.to_dense()
-            else:
-                quantized, weights = solution @ E, solution
-        indices = weights.detach().abs().argmax(-1) if weights.shape[0] else weights.new_zeros(0, dtype=torch.long)
+            with torch.autocast(device_type=flat.device.type, enabled=False):
+                solution, self.last_info = solve(LassoProblem(self.alpha, self.nonneg), self._lasso_method, flat, E,
+                                                 self.solver_options, strict=self.strict)
+                quantized, weights = combine(solution, E), densify(solution)
+        indices = hard_codes(weights, by_magnitude=True)
         loss = flat.new_zeros(())
         return self._output(quantized, weights, indices, loss, batch_shape, x.dtype)
 

@@ -1,4 +1,4 @@
-r"""Plain vector quantization, the baseline (MATH.md §1).
+r"""Plain vector quantization, the baseline (docs/math.md §1).
 
     k* = argmin_k ‖x − e_k‖²,   q = e_{k*},   quantized = x + sg(q − x)   (straight-through)
     loss = ‖sg(x) − q‖² + β‖x − sg(q)‖²    (van den Oord et al. 2017)
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _validation as v
-from ..solvers.problem import nearest_codes
+from ..problems import nearest_codes
 from .base import Quantizer, QuantizerOutput, commitment_loss
 
 

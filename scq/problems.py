@@ -1,7 +1,13 @@
-r"""Pieces of the SCQ problem every method shares (MATH.md §2).
+r"""The two problems scq solves, as formulas every method, certificate and reference shares.
+
+SCQ (docs/math.md §2):
 
     p* = argmin_{p ∈ Δ_K} ‖z − Eᵀp‖² + λ‖p − p̃‖²  =  argmin_{p ∈ Δ_K} pᵀHp − 2bᵀp,
     H = EEᵀ + λI,   b = Ez + λp̃.
+
+Lasso, SVQ's sparse regression (docs/math.md §5):
+
+    w* = argmin_w ½‖z − Eᵀw‖² + α‖w‖₁   (optionally w ≥ 0)
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ def nearest_code(scores: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 def nearest_codes(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """argmin_k ‖z − e_k‖² for rows of ``z`` (N, D) when the scores are not needed otherwise:
-    ‖e‖² − 2ZEᵀ in one fused GEMM (MATH.md §1)."""
+    ‖e‖² − 2ZEᵀ in one fused GEMM (docs/math.md §1)."""
     sq_norms = (codebook * codebook).sum(-1)
     return torch.addmm(sq_norms, z, codebook.transpose(0, 1), alpha=-2).argmin(-1)
 
 
 def one_hot_target(scores: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """p̃ = one_hot(nearest code), with no gradient (MATH.md §2)."""
+    """p̃ = one_hot(nearest code), with no gradient (docs/math.md §2)."""
     with torch.no_grad():
         idx = nearest_code(scores, codebook)
         target = torch.zeros_like(scores)
@@ -51,3 +57,9 @@ def objective(weights: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor, la
     """‖z − Eᵀp‖² + λ‖p − p̃‖² per vector (N,)."""
     residual = z - weights @ codebook
     return (residual * residual).sum(-1) + lam * ((weights - target) ** 2).sum(-1)
+
+
+def lasso_objective(weights: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor, alpha: float) -> torch.Tensor:
+    """½‖z − Eᵀw‖² + α‖w‖₁ per vector (N,)."""
+    residual = z - weights @ codebook
+    return 0.5 * (residual * residual).sum(-1) + alpha * weights.abs().sum(-1)

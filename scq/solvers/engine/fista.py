@@ -8,7 +8,7 @@ on λ_max(H) per row (safe: never too large a step). Π_C is the sparsemax proje
 simplex and a clamp for the orthant — on the lasso's signed codes the clamp *is* the soft
 threshold S_{α/L}, since the ℓ₁ term is folded into b.
 
-Used as the warm start of the active-set polish (:mod:`scq.solvers.active_set`): a few
+Used as the warm start of the active-set polish (:mod:`scq.solvers.engine.active_set`): a few
 iterations find most of the support, so the exact polish finishes in one or two solves.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..simplex import simplex_threshold
+from ...simplex import simplex_threshold
 
 
 def project(u: torch.Tensor, valid: torch.Tensor, simplex: bool) -> torch.Tensor:

@@ -1,8 +1,13 @@
-"""Sparse weights: codes ``indices`` (N, m) with ``values`` (N, m), the rest of the K weights zero."""
+"""The one solution type of every solver: dense weights ``(N, K)`` or :class:`SparseWeights`.
+
+Methods return either form; everything downstream (the certificate, the front doors, the modules)
+goes through :func:`densify`, :func:`combine` and :func:`hard_codes`, which accept both, so the
+sparse-or-dense question is answered here and nowhere else.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import torch
 
@@ -56,4 +61,36 @@ class SparseWeights(NamedTuple):
         return _Combine.apply(self.values, codebook, self.indices)
 
     def argmax(self) -> torch.Tensor:
-        return self.indices.gather(-1, self.values.argmax(-1, keepdim=True)).squeeze(-1)
+        return hard_codes(self)
+
+
+Weights = Union[torch.Tensor, SparseWeights]
+
+
+def densify(weights: Weights) -> torch.Tensor:
+    """The weights as a dense ``(N, K)`` tensor."""
+    return weights.to_dense() if isinstance(weights, SparseWeights) else weights
+
+
+def combine(weights: Weights, codebook: torch.Tensor) -> torch.Tensor:
+    """z_q = Eᵀp for every row, ``(N, D)``: O(N·m·D) for sparse weights, one GEMM for dense."""
+    return weights.combine(codebook) if isinstance(weights, SparseWeights) else weights @ codebook
+
+
+def hard_codes(weights: Weights, by_magnitude: bool = False) -> torch.Tensor:
+    """The code of largest weight (``by_magnitude``: largest |weight|) of every row, int64 ``(N,)``."""
+    if isinstance(weights, SparseWeights):
+        values = weights.values.abs() if by_magnitude else weights.values
+        if weights.values.shape[-1] == 0:
+            return weights.indices.new_zeros(weights.indices.shape[:-1])
+        return weights.indices.gather(-1, values.argmax(-1, keepdim=True)).squeeze(-1)
+    w = weights.detach()
+    if w.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=w.device)
+    return (w.abs() if by_magnitude else w).argmax(-1)
+
+
+def support_size(weights: Weights) -> torch.Tensor:
+    """Nonzero weights per row, ``(N,)``."""
+    values = weights.values if isinstance(weights, SparseWeights) else weights
+    return (values.detach() != 0).sum(-1)

@@ -1,4 +1,4 @@
-r"""Batched primal active-set solver for small non-negative QPs (MATH.md §2, §4, §5).
+r"""Batched primal active-set solver for small non-negative QPs (docs/math.md §2, §4, §5).
 
 For each row n of the batch, on m slots (a working set of codes):
 
@@ -33,17 +33,17 @@ import torch
 DEGENERATE_SLACK = 10.0
 
 
-def masked_cholesky(H: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """Cholesky factor of H restricted to ``support`` (N, m) bool, identity off it."""
+def masked_cholesky(H: torch.Tensor, support: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Cholesky factor of H restricted to ``support`` (N, m) bool, identity off it, and the rows
+    (N,) bool whose restricted matrix was not numerically positive definite (their factor is the
+    identity, so later solves stay finite; the caller freezes those rows as broken down). No
+    host sync: a breakdown is a mask, not an exception."""
     s = support.to(H.dtype)
     A = H * (s.unsqueeze(-1) * s.unsqueeze(-2)) + torch.diag_embed(1 - s)
     L, info = torch.linalg.cholesky_ex(A)
-    if bool((info != 0).any()):
-        raise RuntimeError(
-            "active-set solve: the Gram matrix restricted to the support is singular (duplicate codes, "
-            "or a lasso support larger than the dimension D); a ridge term or a larger alpha avoids it"
-        )
-    return L
+    failed = info != 0
+    L = torch.where(failed.unsqueeze(-1).unsqueeze(-1), torch.eye(A.shape[-1], dtype=A.dtype, device=A.device), L)
+    return L, failed
 
 
 def support_solve(L: torch.Tensor, rhs: torch.Tensor, support: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
@@ -66,8 +66,8 @@ def equality_solution(L: torch.Tensor, b: torch.Tensor, support: torch.Tensor, s
 
 
 def support_vjp(L: torch.Tensor, grad: torch.Tensor, support: torch.Tensor, simplex: bool = True) -> torch.Tensor:
-    """v = M g on S, 0 off it: M = H_SS⁻¹ without a sum constraint (MATH.md §5), and with the
-    simplex's 1ᵀu = 1, M = H_SS⁻¹ − H_SS⁻¹11ᵀH_SS⁻¹/(1ᵀH_SS⁻¹1) (MATH.md §4)."""
+    """v = M g on S, 0 off it: M = H_SS⁻¹ without a sum constraint (docs/math.md §5), and with the
+    simplex's 1ᵀu = 1, M = H_SS⁻¹ − H_SS⁻¹11ᵀH_SS⁻¹/(1ᵀH_SS⁻¹1) (docs/math.md §4)."""
     x, y = support_solve(L, grad, support)
     if not simplex:
         return x
@@ -82,13 +82,16 @@ class ActiveSetResult:
     converged: torch.Tensor  # (N,) bool
     iterations: int
     residual: torch.Tensor  # (N,) multiplier violation left on the slots (≤ DEGENERATE_SLACK·tol)
+    broken: torch.Tensor  # (N,) bool: a support system was singular; the row stopped, unconverged
 
 
 def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex, max_support):
     """``n_iter`` lockstep iterations; rows that finish are frozen.
 
-    Returns p, s, ν, done, the anti-cycling flags (single_add, progress) to carry on with, and
-    the multiplier violation left at finish (0 unless finished as degenerate).
+    Returns p, s, ν, done, the anti-cycling flags (single_add, progress) to carry on with, the
+    multiplier violation left at finish (0 unless finished as degenerate) and the rows that broke
+    down (singular support system: frozen at their last feasible iterate, ``done`` but not
+    converged).
     """
     N = p.shape[0]
     # Weights this small are rounding noise of a zero; dropping them keeps rows from cycling.
@@ -96,8 +99,9 @@ def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex,
     done = torch.zeros(N, dtype=torch.bool, device=p.device)
     nu = torch.zeros(N, dtype=p.dtype, device=p.device)
     residual = torch.zeros(N, dtype=p.dtype, device=p.device)
+    broken = torch.zeros_like(done)
     for _ in range(n_iter):
-        L = masked_cholesky(H, s)
+        L, failed = masked_cholesky(H, s)
         p_eq, nu_eq = equality_solution(L, b, s, simplex)
         # Ratio test: the largest step α ≤ 1 towards p_eq that keeps p ≥ 0.
         blocking = s & (p_eq < -drop_tol)
@@ -121,7 +125,7 @@ def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex,
         # A single add that came straight back out: the code's multiplier is negative only by
         # rounding (its weight would be ~0). Accept the face within DEGENERATE_SLACK·tol.
         degenerate = stalled & single_add & (worst <= DEGENERATE_SLACK * dual_tol)
-        finished = at_face_optimum & (~has_violation | degenerate)
+        finished = at_face_optimum & (~has_violation | degenerate) & ~failed
         # A multi-add that led back to the same face without progress: add one code at a time.
         single_add_new = single_add | stalled
         adds = (violation > dual_tol.unsqueeze(-1)) & at_face_optimum.unsqueeze(-1)
@@ -134,15 +138,17 @@ def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex,
         s_new = s_new | adds
         progress_new = progress_new & ~adds.any(-1)
 
-        keep = done.unsqueeze(-1)
+        broken = broken | (failed & ~done)
+        frozen = done | failed
+        keep = frozen.unsqueeze(-1)
         p = torch.where(keep, p, p_new)
         s = torch.where(keep, s, s_new)
-        nu = torch.where(done, nu, nu_eq)
-        residual = torch.where(done, residual, torch.where(finished, worst.clamp_min(0), residual))
-        progress = torch.where(done, progress, progress_new)
-        single_add = torch.where(done, single_add, single_add_new)
-        done = done | finished
-    return p, s, nu, done, single_add, progress, residual
+        nu = torch.where(frozen, nu, nu_eq)
+        residual = torch.where(frozen, residual, torch.where(finished, worst.clamp_min(0), residual))
+        progress = torch.where(frozen, progress, progress_new)
+        single_add = torch.where(frozen, single_add, single_add_new)
+        done = done | finished | failed
+    return p, s, nu, done, single_add, progress, residual, broken
 
 
 def solve_active_set(
@@ -180,21 +186,27 @@ def solve_active_set(
     single_add = torch.zeros_like(converged)
     progress = torch.ones_like(converged)
     residual = p.new_zeros(N)
+    broken = torch.zeros_like(converged)
     rows = None  # None: every row (a converged row re-solved is a fixed point)
     iterations = 0
     while iterations < max_iter:
         n_iter = min(check_every, max_iter - iterations)
         if rows is None:
-            p, s, nu, converged, single_add, progress, residual = _iterate(
+            p, s, nu, done, single_add, progress, residual, broken_now = _iterate(
                 H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex, max_support
             )
+            broken = broken | broken_now
         else:
             state = _iterate(H[rows], b[rows], p[rows], s[rows], valid[rows], dual_tol[rows],
                              single_add[rows], progress[rows], n_iter, simplex, max_support)
-            p[rows], s[rows], nu[rows], converged[rows], single_add[rows], progress[rows], residual[rows] = state
+            p[rows], s[rows], nu[rows], done_r, single_add[rows], progress[rows], residual[rows], broken_r = state
+            done = converged | broken
+            done[rows] = done_r
+            broken[rows] = broken[rows] | broken_r
+        converged = done & ~broken
         iterations += n_iter
-        if bool(converged.all()):
+        if bool(done.all()):
             break
         if compact:
-            rows = (~converged).nonzero().squeeze(1)
-    return ActiveSetResult(p, s, nu, converged, iterations, residual)
+            rows = (~done).nonzero().squeeze(1)
+    return ActiveSetResult(p, s, nu, converged, iterations, residual, broken)

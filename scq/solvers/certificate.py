@@ -1,0 +1,113 @@
+r"""The certificate of an answer: how far returned weights are from optimal, measured, not assumed.
+
+Every method's answer goes through here (docs/math.md §7), so ``SolverInfo.residual`` means the
+same thing for ``exact``, ``relaxed``, ``pgd`` and the lasso solvers. Cost: one N×K×D GEMM and a
+few elementwise passes over (N, K).
+
+**SCQ** (f(p) = ½pᵀHp − bᵀp on Δ_K, H = EEᵀ + λI, b = Ez + λp̃). With g = Hp − b = E(z_q − z)
++ λ(p − p̃), the multiplier estimate ν = −gᵀp and μ = g + ν1:
+
+- residual (relative, dimensionless): max_k |min(p_k, μ_k/s)| and |1ᵀp − 1|, s the row's scale
+  ‖e‖max(‖e‖max + ‖z‖) + λ(1 + max|p̃|). Zero exactly at the optimum; needs no support guess
+  (a tiny positive weight of an interior-point answer counts as its size, not as a wrong support).
+- objective_gap: gᵀp − min_k g_k ≥ f(p) − f(p*) (the Frank–Wolfe duality gap).
+- error bounds: ½‖p − p*‖²_H ≤ gap gives ‖p − p*‖ ≤ √(2·gap/λ) and ‖z_q − z_q*‖ ≤ √(2·gap); and p
+  is the exact solution for a linear term b + δ (δ = μ on the support, min(μ, 0) off it), so
+  ‖p − p*‖ ≤ ‖δ‖/λ and ‖z_q − z_q*‖ ≤ ‖δ‖/√λ. The smaller of each pair is reported.
+
+**Lasso** (f(w) = ½‖z − Eᵀw‖² + α‖w‖₁ + ½ρ‖w‖², optionally w ≥ 0). With g = E(z_q − z) + ρw, the
+signed form u± = max(±w, 0) with multipliers μ± = α ± g:
+
+- residual: max over k and both signs of |min(u±_k, μ±_k/s)|, s = ‖e‖max(‖e‖max + ‖z‖) + ρ + α.
+- objective_gap: f(w) − D(θ) with the dual point θ = r·min(1, α/‖Er‖∞), r = z − z_q (for
+  ``nonneg``, ‖(Er)₊‖∞), D(θ) = ½‖z‖² − ½‖z − θ‖²: a lower bound on the plain lasso's optimum,
+  hence on f's.
+- error bounds: ‖z_q − z_q*‖ ≤ √(2·gap); ‖w − w*‖ ≤ √(2·gap/ρ) (``inf`` without a ridge: the lasso
+  need not be strongly convex, z_q* is unique but w* may not be).
+
+Rounding counts too: the residual is measured in the compute dtype, so it cannot fall below about
+ε·√D relative (~1e-7 in float32).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+
+from ..problems import code_scores, nearest_code
+from .solution import Weights, combine, densify
+
+
+class Certificate(NamedTuple):
+    """Per-vector measurements, each ``(N,)`` in the compute dtype."""
+
+    residual: torch.Tensor
+    objective_gap: torch.Tensor
+    error_bound: torch.Tensor
+    quantized_error_bound: torch.Tensor
+
+
+def _row_scale(z: torch.Tensor, codebook: torch.Tensor, constant) -> torch.Tensor:
+    e_max = codebook.norm(dim=-1).max()
+    return e_max * (e_max + z.norm(dim=-1)) + constant
+
+
+def _ncp(u: torch.Tensor, mu_scaled: torch.Tensor) -> torch.Tensor:
+    """|min(u, μ/s)| per entry: zero iff u ≥ 0, μ ≥ 0 and u·μ = 0."""
+    return torch.minimum(u, mu_scaled).abs()
+
+
+@torch.no_grad()
+def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: float,
+                target: Optional[torch.Tensor]) -> Certificate:
+    """The SCQ certificate of ``weights`` for inputs ``z (N, D)``; ``target`` ``None`` means the
+    one-hot nearest code, found exactly as the methods find it."""
+    z, codebook = z.detach(), codebook.detach()
+    p = densify(weights).detach()
+    zq = combine(weights, codebook).detach()
+    g = code_scores(zq - z, codebook).add_(p, alpha=lam)
+    if target is None:
+        nearest = nearest_code(code_scores(z, codebook), codebook)
+        g.scatter_add_(1, nearest.unsqueeze(1), torch.full_like(g[:, :1], -lam))
+        target_max = 1.0
+    else:
+        g.sub_(target.detach(), alpha=lam)
+        target_max = target.detach().abs().amax(-1)
+    scale = _row_scale(z, codebook, lam * (1 + target_max))
+    gp = (g * p).sum(-1)
+    mu = g - gp.unsqueeze(-1)  # g + ν with ν = −gᵀp
+    residual = torch.maximum(_ncp(p, mu / scale.unsqueeze(-1)).amax(-1), (p.sum(-1) - 1).abs())
+    gap = (gp - g.amin(-1)).clamp_min(0)
+    delta = torch.where(p > 0, mu, mu.clamp_max(0)).norm(dim=-1)
+    error = torch.minimum((2 * gap / lam).sqrt(), delta / lam)
+    q_error = torch.minimum((2 * gap).sqrt(), delta / math.sqrt(lam))
+    return Certificate(residual, gap, error, q_error)
+
+
+@torch.no_grad()
+def certify_lasso(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, alpha: float, nonneg: bool,
+                  ridge: float = 0.0) -> Certificate:
+    """The lasso certificate of ``weights`` (see the module doc)."""
+    z, codebook = z.detach(), codebook.detach()
+    w = densify(weights).detach()
+    zq = combine(weights, codebook).detach()
+    r = z - zq
+    g = code_scores(-r, codebook)  # E(z_q − z)
+    if ridge:
+        g.add_(w, alpha=ridge)
+    scale = _row_scale(z, codebook, ridge + alpha).unsqueeze(-1)
+    residual = _ncp(w if nonneg else w.clamp_min(0), (alpha + g) / scale)
+    if not nonneg:
+        residual = torch.maximum(residual, _ncp((-w).clamp_min(0), (alpha - g) / scale))
+    residual = residual.amax(-1)
+    # Dual point θ = r·min(1, α/‖Er‖∞) (Er = −g without the ridge term).
+    er = -(g - ridge * w) if ridge else -g
+    er_max = (er.clamp_min(0) if nonneg else er.abs()).amax(-1)
+    theta = r * torch.clamp(alpha / er_max.clamp_min(torch.finfo(r.dtype).tiny), max=1.0).unsqueeze(-1)
+    primal = 0.5 * (r * r).sum(-1) + alpha * w.abs().sum(-1) + 0.5 * ridge * (w * w).sum(-1)
+    dual = 0.5 * (z * z).sum(-1) - 0.5 * ((z - theta) ** 2).sum(-1)
+    gap = (primal - dual).clamp_min(0)
+    error = (2 * gap / ridge).sqrt() if ridge else torch.full_like(gap, math.inf)
+    return Certificate(residual, gap, error, (2 * gap).sqrt())

@@ -1,0 +1,125 @@
+r"""The one path from a batch to a certified answer, shared by :func:`scq.solve_scq`,
+:func:`scq.solve_lasso` and the quantizer modules:
+
+    prepare (check at the edge, flatten, compute dtype) → solve (look the method up, run it with
+    autocast off, measure its certificate, derive ``converged``, warn or raise) → the caller
+    shapes the result (dense weights, or z_q straight from sparse ones).
+
+A problem is a small object that knows its method table, how to call a method and how to
+certify an answer: :class:`SCQProblem` and :class:`LassoProblem`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple, Optional
+
+import torch
+
+from .. import _validation as v
+from .certificate import Certificate, certify_lasso, certify_scq
+from .options import check_options
+from .registry import LASSO_METHODS, SCQ_METHODS, Method, MethodTable, SolverInfo
+from .solution import Weights
+
+
+class Batch(NamedTuple):
+    """Validated inputs flattened to 2-D, in the compute dtype."""
+
+    z: torch.Tensor  # (N, D)
+    codebook: torch.Tensor  # (K, D)
+    batch_shape: torch.Size
+    out_dtype: torch.dtype
+
+
+def prepare(z: torch.Tensor, codebook: torch.Tensor, *, name: str = "z", extra: tuple = ()) -> Batch:
+    """Check ``z`` and ``codebook`` (types, shapes, device, finite values) and flatten ``z``.
+    ``extra`` tensors (e.g. a target) join the dtype promotion."""
+    codebook = v.check_codebook(codebook)
+    z = v.check_inputs(z, codebook, name)
+    dtype = v.compute_dtype(z, codebook, *extra)
+    return Batch(z.reshape(-1, codebook.shape[1]).to(dtype), codebook.to(dtype), z.shape[:-1], z.dtype)
+
+
+@dataclass(frozen=True)
+class SCQProblem:
+    """argmin_{p ∈ Δ_K} ‖z − Eᵀp‖² + λ‖p − p̃‖² (``target`` (N, K) or ``None``: one-hot nearest code)."""
+
+    lam: float
+    target: Optional[torch.Tensor] = None
+    table: ClassVar[MethodTable] = SCQ_METHODS
+
+    def call(self, method: Method, z, codebook, options):
+        return method.fn(z, codebook, self.lam, self.target, **options)
+
+    def certify(self, weights, z, codebook, info: SolverInfo) -> Certificate:
+        return certify_scq(weights, z, codebook, self.lam, self.target)
+
+
+@dataclass(frozen=True)
+class LassoProblem:
+    """argmin_w ½‖z − Eᵀw‖² + α‖w‖₁ (w ≥ 0 with ``nonneg``); a method that adds a ridge ½ρ‖w‖²
+    reports ρ as ``info.extra["ridge"]`` and is certified on that problem."""
+
+    alpha: float
+    nonneg: bool = False
+    table: ClassVar[MethodTable] = LASSO_METHODS
+
+    def call(self, method: Method, z, codebook, options):
+        return method.fn(z, codebook, self.alpha, self.nonneg, **options)
+
+    def certify(self, weights, z, codebook, info: SolverInfo) -> Certificate:
+        return certify_lasso(weights, z, codebook, self.alpha, self.nonneg, info.extra.get("ridge", 0.0))
+
+
+def check_method(table: MethodTable, method: str, options: dict) -> Method:
+    """The method, after checking that it accepts ``options`` (done once, at the edge)."""
+    m = table.get(method)
+    check_options(f"{table.caller}(method={method!r})", m.fn, options)
+    return m
+
+
+def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, options: dict, *,
+          strict: bool = False) -> "tuple[Weights, SolverInfo]":
+    """Run ``method`` on validated 2-D inputs and certify its answer.
+
+    ``converged`` is ``residual <= tol`` (``tol`` from the options, else the method's default).
+    A method that claims exactness and fails its certificate raises a RuntimeWarning; with
+    ``strict=True`` any uncertified answer raises a RuntimeError instead. One host sync.
+    """
+    tol = options.get("tol")
+    tol = method.default_tol(z.dtype) if tol is None else float(tol)
+    # The solvers run in the compute dtype: autocast would hand them mixed half/float tensors.
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        if z.shape[0] == 0:
+            # Keep the (empty) result on the autograd graph so downstream losses still backprop.
+            weights = (z @ codebook.transpose(0, 1)) * 0
+            return weights, SolverInfo(method.name, residual=0.0, converged=True, tol=tol, objective_gap=0.0,
+                                       error_bound=0.0, quantized_error_bound=0.0)
+        out = problem.call(method, z, codebook, options)
+        weights, info = out if isinstance(out, tuple) else (out, SolverInfo(method.name))
+        cert = problem.certify(weights, z, codebook, info)
+    worst = torch.stack([c.max() for c in cert]).tolist()  # the one host sync
+    info.residual, info.objective_gap, info.error_bound, info.quantized_error_bound = worst
+    info.tol = tol
+    mask = cert.residual <= tol  # NaN fails
+    info.converged = bool(worst[0] <= tol)
+    info.extra.update(residuals=cert.residual, converged_mask=mask, error_bounds=cert.error_bound)
+    if not info.converged:
+        _report(method, info, int(z.shape[0]), strict)
+    return weights, info
+
+
+def _report(method: Method, info: SolverInfo, n: int, strict: bool) -> None:
+    failed = int((~info.extra["converged_mask"]).sum())
+    message = (f"scq {method.name}: {failed} of {n} vectors did not reach tol={info.tol:g} (largest relative KKT "
+               f"residual {info.residual:.2e}, ‖p − p*‖ ≤ {info.error_bound:.2e})")
+    hint = info.extra.get("hint")
+    hint = hint() if callable(hint) else hint
+    if hint:
+        message += f"; {hint}"
+    if strict:
+        raise RuntimeError(message)
+    if method.exact:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
