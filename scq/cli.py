@@ -22,7 +22,7 @@ def main(argv: "list[str] | None" = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "bench":
         try:
-            from benchmarks.suite import run
+            from scq.bench.suite import run
         except ImportError as err:  # pragma: no cover - depends on the install
             print(f"scq bench needs the benchmark extra: pip install 'scq[bench]' ({err})", file=sys.stderr)
             return 2

@@ -97,7 +97,14 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
             weights = (z @ codebook.transpose(0, 1)) * 0
             return weights, SolverInfo(method.name, residual=0.0, converged=True, tol=tol, objective_gap=0.0,
                                        error_bound=0.0, quantized_error_bound=0.0)
-        out = problem.call(method, z, codebook, options)
+        try:
+            out = problem.call(method, z, codebook, options)
+        except Exception as err:
+            # Modules do not check their own codebook on every forward (a host sync each time):
+            # name the likely cause here, at no cost to calls that succeed.
+            if not bool(torch.isfinite(codebook).all()):
+                raise ValueError("codebook contains NaN or Inf values (check the training step that wrote it)") from err
+            raise
         weights, info = out if isinstance(out, tuple) else (out, SolverInfo(method.name))
         cert = problem.certify(weights, z, codebook, info)
     worst = torch.stack([c.max() for c in cert]).tolist()  # the one host sync
