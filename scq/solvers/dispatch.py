@@ -19,8 +19,7 @@ import torch
 
 from .. import _validation as v
 from .certificate import Certificate, certify_lasso, certify_scq
-from .options import check_options
-from .registry import LASSO_METHODS, SCQ_METHODS, Method, MethodTable, SolverInfo
+from .registry import LASSO_METHODS, SCQ_METHODS, Method, MethodTable, SolverInfo, check_options
 from .solution import Weights
 
 

@@ -15,12 +15,14 @@ door (:mod:`scq.solvers.dispatch`) measures the certificate of every answer
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
-__all__ = ["SolverInfo", "Method", "MethodTable", "SCQ_METHODS", "LASSO_METHODS", "register_method",
+__all__ = ["check_options", "SolverInfo", "Method", "MethodTable", "SCQ_METHODS", "LASSO_METHODS", "register_method",
            "get_method", "available_methods", "describe_method"]
 
 # Certificate tolerances (relative KKT residual, docs/math.md §7) a method is judged by when the
@@ -148,3 +150,18 @@ def available_methods(problem: str = "scq") -> tuple[str, ...]:
 def describe_method(name: str, problem: str = "scq") -> str:
     """The one-line description a method was registered with."""
     return _table(problem).get(name).doc
+
+
+# Unknown keyword options are reported by name, with the ones the method accepts.
+@functools.lru_cache(maxsize=None)
+def keyword_options(fn) -> tuple:
+    """The keyword-only parameters of a method function (cached)."""
+    params = inspect.signature(fn).parameters
+    return tuple(name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def check_options(caller: str, fn, options: dict) -> None:
+    allowed = keyword_options(fn)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"{caller} got unknown options {unknown}; it accepts {list(allowed)}")
