@@ -268,7 +268,7 @@ def test_autocast_bfloat16_solves_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = q(x)  # used to raise: scatter() dtype mismatch
     assert torch.isfinite(out.quantized).all() and q.last_info.converged
-    assert float((out.weights.float() - ref.weights.detach()).abs().max()) < 1e-4
+    assert float((out.weights.detach().float() - ref.weights.detach()).abs().max()) < 1e-4
 
 
 def test_float16_module_inputs():

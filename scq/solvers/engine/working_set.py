@@ -85,6 +85,9 @@ def engine_hint(diagnostics: dict, opts: Options) -> str:
     if bool(diagnostics["broken_down"].any()):
         return ("a support system was singular to working precision (duplicate or collinear codes, a lasso "
                 "without ridge, or float32 with λ below ~1e-6·‖E‖²): compute in float64 or add a ridge")
+    if diagnostics["finished"]:
+        return ("the solver met its own criterion; what is left is rounding at this input scale: compute in "
+                "float64, or bring the inputs nearer the codebook's scale")
     return f"raise max_rounds (now {opts.max_rounds}) or max_inner (now {opts.max_inner}), or loosen tol"
 
 
@@ -194,6 +197,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
     inner_total = 0
     rounds = 0
     rows = None  # rows still uncertified (None: all of them)
+    all_finished = False
 
     def take(t):
         return t if rows is None else t[rows]
@@ -266,7 +270,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
             n_add = min(2 * n_add, K)
 
     diagnostics.update(iterations=inner_total, rounds=rounds, working_set=m, support_size=s.sum(1),
-                       broken_down=broken, systems=(sys_dtype, sys_ridge))
+                       broken_down=broken, systems=(sys_dtype, sys_ridge), finished=all_finished)
     return code, sign, u, s
 
 
