@@ -106,3 +106,28 @@ def test_inits(init):
     if init == "uniform":
         assert q.codebook.abs().max() <= 1 / 16
     assert torch.isfinite(q.codebook).all()
+
+
+def test_modules_pickle_and_reload(tmp_path):
+    import io
+
+    for q in (scq.VQ(4, 8), scq.SCQ(4, 8), scq.SVQ(4, 16, solver="lasso", alpha=0.5)):
+        buffer = io.BytesIO()
+        torch.save(q, buffer)
+        buffer.seek(0)
+        again = torch.load(buffer, weights_only=False)
+        assert torch.equal(again.codebook, q.codebook)
+        again.load_state_dict(q.state_dict())  # the codebook check runs after loading
+
+
+def test_hyperparameters_are_checked_when_set():
+    q = scq.SCQ(4, 8)
+    with pytest.raises(ValueError, match="lam must be"):
+        q.lam = -1.0
+    with pytest.raises(ValueError, match="unknown method"):
+        q.method = "nope"
+    q.method = "relaxed"
+    assert q(torch.randn(3, 4)).weights.shape == (3, 8) and q.last_info.method == "relaxed"
+    s = scq.SVQ(4, 16, solver="lasso", alpha=0.5)
+    with pytest.raises(ValueError, match="lasso_method"):
+        s.lasso_method = "nope"

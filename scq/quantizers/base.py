@@ -49,6 +49,11 @@ def init_codebook_(codebook: torch.Tensor, init: str) -> None:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
+def _check_loaded_codebook(module: "Quantizer", incompatible_keys) -> None:
+    # A named function, not a lambda: modules must stay picklable (torch.save(model)).
+    module.check_codebook()
+
+
 class Quantizer(nn.Module):
     """Base class: a learnable (or frozen) codebook ``(codebook_size, dim)`` and input checks."""
 
@@ -61,7 +66,7 @@ class Quantizer(nn.Module):
         self.init = init
         self.codebook = nn.Parameter(torch.empty(codebook_size, dim), requires_grad=learnable_codebook)
         self.reset_parameters()
-        self.register_load_state_dict_post_hook(lambda module, keys: module.check_codebook())
+        self.register_load_state_dict_post_hook(_check_loaded_codebook)
 
     def reset_parameters(self) -> None:
         init_codebook_(self.codebook, self.init)

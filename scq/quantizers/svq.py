@@ -76,15 +76,23 @@ class SVQ(Quantizer):
         self.strict = bool(strict)
         if solver == "mlp" and solver_options:
             raise TypeError(f"solver='mlp' takes no solver options, got {sorted(solver_options)}")
-        try:
-            self._lasso_method = check_method(LASSO_METHODS, lasso_method, solver_options)
-        except ValueError as err:
-            raise ValueError(f"lasso_method: {err}") from None
-        self.lasso_method = lasso_method
         self.solver_options = solver_options
+        self.lasso_method = lasso_method
         self.last_info: SolverInfo | None = None
         if solver == "mlp":
             self.mlp = nn.Sequential(nn.Linear(dim, self.hidden), nn.ReLU(), nn.Linear(self.hidden, codebook_size))
+
+    @property
+    def lasso_method(self) -> str:
+        return self._lasso_method.name
+
+    @lasso_method.setter
+    def lasso_method(self, name: str) -> None:
+        # Checked when set (the edge), with the options it will be called with.
+        try:
+            self._lasso_method = check_method(LASSO_METHODS, name, self.solver_options)
+        except ValueError as err:
+            raise ValueError(f"lasso_method: {err}") from None
 
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
         flat, batch_shape = self._flatten(x)
