@@ -12,8 +12,11 @@ def _read(path):
         return list(csv.DictReader(f))
 
 
-def test_bench_quick_exactness(tmp_path, capsys):
-    assert main(["bench", "exactness", "--quick", "--out", str(tmp_path)]) == 0
+def test_bench_quick_exactness_writes_to_the_default_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "exactness", "--quick"]) == 0
+    assert "results written to scq-bench-results/" in capsys.readouterr().out
+    tmp_path = tmp_path / "scq-bench-results"
     rows = _read(tmp_path / "exactness.csv")
     methods = {r["method"] for r in rows}
     assert methods == {"exact", "relaxed", "pgd", "vq"}
@@ -24,7 +27,6 @@ def test_bench_quick_exactness(tmp_path, capsys):
     assert (tmp_path / "exactness_vs_lambda.png").stat().st_size > 1000
     md = (tmp_path / "results.md").read_text()
     assert "| method" in md
-    assert "Exactness" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -56,3 +58,16 @@ def test_bench_quick_all_parts(tmp_path):
 def test_cli_rejects_unknown_part():
     with pytest.raises(SystemExit):
         main(["bench", "speed"])
+
+
+def test_version_and_help_text(capsys):
+    import scq
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"scq {scq.__version__}"
+    from scq.cli import _parser
+
+    bench = _parser()._subparsers._group_actions[0].choices["bench"]
+    for action in bench._actions:
+        assert action.help, f"bench argument {action.dest} has no help text"
