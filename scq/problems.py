@@ -58,8 +58,3 @@ def objective(weights: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor, la
     residual = z - weights @ codebook
     return (residual * residual).sum(-1) + lam * ((weights - target) ** 2).sum(-1)
 
-
-def lasso_objective(weights: torch.Tensor, z: torch.Tensor, codebook: torch.Tensor, alpha: float) -> torch.Tensor:
-    """½‖z − Eᵀw‖² + α‖w‖₁ per vector (N,)."""
-    residual = z - weights @ codebook
-    return 0.5 * (residual * residual).sum(-1) + alpha * weights.abs().sum(-1)

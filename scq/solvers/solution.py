@@ -89,8 +89,3 @@ def hard_codes(weights: Weights, by_magnitude: bool = False) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.long, device=w.device)
     return (w.abs() if by_magnitude else w).argmax(-1)
 
-
-def support_size(weights: Weights) -> torch.Tensor:
-    """Nonzero weights per row, ``(N,)``."""
-    values = weights.values if isinstance(weights, SparseWeights) else weights
-    return (values.detach() != 0).sum(-1)
