@@ -14,7 +14,6 @@ import torch
 from . import _validation as v
 from .solvers.dispatch import LassoProblem, SCQProblem, check_method, prepare, solve
 from .solvers.registry import LASSO_METHODS, SCQ_METHODS, SolverInfo
-from .solvers.solution import densify
 
 __all__ = ["solve_scq", "solve_lasso", "check_alpha", "DEFAULT_METHOD"]
 
@@ -28,8 +27,8 @@ def check_alpha(alpha: object) -> float:
     return alpha
 
 
-def _result(weights, info: SolverInfo, batch, K: int, return_info: bool):
-    weights = densify(weights).to(batch.out_dtype).reshape(*batch.batch_shape, K)
+def _result(dense: torch.Tensor, info: SolverInfo, batch, K: int, return_info: bool):
+    weights = dense.to(batch.out_dtype).reshape(*batch.batch_shape, K)
     return (weights, info) if return_info else weights
 
 
@@ -75,8 +74,8 @@ def solve_scq(
     K = batch.codebook.shape[0]
     if target is not None:
         target = v.check_target(target, batch.batch_shape, K, z).reshape(-1, K).to(batch.z.dtype)
-    weights, info = solve(SCQProblem(lam, target), m, batch.z, batch.codebook, options, strict=strict)
-    return _result(weights, info, batch, K, return_info)
+    _, dense, info = solve(SCQProblem(lam, target), m, batch.z, batch.codebook, options, strict=strict)
+    return _result(dense, info, batch, K, return_info)
 
 
 def solve_lasso(
@@ -115,5 +114,5 @@ def solve_lasso(
     m = check_method(LASSO_METHODS, method, options)
     alpha = check_alpha(alpha)
     batch = prepare(z, codebook)
-    weights, info = solve(LassoProblem(alpha, bool(nonneg)), m, batch.z, batch.codebook, options, strict=strict)
-    return _result(weights, info, batch, batch.codebook.shape[0], return_info)
+    _, dense, info = solve(LassoProblem(alpha, bool(nonneg)), m, batch.z, batch.codebook, options, strict=strict)
+    return _result(dense, info, batch, batch.codebook.shape[0], return_info)

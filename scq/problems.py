@@ -17,6 +17,18 @@ from typing import Optional
 import torch
 
 
+def max_code_norm(codebook: torch.Tensor) -> torch.Tensor:
+    """max_k ‖e_k‖ (a 0-dim tensor: no host sync)."""
+    return codebook.norm(dim=-1).max()
+
+
+def row_scale(z: torch.Tensor, e_max: torch.Tensor, constant) -> torch.Tensor:
+    """The size of the terms a row's multipliers are made of, ‖e‖max(‖e‖max + ‖z‖) + ``constant``
+    (N,): relative KKT tolerances are relative to this. The engine's stopping rule and the
+    certificate both use it, so that what the engine accepts the certificate can pass."""
+    return e_max * (e_max + z.norm(dim=-1)) + constant
+
+
 def code_scores(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """``Z Eᵀ`` (N, K): the one GEMM both the nearest-code search and ``b`` need."""
     return z @ codebook.transpose(0, 1)

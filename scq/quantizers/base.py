@@ -97,7 +97,9 @@ class Quantizer(nn.Module):
     def check_codebook(self) -> None:
         """Raise a ValueError if the codebook holds NaN or Inf (one host sync). Runs after
         ``load_state_dict``; call it yourself after editing the codebook by hand. Forwards do not
-        check it: a non-finite codebook shows there as a failed certificate (``last_info``)."""
+        check it up front: a solver that fails on a non-finite codebook is reported as this same
+        ValueError, and one that returns an answer has it judged by the certificate, which NaN
+        never passes (``last_info.converged`` False)."""
         v.check_finite("codebook", self.codebook.detach())
 
     def _codebook(self, dtype: torch.dtype) -> torch.Tensor:

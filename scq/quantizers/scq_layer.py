@@ -14,7 +14,7 @@ from .. import _validation as v
 from ..functional import DEFAULT_METHOD
 from ..solvers.dispatch import SCQProblem, check_method, solve
 from ..solvers.registry import SCQ_METHODS, SolverInfo
-from ..solvers.solution import combine, densify, hard_codes
+from ..solvers.solution import combine, hard_codes
 from .base import Quantizer, QuantizerOutput, commitment_loss
 
 
@@ -83,11 +83,11 @@ class SCQ(Quantizer):
         flat, batch_shape = self._flatten(x)
         with torch.autocast(device_type=flat.device.type, enabled=False):
             E = self._codebook(flat.dtype)
-            solution, self.last_info = solve(SCQProblem(self.lam), self._method, flat, E, self.solver_options,
-                                             strict=self.strict)
+            solution, weights, self.last_info = solve(SCQProblem(self.lam), self._method, flat, E,
+                                                      self.solver_options, strict=self.strict)
             quantized = combine(solution, E)
             loss = commitment_loss(flat, quantized, self.beta)
-            out = self._output(quantized, densify(solution), hard_codes(solution), loss, batch_shape, x.dtype)
+            out = self._output(quantized, weights, hard_codes(solution), loss, batch_shape, x.dtype)
         return out
 
     def extra_repr(self) -> str:

@@ -23,7 +23,7 @@ from .. import _validation as v
 from ..functional import check_alpha
 from ..solvers.dispatch import LassoProblem, check_method, solve
 from ..solvers.registry import LASSO_METHODS, SolverInfo
-from ..solvers.solution import combine, densify, hard_codes
+from ..solvers.solution import combine, hard_codes
 from .base import Quantizer, QuantizerOutput
 
 SOLVERS = ("mlp", "lasso")
@@ -105,9 +105,9 @@ class SVQ(Quantizer):
             quantized = weights @ E
         else:
             with torch.autocast(device_type=flat.device.type, enabled=False):
-                solution, self.last_info = solve(LassoProblem(self.alpha, self.nonneg), self._lasso_method, flat, E,
-                                                 self.solver_options, strict=self.strict)
-                quantized, weights = combine(solution, E), densify(solution)
+                solution, weights, self.last_info = solve(LassoProblem(self.alpha, self.nonneg), self._lasso_method,
+                                                          flat, E, self.solver_options, strict=self.strict)
+                quantized = combine(solution, E)
         indices = hard_codes(weights, by_magnitude=True)
         loss = flat.new_zeros(())
         return self._output(quantized, weights, indices, loss, batch_shape, x.dtype)

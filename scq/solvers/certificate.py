@@ -36,7 +36,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ..problems import code_scores, nearest_code
+from ..problems import code_scores, max_code_norm, nearest_code, row_scale
 from .solution import Weights, combine, densify
 
 
@@ -49,11 +49,6 @@ class Certificate(NamedTuple):
     quantized_error_bound: torch.Tensor
 
 
-def _row_scale(z: torch.Tensor, codebook: torch.Tensor, constant) -> torch.Tensor:
-    e_max = codebook.norm(dim=-1).max()
-    return e_max * (e_max + z.norm(dim=-1)) + constant
-
-
 def _ncp(u: torch.Tensor, mu_scaled: torch.Tensor) -> torch.Tensor:
     """|min(u, μ/s)| per entry: zero iff u ≥ 0, μ ≥ 0 and u·μ = 0."""
     return torch.minimum(u, mu_scaled).abs()
@@ -61,11 +56,12 @@ def _ncp(u: torch.Tensor, mu_scaled: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: float,
-                target: Optional[torch.Tensor]) -> Certificate:
+                target: Optional[torch.Tensor], dense: Optional[torch.Tensor] = None) -> Certificate:
     """The SCQ certificate of ``weights`` for inputs ``z (N, D)``; ``target`` ``None`` means the
-    one-hot nearest code, found exactly as the methods find it."""
+    one-hot nearest code, found exactly as the methods find it. ``dense``: the weights already
+    densified, if the caller has them."""
     z, codebook = z.detach(), codebook.detach()
-    p = densify(weights).detach()
+    p = (densify(weights) if dense is None else dense).detach()
     zq = combine(weights, codebook).detach()
     g = code_scores(zq - z, codebook).add_(p, alpha=lam)
     if target is None:
@@ -75,7 +71,7 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
     else:
         g.sub_(target.detach(), alpha=lam)
         target_max = target.detach().abs().amax(-1)
-    scale = _row_scale(z, codebook, lam * (1 + target_max))
+    scale = row_scale(z, max_code_norm(codebook), lam * (1 + target_max))
     gp = (g * p).sum(-1)
     mu = g - gp.unsqueeze(-1)  # g + ν with ν = −gᵀp
     residual = torch.maximum(_ncp(p, mu / scale.unsqueeze(-1)).amax(-1), (p.sum(-1) - 1).abs())
@@ -88,16 +84,16 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
 
 @torch.no_grad()
 def certify_lasso(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, alpha: float, nonneg: bool,
-                  ridge: float = 0.0) -> Certificate:
-    """The lasso certificate of ``weights`` (see the module doc)."""
+                  ridge: float = 0.0, dense: Optional[torch.Tensor] = None) -> Certificate:
+    """The lasso certificate of ``weights`` (see the module doc); ``dense`` as for :func:`certify_scq`."""
     z, codebook = z.detach(), codebook.detach()
-    w = densify(weights).detach()
+    w = (densify(weights) if dense is None else dense).detach()
     zq = combine(weights, codebook).detach()
     r = z - zq
     g = code_scores(-r, codebook)  # E(z_q − z)
     if ridge:
         g.add_(w, alpha=ridge)
-    scale = _row_scale(z, codebook, ridge + alpha).unsqueeze(-1)
+    scale = row_scale(z, max_code_norm(codebook), ridge + alpha).unsqueeze(-1)
     residual = _ncp(w if nonneg else w.clamp_min(0), (alpha + g) / scale)
     if not nonneg:
         residual = torch.maximum(residual, _ncp((-w).clamp_min(0), (alpha - g) / scale))

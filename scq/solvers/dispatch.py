@@ -20,7 +20,7 @@ import torch
 from .. import _validation as v
 from .certificate import Certificate, certify_lasso, certify_scq
 from .registry import LASSO_METHODS, SCQ_METHODS, Method, MethodTable, SolverInfo, check_options
-from .solution import Weights
+from .solution import Weights, densify
 
 
 class Batch(NamedTuple):
@@ -52,8 +52,8 @@ class SCQProblem:
     def call(self, method: Method, z, codebook, options):
         return method.fn(z, codebook, self.lam, self.target, **options)
 
-    def certify(self, weights, z, codebook, info: SolverInfo) -> Certificate:
-        return certify_scq(weights, z, codebook, self.lam, self.target)
+    def certify(self, weights, dense, z, codebook, info: SolverInfo) -> Certificate:
+        return certify_scq(weights, z, codebook, self.lam, self.target, dense=dense)
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ class LassoProblem:
     def call(self, method: Method, z, codebook, options):
         return method.fn(z, codebook, self.alpha, self.nonneg, **options)
 
-    def certify(self, weights, z, codebook, info: SolverInfo) -> Certificate:
-        return certify_lasso(weights, z, codebook, self.alpha, self.nonneg, info.extra.get("ridge", 0.0))
+    def certify(self, weights, dense, z, codebook, info: SolverInfo) -> Certificate:
+        return certify_lasso(weights, z, codebook, self.alpha, self.nonneg, info.extra.get("ridge", 0.0), dense=dense)
 
 
 def check_method(table: MethodTable, method: str, options: dict) -> Method:
@@ -80,8 +80,11 @@ def check_method(table: MethodTable, method: str, options: dict) -> Method:
 
 
 def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, options: dict, *,
-          strict: bool = False) -> "tuple[Weights, SolverInfo]":
+          strict: bool = False) -> "tuple[Weights, torch.Tensor, SolverInfo]":
     """Run ``method`` on validated 2-D inputs and certify its answer.
+
+    Returns the method's weights (dense or :class:`SparseWeights`, for ``combine``), the same
+    weights densified once, with autograd (the certificate reads them too), and the info.
 
     ``converged`` is ``residual <= tol`` (``tol`` from the options, else the method's default).
     A method that claims exactness and fails its certificate raises a RuntimeWarning; with
@@ -94,7 +97,7 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
         if z.shape[0] == 0:
             # Keep the (empty) result on the autograd graph so downstream losses still backprop.
             weights = (z @ codebook.transpose(0, 1)) * 0
-            return weights, SolverInfo(method.name, residual=0.0, converged=True, tol=tol, objective_gap=0.0,
+            return weights, weights, SolverInfo(method.name, residual=0.0, converged=True, tol=tol, objective_gap=0.0,
                                        error_bound=0.0, quantized_error_bound=0.0)
         try:
             out = problem.call(method, z, codebook, options)
@@ -105,7 +108,8 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
                 raise ValueError("codebook contains NaN or Inf values (check the training step that wrote it)") from err
             raise
         weights, info = out if isinstance(out, tuple) else (out, SolverInfo(method.name))
-        cert = problem.certify(weights, z, codebook, info)
+        dense = densify(weights)
+        cert = problem.certify(weights, dense, z, codebook, info)
     worst = torch.stack([c.max() for c in cert]).tolist()  # the one host sync
     info.residual, info.objective_gap, info.error_bound, info.quantized_error_bound = worst
     info.tol = tol
@@ -114,7 +118,7 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
     info.extra.update(residuals=cert.residual, converged_mask=mask, error_bounds=cert.error_bound)
     if not info.converged:
         _report(method, info, int(z.shape[0]), strict)
-    return weights, info
+    return weights, dense, info
 
 
 def _report(method: Method, info: SolverInfo, n: int, strict: bool) -> None:

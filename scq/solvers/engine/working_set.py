@@ -32,7 +32,7 @@ from typing import Optional
 
 import torch
 
-from ...problems import code_scores, nearest_code
+from ...problems import code_scores, max_code_norm, nearest_code, row_scale
 from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_vjp
 from .fista import fista
 
@@ -148,10 +148,8 @@ def _linear_term(z, E, extra, problem: QPForm):
     elif problem.start_bonus:
         B.scatter_add_(1, start.unsqueeze(1), torch.full_like(start, problem.start_bonus, dtype=B.dtype).unsqueeze(1))
     # Multipliers are sums of terms of size ‖e‖(‖e‖ + ‖z‖), the ridge and α: tolerances are relative to that.
-    e_max = E.norm(dim=-1).max()
-    scale = e_max * (e_max + z.norm(dim=-1)) + problem.ridge + problem.l1
-    if extra is not None:
-        scale = scale + extra.abs().amax(-1)
+    e_max = max_code_norm(E)
+    scale = row_scale(z, e_max, problem.ridge + problem.l1 + (0 if extra is None else extra.abs().amax(-1)))
     return B, start, scale, e_max
 
 
