@@ -1,11 +1,17 @@
 r"""Codebook-usage metrics (docs/math.md §6), for a batch or streamed over a whole evaluation set.
 
 - ``perplexity``: exp(−Σ q_k log q_k), q_k the share of vectors whose argmax code is k; in [1, K].
-- ``soft_perplexity``: the same from the mean weights (equals ``perplexity`` for hard codes).
+- ``soft_perplexity``: the same from the mean |weights| (equals ``perplexity`` for hard codes).
 - ``normalized_perplexity``: perplexity / K.
 - ``usage``: fraction of codes that are the argmax of at least one vector.
 - ``dead_codes``: number of codes never the argmax.
 - ``support_size``: mean number of nonzero weights per vector (1 for indices).
+- ``perp_2``, ``perp_3``: the released SVQ code's usage of soft weights: the perplexity of how
+  often each code's weight is beyond 2σ (3σ) of the batch's weights (standardized per batch, by
+  the mean and standard deviation of all its weights). For hard codes they equal ``perplexity``.
+
+Under ``torch.distributed``, ``compute()`` sums the statistics of every rank first (every rank
+must call it), so each rank reports the metrics of the union of the data.
 
 Perplexity depends on the set's size: compare it over whole sets of equal size.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import _validation as v
+from . import distributed as dist_utils
 
 __all__ = ["codebook_usage", "CodebookUsage"]
 
@@ -46,6 +53,8 @@ class CodebookUsage:
         K = self.codebook_size
         self.counts = torch.zeros(K, dtype=torch.float64)
         self.weight_mass = torch.zeros(K, dtype=torch.float64)
+        self.beyond_2sigma = torch.zeros(K, dtype=torch.float64)
+        self.beyond_3sigma = torch.zeros(K, dtype=torch.float64)
         self.nonzeros = 0.0
         self.vectors = 0
 
@@ -62,13 +71,20 @@ class CodebookUsage:
             v.check_finite("weights", x)
             w = x.detach().reshape(-1, K)
             indices = w.argmax(-1) if w.shape[0] else w.new_zeros(0, dtype=torch.long)
-            self.weight_mass += w.sum(0).to("cpu", torch.float64)
+            self.weight_mass += w.abs().sum(0).to("cpu", torch.float64)
             self.nonzeros += float((w != 0).sum())
+            if w.numel() > 1:
+                z = ((w - w.mean()) / w.std().clamp_min(torch.finfo(w.dtype).tiny)).abs()
+                self.beyond_2sigma += (z > 2).sum(0).to("cpu", torch.float64)
+                self.beyond_3sigma += (z > 3).sum(0).to("cpu", torch.float64)
         elif x.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             indices = x.detach().reshape(-1).long()
             if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= K):
                 raise ValueError(f"indices must lie in [0, {K}), got values in [{int(indices.min())}, {int(indices.max())}]")
-            self.weight_mass += torch.bincount(indices.cpu(), minlength=K).to(torch.float64)
+            hits = torch.bincount(indices.cpu(), minlength=K).to(torch.float64)
+            self.weight_mass += hits
+            self.beyond_2sigma += hits
+            self.beyond_3sigma += hits
             self.nonzeros += float(indices.numel())
         else:
             raise TypeError(f"weights_or_indices must be float weights or integer indices, got {x.dtype}")
@@ -76,23 +92,33 @@ class CodebookUsage:
         self.vectors += int(indices.numel())
         return self
 
-    def compute(self) -> dict:
+    def compute(self, sync_distributed: "bool | None" = None) -> dict:
+        """The metrics over everything seen (over every rank's data when ``sync_distributed``,
+        which defaults to "a process group of more than one process is running")."""
         K = self.codebook_size
-        used = int((self.counts > 0).sum())
-        perplexity = _entropy_exp(self.counts)
+        sync = dist_utils.resolve_sync(sync_distributed)
+        stacked = torch.stack([self.counts, self.weight_mass, self.beyond_2sigma, self.beyond_3sigma])
+        counts, mass, beyond2, beyond3 = dist_utils.all_reduce_sum(stacked, sync)
+        nonzeros, vectors = dist_utils.all_reduce_sum(
+            torch.tensor([self.nonzeros, float(self.vectors)], dtype=torch.float64), sync).tolist()
+        used = int((counts > 0).sum())
+        perplexity = _entropy_exp(counts)
         return {
             "perplexity": perplexity,
-            "soft_perplexity": _entropy_exp(self.weight_mass),
+            "soft_perplexity": _entropy_exp(mass),
             "normalized_perplexity": perplexity / K,
             "usage": used / K,
             "dead_codes": K - used,
-            "support_size": self.nonzeros / self.vectors if self.vectors else float("nan"),
-            "vectors": self.vectors,
+            "support_size": nonzeros / vectors if vectors else float("nan"),
+            "perp_2": _entropy_exp(beyond2),
+            "perp_3": _entropy_exp(beyond3),
+            "vectors": int(vectors),
         }
 
 
 def codebook_usage(weights_or_indices: torch.Tensor, codebook_size: int) -> dict:
     """Usage metrics of one batch (see the module docstring); keys ``perplexity``,
     ``soft_perplexity``, ``normalized_perplexity``, ``usage``, ``dead_codes``, ``support_size``,
-    ``vectors``."""
-    return CodebookUsage(codebook_size).update(weights_or_indices).compute()
+    ``perp_2``, ``perp_3``, ``vectors``. Local to this process (use :class:`CodebookUsage` for
+    metrics over every rank)."""
+    return CodebookUsage(codebook_size).update(weights_or_indices).compute(sync_distributed=False)

@@ -1,26 +1,37 @@
-"""What every quantizer module shares: the output tuple, the codebook, input handling."""
+"""What every quantizer module shares: the output tuple, the codebook, input handling, and the
+training features (k-means init, dead-code replacement, heads, cosine similarity, DDP sync).
+
+A subclass implements one method, ``_quantize(vectors (n, d), codebook (K, d), head)``, for one
+codebook; the base class reshapes the input around it (channels, heads), keeps the codebook
+healthy before it is used, and tracks usage after.
+"""
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import _validation as v
+from .. import distributed as dist_utils
+from ..kmeans import kmeans, sample_rows
+from .init import INITS, check_init, init_codebook_
 
-INITS = ("normal", "uniform", "kaiming")
+__all__ = ["QuantizerOutput", "Quantizer", "commitment_loss", "INITS", "init_codebook_"]
 
 
 class QuantizerOutput(NamedTuple):
     """``quantized, weights, indices, loss = quantizer(x)``.
 
     Attributes:
-        quantized: ``(..., dim)``, the quantized inputs, in the input dtype.
+        quantized: ``(..., dim)``, the quantized inputs, in the input dtype (the input's layout
+            when ``channel_dim`` is set).
         weights: ``(..., K)``, the weight of each code (one-hot for VQ, on the simplex for SCQ,
-            regression weights for SVQ).
-        indices: ``(...)`` int64, the code with the largest weight (the hard code).
+            regression weights for SVQ); ``(..., heads, K)`` with several heads.
+        indices: ``(...)`` int64, the code with the largest weight (the hard code);
+            ``(..., heads)`` with several heads.
         loss: scalar tensor, the auxiliary loss to add to the training objective (0 if none).
     """
 
@@ -30,69 +41,281 @@ class QuantizerOutput(NamedTuple):
     loss: torch.Tensor
 
 
-def init_codebook_(codebook: torch.Tensor, init: str) -> None:
-    """In-place codebook initialization.
-
-    ``"normal"``: N(0, 1), codes on the scale of unit-variance features.
-    ``"uniform"``: U(−1/K, 1/K), as in the original VQ-VAE.
-    ``"kaiming"``: Kaiming-uniform over the code dimension, as for a linear layer's weight.
-    """
-    K = codebook.shape[0]
-    with torch.no_grad():
-        if init == "normal":
-            nn.init.normal_(codebook)
-        elif init == "uniform":
-            nn.init.uniform_(codebook, -1.0 / K, 1.0 / K)
-        elif init == "kaiming":
-            nn.init.kaiming_uniform_(codebook, a=math.sqrt(5))
-        else:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+class _Quantized(NamedTuple):
+    # One codebook's result, inside the module: rows (n, d), weights (n, K), indices (n,).
+    quantized: torch.Tensor
+    weights: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
 
 
 def _check_loaded_codebook(module: "Quantizer", incompatible_keys) -> None:
     # A named function, not a lambda: modules must stay picklable (torch.save(model)).
     module.check_codebook()
+    module._initted_seen = False  # the loaded ``initted`` buffer decides again
 
 
 class Quantizer(nn.Module):
-    """Base class: a learnable (or frozen) codebook ``(codebook_size, dim)`` and input checks."""
+    """Base class: a learnable (or frozen) codebook and the training features every quantizer has.
 
-    def __init__(self, dim: int, codebook_size: int, *, init: str = "normal", learnable_codebook: bool = True):
+    Args:
+        dim: input dimension D (inputs are ``(..., dim)``).
+        codebook_size: number of codes K.
+        init: codebook initialization (see :func:`scq.quantizers.init.init_codebook_`).
+        learnable_codebook: the codebook is a trained parameter (else frozen).
+        heads: split each input into ``heads`` vectors of ``dim // heads`` features, quantized
+            separately; outputs gain a ``heads`` axis before K.
+        separate_codebook_per_head: one codebook per head (``codebook`` is ``(heads, K, d)``);
+            default: the heads share one ``(K, d)`` codebook.
+        use_cosine_sim: quantize l2-normalized inputs with l2-normalized codes.
+        kmeans_init: on the first training forward, set the codes to k-means centres of that
+            batch (``kmeans_iters`` Lloyd iterations); ``initted`` is a buffer, so a loaded
+            checkpoint is not re-initialized.
+        kmeans_iters: Lloyd iterations of ``kmeans_init``.
+        dead_code_threshold: on each training forward, codes whose running usage (an EMA of the
+            number of vectors they win, or of their weight mass for soft quantizers, buffer
+            ``cluster_size``) is below this are re-seeded from the batch's vectors. 0: off.
+        decay: the EMA decay of the running usage (and of VQ's EMA codebook).
+        channel_dim: the axis of ``x`` that holds the ``dim`` features, e.g. 1 for ``(B, C, H, W)``
+            feature maps; ``quantized`` keeps that layout, ``weights``/``indices`` put the batch
+            axes first. Default: the last axis.
+        sync_distributed: under ``torch.distributed``, compute k-means, re-seeding, usage and EMA
+            statistics over all processes so that codebooks stay identical (default: whenever a
+            process group of more than one process is running).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        *,
+        init: str = "normal",
+        learnable_codebook: bool = True,
+        heads: int = 1,
+        separate_codebook_per_head: bool = False,
+        use_cosine_sim: bool = False,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.0,
+        decay: float = 0.8,
+        channel_dim: Optional[int] = None,
+        sync_distributed: Optional[bool] = None,
+    ):
         super().__init__()
         self.dim = v.check_positive_int("dim", dim)
         self.codebook_size = v.check_positive_int("codebook_size", codebook_size)
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        self.init = init
-        self.codebook = nn.Parameter(torch.empty(codebook_size, dim), requires_grad=learnable_codebook)
+        self.init = check_init(init)
+        self.heads = v.check_positive_int("heads", heads)
+        if dim % self.heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.codebook_dim = dim // self.heads
+        self.separate_codebook_per_head = bool(separate_codebook_per_head) and self.heads > 1
+        self.use_cosine_sim = bool(use_cosine_sim)
+        self.kmeans_init = bool(kmeans_init)
+        self.kmeans_iters = v.check_positive_int("kmeans_iters", kmeans_iters)
+        self.dead_code_threshold = v.check_nonnegative("dead_code_threshold", dead_code_threshold)
+        self.decay = v.check_unit_interval("decay", decay)
+        if channel_dim is not None and (isinstance(channel_dim, bool) or not isinstance(channel_dim, int)):
+            raise TypeError(f"channel_dim must be an int or None, got {type(channel_dim).__name__}")
+        self.channel_dim = channel_dim
+        self.sync_distributed = sync_distributed
+
+        shape = (self.num_codebooks, codebook_size, self.codebook_dim)
+        self.codebook = nn.Parameter(torch.empty(shape[1:] if self.num_codebooks == 1 else shape),
+                                     requires_grad=learnable_codebook)
+        self.register_buffer("initted", torch.tensor(not self.kmeans_init))
+        self._initted_seen = False
+        if self.dead_code_threshold > 0:
+            self.register_buffer("cluster_size", torch.zeros(self.num_codebooks, codebook_size))
+        else:
+            self.cluster_size = None
         self.reset_parameters()
         self.register_load_state_dict_post_hook(_check_loaded_codebook)
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.heads if self.separate_codebook_per_head else 1
 
     def reset_parameters(self) -> None:
         init_codebook_(self.codebook, self.init)
 
+    # -- the codebook, as (num_codebooks, K, d) whatever the parameter's shape --------------------
+
+    def _books(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(self.num_codebooks, self.codebook_size, self.codebook_dim)
+
+    def _codebook(self, dtype: torch.dtype) -> torch.Tensor:
+        """The codes as the solvers see them, ``(num_codebooks, K, d)``: in the compute dtype,
+        l2-normalized with ``use_cosine_sim`` (differentiably)."""
+        books = self._books(self.codebook).to(dtype)
+        return F.normalize(books, dim=-1) if self.use_cosine_sim else books
+
+    def _sync(self) -> bool:
+        return dist_utils.resolve_sync(self.sync_distributed)
+
+    # -- initialization from data ------------------------------------------------------------------
+
     @torch.no_grad()
-    def init_codebook_from_data(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Set the codes to randomly chosen input vectors (with replacement if fewer than K)."""
-        flat = self._flatten(x)[0].detach()
-        if flat.shape[0] == 0:
-            raise ValueError("x holds no vectors to initialize the codebook from")
-        n = flat.shape[0]
-        idx = torch.randperm(n, generator=generator)[: self.codebook_size] if n >= self.codebook_size \
-            else torch.randint(n, (self.codebook_size,), generator=generator)
-        self.codebook.copy_(flat[idx.to(flat.device)].to(self.codebook.dtype))
+    def init_codebook_from_data(
+        self, x: torch.Tensor, generator: Optional[torch.Generator] = None, *, kmeans_iters: int = 0
+    ) -> None:
+        """Set the codes from input vectors ``x`` (``(..., dim)``, or the ``channel_dim`` layout).
+
+        ``kmeans_iters=0``: randomly chosen vectors (with replacement if fewer than K);
+        otherwise k-means centres after that many Lloyd iterations. Under ``torch.distributed``
+        (see ``sync_distributed``) the vectors of every rank are pooled and every rank gets the
+        same codes; every rank must call it.
+        """
+        vecs = self._vectors(self._flatten(x)[0].detach())
+        sync = self._sync()
+        for book, head_vecs in enumerate(self._per_codebook(vecs)):
+            union = dist_utils.gather_rows(head_vecs, sync)
+            if union.shape[0] == 0:
+                raise ValueError("x holds no vectors to initialize the codebook from")
+            if kmeans_iters > 0:
+                centres, counts = kmeans(union, self.codebook_size, kmeans_iters, cosine=self.use_cosine_sim,
+                                         generator=generator, sync_distributed=False)
+            else:
+                centres = sample_rows(union, self.codebook_size, generator)
+                counts = None
+            dist_utils.broadcast_(centres, sync)
+            self._set_codes(book, torch.ones(self.codebook_size, dtype=torch.bool, device=centres.device),
+                            centres, counts)
+        self.initted.fill_(True)
+
+    def _set_codes(self, book: int, mask: torch.Tensor, codes: torch.Tensor, usage: Optional[torch.Tensor]) -> None:
+        """Overwrite the codes of codebook ``book`` where ``mask`` (K,) is True. Through ``.data``:
+        a graph from an earlier forward (gradient accumulation) keeps working, and only codes
+        that no vector used recently (or every code, at initialization) change."""
+        target = self._books(self.codebook.data)[book]
+        target.copy_(torch.where(mask.unsqueeze(-1), codes.to(target.dtype), target))
+        if self.cluster_size is not None:
+            fresh = usage if usage is not None else torch.full_like(self.cluster_size[book], self.dead_code_threshold)
+            self.cluster_size[book] = torch.where(mask, fresh.to(self.cluster_size.dtype), self.cluster_size[book])
+        self._codes_replaced(book, mask, codes.to(target.dtype), usage)
+
+    def _codes_replaced(self, book: int, mask: torch.Tensor, codes: torch.Tensor, usage: Optional[torch.Tensor]) -> None:
+        """Hook for subclasses with statistics tied to the codes (VQ's EMA)."""
+
+    # -- the forward --------------------------------------------------------------------------------
 
     def _flatten(self, x: torch.Tensor) -> "tuple[torch.Tensor, torch.Size]":
         """Checked ``(N, dim)`` view of ``x`` in the compute dtype, and the batch shape: the one
         validation of a forward (the module's own parameters were checked when set)."""
         v.check_tensor("x", x)
+        if self.channel_dim is not None:
+            if not -x.dim() <= self.channel_dim < x.dim():
+                raise ValueError(f"channel_dim={self.channel_dim} is out of range for x of shape {tuple(x.shape)}")
+            x = x.movedim(self.channel_dim, -1)
         if x.dim() < 1 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must have shape (..., {self.dim}), got {tuple(x.shape)}")
+            if self.channel_dim is None:
+                raise ValueError(f"x must have shape (..., {self.dim}), got {tuple(x.shape)}")
+            raise ValueError(f"x must have {self.dim} features on axis channel_dim={self.channel_dim}, "
+                             f"got shape {tuple(x.movedim(-1, self.channel_dim).shape)}")
         if x.device != self.codebook.device:
             raise ValueError(f"x is on {x.device} but the codebook is on {self.codebook.device}")
         v.check_finite("x", x)
         dtype = v.compute_dtype(x, self.codebook)
         return x.reshape(-1, self.dim).to(dtype), x.shape[:-1]
+
+    def _vectors(self, flat: torch.Tensor) -> torch.Tensor:
+        """(N, dim) → (N, heads, d), l2-normalized with ``use_cosine_sim``."""
+        vecs = flat.reshape(flat.shape[0], self.heads, self.codebook_dim)
+        return F.normalize(vecs, dim=-1) if self.use_cosine_sim else vecs
+
+    def _per_codebook(self, vecs: torch.Tensor) -> "list[torch.Tensor]":
+        """The rows each codebook quantizes: one (N·heads, d) block when shared, else per head."""
+        if self.num_codebooks == 1:
+            return [vecs.reshape(-1, self.codebook_dim)]
+        return [vecs[:, h] for h in range(self.heads)]
+
+    def forward(self, x: torch.Tensor) -> QuantizerOutput:
+        flat, batch_shape = self._flatten(x)
+        vecs = self._vectors(flat)
+        if self.training:
+            self._maintain_codebook(vecs.detach())
+        books = self._codebook(flat.dtype)
+        parts = [self._quantize(rows, books[b], b) for b, rows in enumerate(self._per_codebook(vecs))]
+        if self.training and self.cluster_size is not None:
+            self._track_usage(parts)
+        return self._assemble(parts, flat.shape[0], batch_shape, x)
+
+    def _quantize(self, vectors: torch.Tensor, codebook: torch.Tensor, book: int) -> _Quantized:
+        raise NotImplementedError
+
+    def _assemble(self, parts: "list[_Quantized]", n: int, batch_shape: torch.Size, x: torch.Tensor) -> QuantizerOutput:
+        h, K = self.heads, self.codebook_size
+        if len(parts) == 1:
+            quantized, weights, indices, loss = parts[0]
+        else:
+            quantized = torch.stack([p.quantized for p in parts], 1)
+            weights = torch.stack([p.weights for p in parts], 1)
+            indices = torch.stack([p.indices for p in parts], 1)
+            loss = torch.stack([p.loss for p in parts]).mean()
+        head_axis = (h,) if h > 1 else ()
+        quantized = quantized.to(x.dtype).reshape(*batch_shape, self.dim)
+        if self.channel_dim is not None:
+            quantized = quantized.movedim(-1, self.channel_dim)
+        return QuantizerOutput(
+            quantized,
+            weights.to(x.dtype).reshape(*batch_shape, *head_axis, K),
+            indices.reshape(*batch_shape, *head_axis),
+            loss,
+        )
+
+    # -- codebook upkeep: k-means init, dead codes, usage --------------------------------------------
+
+    @torch.no_grad()
+    def _maintain_codebook(self, vecs: torch.Tensor) -> None:
+        # Before the codes are used in this forward, so the graph never sees them change.
+        if not self._initted_seen:  # a Python flag: the buffer is read (a host sync) until set
+            if not bool(self.initted):
+                self._kmeans_init(vecs)
+            self._initted_seen = bool(self.initted)
+        if self.cluster_size is not None:
+            self._revive_dead_codes(vecs)
+
+    def _kmeans_init(self, vecs: torch.Tensor) -> None:
+        sync = self._sync()
+        if int(dist_utils.all_reduce_sum(torch.tensor(vecs.shape[0], device=vecs.device), sync)) == 0:
+            return  # nothing seen yet on any rank: try again next forward
+        for book, rows in enumerate(self._per_codebook(vecs)):
+            centres, counts = kmeans(rows, self.codebook_size, self.kmeans_iters, cosine=self.use_cosine_sim,
+                                     sync_distributed=sync)
+            self._set_codes(book, torch.ones_like(counts, dtype=torch.bool), centres, counts)
+        self.initted.fill_(True)
+
+    def _revive_dead_codes(self, vecs: torch.Tensor) -> None:
+        dead = self.cluster_size < self.dead_code_threshold  # identical on every rank (all-reduced)
+        if not bool(dead.any()):  # the one host sync of the upkeep
+            return
+        sync = self._sync()
+        for book, rows in enumerate(self._per_codebook(vecs)):
+            if not bool(dead[book].any()):
+                continue
+            # Each rank offers at most K of its vectors; rank 0 draws the new codes from the pool.
+            pool = dist_utils.gather_rows(sample_rows(rows, self.codebook_size) if rows.shape[0] > self.codebook_size
+                                          else rows, sync)
+            if pool.shape[0] == 0:
+                continue
+            codes = sample_rows(pool, self.codebook_size) if dist_utils.is_rank_zero() else pool.new_zeros(
+                self.codebook_size, pool.shape[1])
+            dist_utils.broadcast_(codes, sync)
+            self._set_codes(book, dead[book], codes, None)
+
+    def _usage_mass(self, part: _Quantized) -> torch.Tensor:
+        """(K,) how much each code was used by one codebook's batch: the weights' |mass|, each
+        vector counting 1 (one-hot for VQ, the simplex weights for SCQ, |w|/‖w‖₁ for SVQ)."""
+        w = part.weights.detach().abs()
+        return (w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)).sum(0)
+
+    @torch.no_grad()
+    def _track_usage(self, parts: "list[_Quantized]") -> None:
+        mass = torch.stack([self._usage_mass(p).to(self.cluster_size.dtype) for p in parts])
+        mass = dist_utils.all_reduce_sum(mass, self._sync())
+        self.cluster_size.mul_(self.decay).add_(mass, alpha=1 - self.decay)
+
+    # -- checks and repr -----------------------------------------------------------------------------
 
     def check_codebook(self) -> None:
         """Raise a ValueError if the codebook holds NaN or Inf (one host sync). Runs after
@@ -102,19 +325,18 @@ class Quantizer(nn.Module):
         never passes (``last_info.converged`` False)."""
         v.check_finite("codebook", self.codebook.detach())
 
-    def _codebook(self, dtype: torch.dtype) -> torch.Tensor:
-        return self.codebook.to(dtype)
-
-    def _output(self, quantized, weights, indices, loss, batch_shape, dtype) -> QuantizerOutput:
-        return QuantizerOutput(
-            quantized.to(dtype).reshape(*batch_shape, self.dim),
-            weights.to(dtype).reshape(*batch_shape, self.codebook_size),
-            indices.reshape(batch_shape),
-            loss,
-        )
-
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, codebook_size={self.codebook_size}, init={self.init!r}"
+        s = f"dim={self.dim}, codebook_size={self.codebook_size}, init={self.init!r}"
+        if self.heads > 1:
+            s += f", heads={self.heads}, separate_codebook_per_head={self.separate_codebook_per_head}"
+        for name in ("use_cosine_sim", "kmeans_init"):
+            if getattr(self, name):
+                s += f", {name}=True"
+        if self.dead_code_threshold > 0:
+            s += f", dead_code_threshold={self.dead_code_threshold}"
+        if self.channel_dim is not None:
+            s += f", channel_dim={self.channel_dim}"
+        return s
 
 
 def commitment_loss(x: torch.Tensor, quantized: torch.Tensor, beta: float) -> torch.Tensor:

@@ -8,6 +8,8 @@ No straight-through estimator: gradients flow through the solver to the input an
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .. import _validation as v
@@ -15,7 +17,7 @@ from ..functional import DEFAULT_METHOD
 from ..solvers.dispatch import SCQProblem, check_method, solve
 from ..solvers.registry import SCQ_METHODS, SolverInfo
 from ..solvers.solution import combine, hard_codes
-from .base import Quantizer, QuantizerOutput, commitment_loss
+from .base import Quantizer, _Quantized, commitment_loss
 
 
 class SCQ(Quantizer):
@@ -31,6 +33,10 @@ class SCQ(Quantizer):
         beta: weight of the commitment term in ``loss``.
         init: codebook initialization (``"normal"``, ``"uniform"``, ``"kaiming"``).
         strict: raise when a solve fails its certificate (default: warn, flag ``last_info``).
+        heads, separate_codebook_per_head, use_cosine_sim, kmeans_init, kmeans_iters,
+        dead_code_threshold, decay, channel_dim, sync_distributed, learnable_codebook: the
+            training features of :class:`~scq.quantizers.base.Quantizer`; for SCQ a code's usage
+            is its weight mass.
         **solver_options: passed to the method (e.g. ``tol``, ``max_rounds``).
 
     ``forward(x)`` returns :class:`QuantizerOutput` with ``weights`` p* on the simplex and
@@ -52,9 +58,22 @@ class SCQ(Quantizer):
         beta: float = 0.25,
         init: str = "normal",
         strict: bool = False,
+        heads: int = 1,
+        separate_codebook_per_head: bool = False,
+        use_cosine_sim: bool = False,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.0,
+        decay: float = 0.8,
+        channel_dim: Optional[int] = None,
+        sync_distributed: Optional[bool] = None,
+        learnable_codebook: bool = True,
         **solver_options,
     ):
-        super().__init__(dim, codebook_size, init=init)
+        super().__init__(dim, codebook_size, init=init, learnable_codebook=learnable_codebook, heads=heads,
+                         separate_codebook_per_head=separate_codebook_per_head, use_cosine_sim=use_cosine_sim,
+                         kmeans_init=kmeans_init, kmeans_iters=kmeans_iters, dead_code_threshold=dead_code_threshold,
+                         decay=decay, channel_dim=channel_dim, sync_distributed=sync_distributed)
         self.solver_options = solver_options
         self.lam = lam
         self.method = method
@@ -79,16 +98,16 @@ class SCQ(Quantizer):
     def method(self, name: str) -> None:
         self._method = check_method(SCQ_METHODS, name, self.solver_options)
 
-    def forward(self, x: torch.Tensor) -> QuantizerOutput:
-        flat, batch_shape = self._flatten(x)
-        with torch.autocast(device_type=flat.device.type, enabled=False):
-            E = self._codebook(flat.dtype)
-            solution, weights, self.last_info = solve(SCQProblem(self.lam), self._method, flat, E,
-                                                      self.solver_options, strict=self.strict)
-            quantized = combine(solution, E)
-            loss = commitment_loss(flat, quantized, self.beta)
-            out = self._output(quantized, weights, hard_codes(solution), loss, batch_shape, x.dtype)
-        return out
+    def _quantize(self, vectors: torch.Tensor, codebook: torch.Tensor, book: int) -> _Quantized:
+        with torch.autocast(device_type=vectors.device.type, enabled=False):
+            solution, weights, info = solve(SCQProblem(self.lam), self._method, vectors, codebook,
+                                            self.solver_options, strict=self.strict)
+            quantized = combine(solution, codebook)
+            loss = commitment_loss(vectors, quantized, self.beta)
+        # With one codebook per head, last_info is the certificate of the worst head.
+        if book == 0 or self.last_info is None or not info.residual <= self.last_info.residual:
+            self.last_info = info
+        return _Quantized(quantized, weights, hard_codes(solution), loss)
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={val!r}" for k, val in self.solver_options.items())
