@@ -2,8 +2,10 @@ r"""k-means for codebook initialization (Lloyd's algorithm; spherical with ``cos
 
     min_{c_1..c_K} Σ_n min_k ‖x_n − c_k‖²        (cosine: max Σ_n max_k ⟨x̂_n, ĉ_k⟩, unit vectors)
 
-Seeds are K distinct input vectors (drawn with replacement when there are fewer than K); a
-cluster that empties keeps its previous centre. Under ``torch.distributed`` the vectors of every
+Seeds are drawn by k-means++ (each next seed with probability ∝ its squared distance to the
+seeds so far, Arthur & Vassilvitskii 2007), which keeps Lloyd out of the local minima where two
+seeds share a cluster; with fewer vectors than K, seeds repeat. A cluster that empties keeps its
+previous centre. Under ``torch.distributed`` the vectors of every
 rank are gathered, rank 0 runs k-means on their union and broadcasts the centres: the result is
 identical on every rank and equal to one process running on the union (same seed, same order).
 """
@@ -40,10 +42,37 @@ def _assign(x: torch.Tensor, centres: torch.Tensor, cosine: bool) -> torch.Tenso
     return nearest_codes(x, centres)
 
 
+def _distance(x: torch.Tensor, centre: torch.Tensor, cosine: bool) -> torch.Tensor:
+    if cosine:
+        return (1 - x @ centre).clamp_min(0)
+    diff = x - centre
+    return (diff * diff).sum(-1)
+
+
+def _plus_plus_seeds(x: torch.Tensor, k: int, cosine: bool, generator) -> torch.Tensor:
+    """k-means++ seeding: K draws, each a few kernels and no host sync (on the default
+    generator; a CPU ``generator`` with inputs elsewhere draws on the CPU)."""
+    n = x.shape[0]
+    first = torch.randint(n, (1,), generator=generator).to(x.device)
+    seeds = x.new_empty(k, x.shape[1])
+    seeds[0] = x[first[0]]
+    d2 = _distance(x, seeds[0], cosine)
+    for i in range(1, k):
+        # All-zero distances (every vector is a seed already) fall back to uniform draws.
+        weights = d2 + (d2.sum() <= 0).to(d2.dtype)
+        if generator is not None and weights.device != generator.device:
+            pick = torch.multinomial(weights.cpu(), 1, generator=generator).to(x.device)
+        else:
+            pick = torch.multinomial(weights, 1, generator=generator)
+        seeds[i] = x[pick[0]]
+        d2 = torch.minimum(d2, _distance(x, seeds[i], cosine))
+    return seeds
+
+
 def _lloyd(x: torch.Tensor, k: int, iters: int, cosine: bool, generator) -> KMeansResult:
     if cosine:
         x = F.normalize(x, dim=-1)
-    centres = sample_rows(x, k, generator).clone()
+    centres = _plus_plus_seeds(x, k, cosine, generator)
     counts = x.new_zeros(k)
     for _ in range(max(iters, 1)):
         assign = _assign(x, centres, cosine)

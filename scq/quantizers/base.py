@@ -126,7 +126,9 @@ class Quantizer(nn.Module):
         self.register_buffer("initted", torch.tensor(not self.kmeans_init))
         self._initted_seen = False
         if self.dead_code_threshold > 0:
-            self.register_buffer("cluster_size", torch.zeros(self.num_codebooks, codebook_size))
+            # Every code starts at the threshold, as a revived code does: one step of grace
+            # before its usage is judged, rather than every code "dead" at the first forward.
+            self.register_buffer("cluster_size", torch.full((self.num_codebooks, codebook_size), self.dead_code_threshold))
         else:
             self.cluster_size = None
         self.reset_parameters()

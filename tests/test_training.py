@@ -1,0 +1,396 @@
+"""The training features: k-means init, dead-code replacement, EMA, cosine similarity, heads,
+channel_dim, residual quantization, SVQ's released switches, autocast, state_dict."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import scq
+from scq.quantizers.init import INITS
+
+from .helpers import assert_close
+
+KINDS = [scq.VQ, scq.SCQ, scq.SVQ]
+
+
+def clusters(n_per, centres, spread=0.05, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.as_tensor(centres, dtype=torch.float32)
+    x = centres.repeat_interleave(n_per, 0)
+    return x + spread * torch.randn(x.shape, generator=gen)
+
+
+def dead_codes(q, x):
+    q.eval()
+    with torch.no_grad():
+        out = q(x)
+    q.train()
+    return scq.codebook_usage(out.indices, q.codebook_size)["dead_codes"]
+
+
+# -- k-means ------------------------------------------------------------------------------------------
+
+
+def test_kmeans_recovers_separated_clusters():
+    centres = torch.tensor([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0], [0.0, -5.0]])
+    x = clusters(50, centres)
+    torch.manual_seed(3)
+    found, counts = scq.kmeans(x, 4, iters=20)
+    # every true centre has a found centre within the noise
+    dist = torch.cdist(centres, found)
+    assert dist.min(1).values.max() < 0.1
+    assert counts.sum() == 200
+
+
+def test_kmeans_cosine_gives_unit_centres_and_handles_few_vectors():
+    x = torch.randn(3, 5)
+    centres, counts = scq.kmeans(x, 8, iters=3, cosine=True)
+    assert_close(centres.norm(dim=-1), torch.ones(8), atol=1e-6)
+    assert counts.sum() == 3
+    with pytest.raises(ValueError, match="no vectors"):
+        scq.kmeans(torch.zeros(0, 5), 4)
+    with pytest.raises(ValueError, match="2-D"):
+        scq.kmeans(torch.zeros(5), 4)
+
+
+@pytest.mark.parametrize("cls", [scq.VQ, scq.SCQ])
+def test_kmeans_init_lowers_first_step_loss(cls):
+    centres = 3 * torch.randn(8, 6, generator=torch.Generator().manual_seed(1)) + 4.0
+    x = clusters(40, centres)
+    losses = {}
+    for kmeans_init in (False, True):
+        torch.manual_seed(0)
+        q = cls(6, 8, kmeans_init=kmeans_init)
+        out = q(x)
+        losses[kmeans_init] = float(((out.quantized - x) ** 2).mean())
+        assert bool(q.initted)
+    assert losses[True] < 0.1 * losses[False]
+    assert losses[True] < 0.05
+
+
+def test_kmeans_init_runs_once_and_survives_state_dict():
+    q = scq.VQ(4, 8, kmeans_init=True)
+    assert not bool(q.initted)
+    q(torch.randn(32, 4) + 10)
+    book = q.codebook.detach().clone()
+    q(torch.randn(32, 4) - 10)  # a second batch does not re-initialize
+    assert torch.equal(q.codebook.detach(), book)
+    fresh = scq.VQ(4, 8, kmeans_init=True)
+    fresh.load_state_dict(q.state_dict())
+    fresh(torch.randn(32, 4))
+    assert torch.equal(fresh.codebook.detach(), book)
+
+
+def test_kmeans_init_waits_in_eval_and_for_nonempty_batches():
+    q = scq.SCQ(4, 8, kmeans_init=True)
+    q.eval()
+    q(torch.randn(5, 4) + 10)
+    assert not bool(q.initted)
+    q.train()
+    q(torch.zeros(0, 4))
+    assert not bool(q.initted)
+    q(torch.randn(16, 4) + 10)
+    assert bool(q.initted) and q.codebook.mean() > 5
+
+
+def test_init_codebook_from_data_with_kmeans_iters():
+    x = clusters(30, [[4.0, 4.0], [-4.0, -4.0]])
+    q = scq.VQ(2, 2)
+    q.init_codebook_from_data(x, kmeans_iters=10)
+    assert sorted(q.codebook[:, 0].tolist()) == pytest.approx([-4.0, 4.0], abs=0.05)
+
+
+# -- dead codes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_dead_codes_are_revived(cls):
+    # Codes at N(0, 1), data in a small far-away blob: nearly every code starves.
+    torch.manual_seed(0)
+    x = 8.0 + 0.5 * torch.randn(256, 4)
+    kwargs = dict(codebook_size=16, dead_code_threshold=1.0)
+    if cls is scq.SVQ:  # the lasso: an MLP's usage depends on its training, not on the codes
+        kwargs.update(solver="lasso", alpha=1.0, nonneg=True)
+    torch.manual_seed(0)
+    starved = cls(4, **{**kwargs, "dead_code_threshold": 0.0})
+    torch.manual_seed(0)
+    q = cls(4, **kwargs)
+    before = dead_codes(q, x)
+    for _ in range(3):
+        q(x)
+        starved(x)
+    after = dead_codes(q, x)
+    assert before >= kwargs["codebook_size"] // 2, before
+    assert after < before // 2, (before, after)
+    assert dead_codes(starved, x) >= before - 1
+    assert q.cluster_size.shape == (1, kwargs["codebook_size"])
+    assert "cluster_size" in q.state_dict()
+
+
+def test_running_usage_is_an_ema_of_counts():
+    q = scq.VQ(2, 4, dead_code_threshold=1e-9, decay=0.5)
+    with torch.no_grad():
+        q.codebook.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]]))
+    x = torch.tensor([[0.1, 0.0], [0.0, 0.2], [9.0, 0.0], [0.0, 9.0], [9.0, 9.0]])
+    q(x)
+    assert_close(q.cluster_size[0], torch.tensor([1.0, 0.5, 0.5, 0.5]))
+    q(x)
+    assert_close(q.cluster_size[0], torch.tensor([1.5, 0.75, 0.75, 0.75]))
+
+
+def test_scq_usage_is_weight_mass():
+    q = scq.SCQ(3, 5, dead_code_threshold=1e-12, decay=0.0)
+    x = torch.randn(7, 3)
+    w = q(x).weights.detach()
+    assert_close(q.cluster_size[0], w.sum(0), atol=1e-6)
+
+
+def test_revival_does_not_break_an_accumulated_graph():
+    q = scq.SCQ(4, 16, dead_code_threshold=1.0)
+    x = 8 + torch.randn(32, 4)
+    loss = q(x).quantized.pow(2).sum()
+    loss = loss + q(x).quantized.pow(2).sum()  # codes revived between the two forwards
+    loss.backward()
+    assert torch.isfinite(q.codebook.grad).all()
+
+
+# -- EMA ----------------------------------------------------------------------------------------------
+
+
+def test_ema_update_matches_hand_computation():
+    gamma, eps, K = 0.9, 1e-5, 3
+    q = scq.VQ(2, K, ema_update=True, decay=gamma, eps=eps)
+    E0 = torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]])
+    q.reset_parameters()
+    with torch.no_grad():
+        q.codebook.copy_(E0)
+        q.ema_embed_sum.copy_(E0.unsqueeze(0))
+    assert not q.codebook.requires_grad
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [4.0, 6.0]])
+    q(x)
+    n = gamma * torch.ones(K) + (1 - gamma) * torch.tensor([2.0, 1.0, 0.0])
+    s = gamma * E0 + (1 - gamma) * torch.stack([x[0] + x[1], x[2], torch.zeros(2)])
+    smoothed = (n + eps) / (n.sum() + K * eps) * n.sum()
+    assert_close(q.codebook.detach(), s / smoothed.unsqueeze(-1), atol=1e-6)
+    # the loss is the commitment term alone: no gradient path to a codebook that has none
+    before = q.codebook.detach().clone()
+    out = q(x)
+    assert_close(out.loss, 0.25 * ((x - before[out.indices]) ** 2).mean(), atol=1e-6)
+
+
+def test_ema_leaves_codes_in_eval_mode_and_unpicked_codes_in_place():
+    q = scq.VQ(2, 3, ema_update=True, decay=0.9)
+    with torch.no_grad():
+        q.codebook.copy_(torch.tensor([[0.0, 0.0], [50.0, 50.0], [-50.0, 50.0]]))
+        q.ema_embed_sum.copy_(q.codebook.unsqueeze(0))
+    q.eval()
+    q(torch.ones(4, 2))
+    assert q.codebook[0].abs().max() == 0
+    q.train()
+    for _ in range(5):
+        q(0.1 * torch.randn(16, 2))
+    assert_close(q.codebook[1].detach(), torch.tensor([50.0, 50.0]), atol=0.05)
+
+
+# -- cosine similarity, heads, channel_dim ------------------------------------------------------------
+
+
+def test_cosine_vq_picks_the_largest_cosine_and_returns_unit_vectors():
+    q = scq.VQ(5, 12, use_cosine_sim=True)
+    x = 3 * torch.randn(40, 5)
+    out = q(x)
+    expected = (F.normalize(x, dim=-1) @ F.normalize(q.codebook, dim=-1).T).argmax(-1)
+    assert torch.equal(out.indices, expected)
+    assert_close(out.quantized.norm(dim=-1), torch.ones(40), atol=1e-5)
+
+
+def test_cosine_scq_solves_on_normalized_vectors():
+    q = scq.SCQ(4, 8, use_cosine_sim=True).double()
+    x = 5 * torch.randn(10, 4, dtype=torch.float64)
+    w = scq.solve_scq(F.normalize(x, dim=-1), F.normalize(q.codebook, dim=-1), 0.1)
+    assert_close(q(x).weights, w, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_shared_heads_equal_the_quantizer_on_split_vectors(cls):
+    torch.manual_seed(0)
+    q = cls(8, 16, heads=4).double()
+    assert q.codebook.shape == (16, 2)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    out = q(x)
+    assert out.weights.shape == (3, 5, 4, 16) and out.indices.shape == (3, 5, 4)
+    single = cls(2, 16).double()
+    single.load_state_dict({k: v for k, v in q.state_dict().items() if not k.startswith("mlp")}, strict=False)
+    if cls is scq.SVQ:
+        single.mlp.load_state_dict(q.mlp.state_dict())
+    ref = single(x.reshape(3, 5, 4, 2))
+    assert_close(out.quantized, ref.quantized.reshape(3, 5, 8), atol=1e-9)
+    assert_close(out.weights, ref.weights, atol=1e-9)
+
+
+def test_separate_codebooks_per_head():
+    q = scq.SCQ(6, 10, heads=2, separate_codebook_per_head=True, lam=0.5).double()
+    assert q.codebook.shape == (2, 10, 3)
+    x = torch.randn(7, 6, dtype=torch.float64)
+    out = q(x)
+    for h in range(2):
+        w = scq.solve_scq(x[:, 3 * h: 3 * h + 3], q.codebook[h], 0.5)
+        assert_close(out.weights[:, h], w, atol=1e-9)
+    assert q.last_info.converged
+    svq = scq.SVQ(6, 10, heads=2, separate_codebook_per_head=True)
+    assert len(svq.mlp) == 2 and svq.mlp[1][0].in_features == 3
+
+
+@pytest.mark.parametrize("cls", KINDS)
+def test_channel_dim_takes_feature_maps(cls):
+    torch.manual_seed(0)
+    q = cls(3, 8, channel_dim=1)
+    img = torch.randn(2, 3, 4, 5)
+    out = q(img)
+    assert out.quantized.shape == img.shape
+    assert out.weights.shape == (2, 4, 5, 8) and out.indices.shape == (2, 4, 5)
+    q.channel_dim = None
+    ref = q(img.permute(0, 2, 3, 1))
+    assert_close(out.quantized, ref.quantized.permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="channel_dim"):
+        cls(3, 8, channel_dim=1)(torch.randn(2, 4, 3))
+
+
+# -- residual quantization ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["vq", "scq"])
+def test_residual_stages_lower_the_error(kind):
+    torch.manual_seed(0)
+    x = torch.randn(256, 4)
+    rq = scq.ResidualQuantizer(4, 3, 16, quantizer=kind, kmeans_init=True)
+    out = rq(x)
+    assert out.weights.shape == (256, 3, 16) and out.indices.shape == (256, 3)
+    errors = [float(((rq.quantize_first(x, n).quantized - x) ** 2).mean()) for n in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2]
+    # quantized is the sum of the stages' reconstructions of the running residual
+    residual, total = x, torch.zeros_like(x)
+    for stage in rq.layers:
+        q = stage(residual).quantized
+        residual, total = residual - q, total + q
+    assert_close(out.quantized, total, atol=1e-5)
+
+
+def test_residual_vq_passes_the_identity_gradient():
+    rq = scq.ResidualQuantizer(3, 2, 8)
+    x = torch.randn(5, 3, requires_grad=True)
+    rq(x).quantized.sum().backward()
+    assert_close(x.grad, torch.ones(5, 3))
+
+
+def test_residual_scq_gradcheck():
+    torch.manual_seed(0)
+    rq = scq.ResidualQuantizer(3, 2, 6, quantizer="scq", lam=0.5).double()
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: rq(t).quantized, (x,), atol=1e-6)
+
+
+def test_residual_from_mixed_stages_and_errors():
+    rq = scq.ResidualQuantizer.from_stages([scq.SCQ(4, 8), scq.VQ(4, 8)], channel_dim=1)
+    out = rq(torch.randn(2, 4, 3))
+    assert out.quantized.shape == (2, 4, 3) and out.indices.shape == (2, 3, 2)
+    with pytest.raises(ValueError, match="quantizer must be one of"):
+        scq.ResidualQuantizer(4, 2, 8, quantizer="fsq")
+    with pytest.raises(ValueError, match="same dim"):
+        scq.ResidualQuantizer.from_stages([scq.VQ(4, 8), scq.VQ(5, 8)])
+    with pytest.raises(ValueError, match="same codebook_size"):
+        scq.ResidualQuantizer.from_stages([scq.VQ(4, 8), scq.VQ(4, 9)])
+    with pytest.raises(TypeError, match="stage 0"):
+        scq.ResidualQuantizer.from_stages([torch.nn.Linear(4, 4)])
+    with pytest.raises(ValueError, match="n must be"):
+        rq.quantize_first(torch.randn(2, 4, 3), 3)
+
+
+# -- SVQ parity with the released code ----------------------------------------------------------------
+
+
+def test_svq_init_scales():
+    D = 16
+    assert scq.SVQ(D, 4000, init="kaiming").codebook.abs().max() <= math.sqrt(6 / D)
+    assert scq.SVQ(D, 4000, init="kaiming").codebook.abs().max() > 0.9 * math.sqrt(6 / D)
+    assert scq.SVQ(D, 4000, init="kaiming_linear").codebook.abs().max() <= 1 / math.sqrt(D)
+    assert scq.SVQ(D, 4000, init="trunc").codebook.abs().max() <= 2.0
+    orth = scq.SVQ(D, 8, init="orthogonal").codebook
+    assert_close(orth @ orth.T, torch.eye(8), atol=1e-5)
+    assert (scq.SVQ(D, 100, init="sparse").codebook == 0).float().mean() >= 0.85
+    for init in INITS:
+        assert torch.isfinite(scq.VQ(4, 8, init=init).codebook).all()
+
+
+def test_svq_mlp_switches():
+    lin = scq.SVQ(4, 50, nonlinear=False)
+    assert len(lin.mlp) == 1 and lin.mlp[0].out_features == 50
+    x = torch.randn(6, 4)
+    assert_close(lin(x).weights, lin.mlp[0](x))
+    no_hid = scq.SVQ(4, 50, hid_relu=False)
+    assert isinstance(no_hid.mlp[1], torch.nn.Identity)
+    out_relu = scq.SVQ(4, 50, out_relu=True)
+    assert out_relu.relu_output and (out_relu(x).weights >= 0).all()
+    frozen = scq.SVQ(4, 50, freeze_projection=True, freeze_codebook=False)
+    frozen(x).quantized.sum().backward()
+    assert all(p.grad is None for p in frozen.mlp.parameters()) and frozen.codebook.grad is not None
+    assert "freeze_projection=True" in repr(frozen)
+
+
+def test_perp_2_and_3_follow_the_released_formula():
+    w = torch.randn(12, 30, generator=torch.Generator().manual_seed(0))
+    w[:, 3] += 6
+    got = scq.codebook_usage(w, 30)
+    for k, key in ((2, "perp_2"), (3, "perp_3")):
+        hits = (((w - w.mean()) / w.std()).abs() > k).float()
+        p = hits.sum(0) / hits.sum()
+        assert got[key] == pytest.approx(float(torch.exp(-(p * torch.log(p + 1e-10)).sum())), rel=1e-5)
+    hard = scq.codebook_usage(torch.tensor([0, 0, 1, 2]), 4)
+    assert hard["perp_2"] == pytest.approx(hard["perplexity"])
+
+
+# -- autocast, state and errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls,tol", [(scq.VQ, 1e-6), (scq.SCQ, 1e-4), (scq.SVQ, 0.1)])
+def test_cpu_bfloat16_autocast_matches_float32(cls, tol):
+    torch.manual_seed(0)
+    q = cls(8, 32)
+    x = torch.randn(64, 8)
+    ref = q(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = q(x)
+    assert torch.isfinite(out.quantized).all() and torch.isfinite(out.loss)
+    # VQ and SCQ solve in float32 under autocast; SVQ's MLP runs in bfloat16 (as any layer)
+    scale = ref.quantized.abs().max()
+    assert (out.quantized.float() - ref.quantized).abs().max() <= tol * scale
+
+
+def test_training_buffers_round_trip():
+    q = scq.VQ(4, 8, ema_update=True, kmeans_init=True, dead_code_threshold=0.5)
+    q(torch.randn(32, 4))
+    state = q.state_dict()
+    assert {"codebook", "initted", "cluster_size", "ema_cluster_size", "ema_embed_sum"} <= set(state)
+    again = scq.VQ(4, 8, ema_update=True, kmeans_init=True, dead_code_threshold=0.5)
+    again.load_state_dict(state)
+    for k in state:
+        assert torch.equal(again.state_dict()[k], state[k])
+
+
+def test_bad_training_options():
+    with pytest.raises(ValueError, match="divisible by heads"):
+        scq.VQ(6, 8, heads=4)
+    with pytest.raises(ValueError, match="decay must be in"):
+        scq.SCQ(4, 8, decay=1.0)
+    with pytest.raises(ValueError, match="dead_code_threshold must be"):
+        scq.SVQ(4, 8, dead_code_threshold=-1)
+    with pytest.raises(TypeError, match="kmeans_iters must be an int"):
+        scq.VQ(4, 8, kmeans_iters=2.5)
+    with pytest.raises(TypeError, match="channel_dim must be an int"):
+        scq.VQ(4, 8, channel_dim="1")
+    with pytest.raises(ValueError, match="channel_dim=3 is out of range"):
+        scq.VQ(4, 8, channel_dim=3)(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="init must be one of"):
+        scq.VQ(4, 8, init="he")
