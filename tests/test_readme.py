@@ -1,6 +1,8 @@
 """The README's examples run, and CI runs the README's test command verbatim."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -12,10 +14,21 @@ def _blocks(lang):
 
 
 def test_python_examples_run():
-    blocks = _blocks("python")
+    blocks = [b for b in _blocks("python") if "__main__" not in b]
     assert blocks
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
+
+
+def test_multiprocess_example_runs_as_a_script(tmp_path):
+    # A script of its own: mp.spawn starts fresh interpreters that import the training function.
+    scripts = [b for b in _blocks("python") if "__main__" in b]
+    assert len(scripts) == 1 and "mp.spawn" in scripts[0]
+    path = tmp_path / "ddp_example.py"
+    path.write_text(scripts[0] + "\nprint('done')\n")
+    run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().endswith("done")
 
 
 def test_ci_runs_the_readme_test_command():
