@@ -81,6 +81,4 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
             write_csv(out_dir / "usage.csv", rows)
             plots.training_curves(curves, out_dir / "usage_training_curves.png")
             _write_markdown(out_dir, "usage", md)
-    if out_dir:
-        print(f"results written to {out_dir}/")
     return results

@@ -3,8 +3,14 @@
 For each data set (photo patches, digits), quantizer and seed: train the same autoencoder for a
 fixed number of Adam steps, then report held-out reconstruction MSE, perplexity, usage, dead
 codes and support size over the whole held-out set, and the mean time per training step.
-Codebooks of VQ and SCQ are initialized from the first batch's latent vectors (the common
-practice against dead codes at init; the same for both).
+Two kinds of baselines:
+
+- plain (``vq``, ``scq-*``): codebooks set once from the first batch's latent vectors;
+- strong (``*-strong``): k-means init on the first batch and dead-code replacement
+  (``dead_code_threshold`` = ``DEAD_CODE_THRESHOLD`` vectors of running usage), with an EMA
+  codebook for VQ; vector-quantize-pytorch (``vqp-strong``) is configured the same way
+  (``kmeans_init``, ``threshold_ema_dead_code``, EMA with the same decay, β = 0.25), with its
+  other options at their defaults.
 """
 
 from __future__ import annotations
@@ -44,7 +50,31 @@ def settings(quick: bool) -> list[Setting]:
             Setting("digits", 400, 64, (0, 1, 2), 16, 64, 1024, 0, 0)]
 
 
-QUANTIZERS = ("none", "vq", "scq-relaxed", "scq-pgd", "svq-mlp")
+QUANTIZERS = ("none", "vq", "vq-strong", "vqp-strong", "scq-relaxed", "scq-relaxed-strong", "scq-pgd",
+              "scq-pgd-strong", "svq-mlp")
+DEAD_CODE_THRESHOLD = 1.0
+DECAY = 0.8
+STRONG = dict(kmeans_init=True, kmeans_iters=10, dead_code_threshold=DEAD_CODE_THRESHOLD, decay=DECAY)
+
+
+class VQPAdapter(torch.nn.Module):
+    """vector-quantize-pytorch's ``VectorQuantize`` behind scq's interface: ``(..., D)`` in,
+    :class:`scq.QuantizerOutput` out (one-hot weights)."""
+
+    def __init__(self, dim: int, codebook_size: int):
+        super().__init__()
+        from vector_quantize_pytorch import VectorQuantize
+
+        self.codebook_size = codebook_size
+        self.vq = VectorQuantize(dim=dim, codebook_size=codebook_size, kmeans_init=True, kmeans_iters=10,
+                                 threshold_ema_dead_code=DEAD_CODE_THRESHOLD, decay=DECAY, commitment_weight=0.25)
+
+    def forward(self, z: torch.Tensor) -> scq.QuantizerOutput:
+        flat = z.reshape(1, -1, z.shape[-1])
+        quantized, indices, loss = self.vq(flat)
+        indices = indices.reshape(z.shape[:-1])
+        weights = torch.nn.functional.one_hot(indices, self.codebook_size).to(z.dtype)
+        return scq.QuantizerOutput(quantized.reshape(z.shape), weights, indices, loss.sum())
 
 
 def make_quantizer(name: str, s: Setting):
@@ -52,8 +82,13 @@ def make_quantizer(name: str, s: Setting):
         return None
     if name == "vq":
         return scq.VQ(s.dim, s.codebook_size)
+    if name == "vq-strong":
+        return scq.VQ(s.dim, s.codebook_size, ema_update=True, **STRONG)
+    if name == "vqp-strong":
+        return VQPAdapter(s.dim, s.codebook_size)
     if name.startswith("scq-"):
-        return scq.SCQ(s.dim, s.codebook_size, lam=0.1, method=name[4:])
+        method = name[4:].removesuffix("-strong")
+        return scq.SCQ(s.dim, s.codebook_size, lam=0.1, method=method, **(STRONG if name.endswith("-strong") else {}))
     if name == "svq-mlp":
         return scq.SVQ(s.dim, s.svq_codebook_size)
     raise ValueError(name)
@@ -73,7 +108,7 @@ def train_one(name: str, s: Setting, seed: int, train: torch.Tensor, test: torch
     model = AutoEncoder(train.shape[1], s.dim, make_quantizer(name, s))
     gen = torch.Generator().manual_seed(seed)
     first = train[torch.randint(train.shape[0], (s.batch,), generator=gen)]
-    if isinstance(model.quantizer, (scq.VQ, scq.SCQ)):
+    if isinstance(model.quantizer, (scq.VQ, scq.SCQ)) and not name.endswith("-strong"):
         with torch.no_grad():
             model.quantizer.init_codebook_from_data(model.encode(first), generator=gen)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)

@@ -44,7 +44,8 @@ def test_bench_quick_all_parts(tmp_path):
         assert col in runtime[0], col
     assert {r["sweep"] for r in runtime} == {"N", "K", "D", "peers", "svq"}
     usage = _read(tmp_path / "usage.csv")
-    assert {r["quantizer"] for r in usage} == {"none", "vq", "scq-relaxed", "scq-pgd", "svq-mlp"}
+    assert {r["quantizer"] for r in usage} == {"none", "vq", "vq-strong", "vqp-strong", "scq-relaxed",
+                                               "scq-relaxed-strong", "scq-pgd", "scq-pgd-strong", "svq-mlp"}
     assert {r["dataset"] for r in usage} == {"photos", "digits"}
     for col in ("test_mse", "perplexity", "usage_pct", "dead_codes", "support_size", "step_s", "seed"):
         assert col in usage[1], col
