@@ -3,7 +3,7 @@
 Every function here is a no-op on one process, and on many processes every rank must call it, in
 the same order, whatever its batch size (an empty batch included): that is what keeps the
 training features from hanging under DDP. Results are identical on every rank: sums are
-all-reduced, and anything random is drawn on rank 0 and broadcast.
+all-reduced, and anything random is drawn on rank 0 and broadcast (docs/math.md §8).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-r"""k-means for codebook initialization (Lloyd's algorithm; spherical with ``cosine=True``).
+r"""k-means for codebook initialization (Lloyd's algorithm; spherical with ``cosine=True``;
+docs/math.md §8).
 
     min_{c_1..c_K} Σ_n min_k ‖x_n − c_k‖²        (cosine: max Σ_n max_k ⟨x̂_n, ĉ_k⟩, unit vectors)
 

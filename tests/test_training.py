@@ -83,6 +83,15 @@ def test_kmeans_init_runs_once_and_survives_state_dict():
     assert torch.equal(fresh.codebook.detach(), book)
 
 
+def test_checkpoints_without_initted_load_as_initialized():
+    state = scq.SCQ(4, 8).state_dict()
+    del state["initted"]
+    q = scq.SCQ(4, 8, kmeans_init=True)
+    q.load_state_dict(state)
+    q(torch.randn(16, 4) + 10)
+    assert torch.equal(q.codebook.detach(), state["codebook"])
+
+
 def test_kmeans_init_waits_in_eval_and_for_nonempty_batches():
     q = scq.SCQ(4, 8, kmeans_init=True)
     q.eval()

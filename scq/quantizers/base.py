@@ -1,5 +1,6 @@
 """What every quantizer module shares: the output tuple, the codebook, input handling, and the
-training features (k-means init, dead-code replacement, heads, cosine similarity, DDP sync).
+training features (k-means init, dead-code replacement, heads, cosine similarity, DDP sync;
+docs/math.md §8).
 
 A subclass implements one method, ``_quantize(vectors (n, d), codebook (K, d), head)``, for one
 codebook; the base class reshapes the input around it (channels, heads), keeps the codebook
@@ -195,6 +196,12 @@ class Quantizer(nn.Module):
             fresh = usage if usage is not None else torch.full_like(self.cluster_size[book], self.dead_code_threshold)
             self.cluster_size[book] = torch.where(mask, fresh.to(self.cluster_size.dtype), self.cluster_size[book])
         self._codes_replaced(book, mask, codes.to(target.dtype), usage)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before k-means init (scq 0.1) have no ``initted``: their codebooks
+        # were trained, so they count as initialized.
+        state_dict.setdefault(prefix + "initted", torch.tensor(True))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _codes_replaced(self, book: int, mask: torch.Tensor, codes: torch.Tensor, usage: Optional[torch.Tensor]) -> None:
         """Hook for subclasses with statistics tied to the codes (VQ's EMA)."""

@@ -1,4 +1,5 @@
-r"""Residual quantization: a stack of quantizers, each quantizing what the previous ones left.
+r"""Residual quantization: a stack of quantizers, each quantizing what the previous ones left
+(docs/math.md §8).
 
     r₀ = x,   q_i = Q_i(r_i),   r_{i+1} = r_i − q_i,   quantized = Σ_i q_i = x − r_Q
 

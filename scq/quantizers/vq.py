@@ -4,7 +4,7 @@ r"""Plain vector quantization, the baseline (docs/math.md §1).
     loss = ‖sg(x) − q‖² + β‖x − sg(q)‖²    (van den Oord et al. 2017)
 
 With ``ema_update=True`` the codebook is not trained by gradients but follows the inputs assigned
-to it (VQ-VAE-2, SoundStream), and the loss keeps only the commitment term:
+to it (VQ-VAE-2, SoundStream; docs/math.md §8), and the loss keeps only the commitment term:
 
     n_k ← γ n_k + (1 − γ) |{x : k*(x) = k}|,    s_k ← γ s_k + (1 − γ) Σ_{k*(x)=k} x,
     e_k = s_k / ñ_k,   ñ_k = (n_k + ε) / (Σ_j n_j + Kε) · Σ_j n_j   (Laplace smoothing).
