@@ -8,7 +8,8 @@ r"""Codebook-usage metrics (docs/math.md §6), for a batch or streamed over a wh
 - ``support_size``: mean number of nonzero weights per vector (1 for indices).
 - ``perp_2``, ``perp_3``: the released SVQ code's usage of soft weights: the perplexity of how
   often each code's weight is beyond 2σ (3σ) of the batch's weights (standardized per batch, by
-  the mean and standard deviation of all its weights). For hard codes they equal ``perplexity``.
+  the mean and standard deviation of all its weights, so they depend on how the data is batched).
+  For hard codes they equal ``perplexity``.
 
 Under ``torch.distributed``, ``compute()`` sums the statistics of every rank first (every rank
 must call it), so each rank reports the metrics of the union of the data.

@@ -35,7 +35,11 @@ def test_streaming_equals_one_shot():
     acc = scq.CodebookUsage(10)
     for chunk in w.split(7):
         acc.update(chunk)
-    assert acc.compute() == pytest.approx(scq.codebook_usage(w, 10))
+    streamed, one_shot = acc.compute(), scq.codebook_usage(w, 10)
+    # perp_2/perp_3 standardize per batch, as the released SVQ code does: they depend on batching
+    for key in ("perp_2", "perp_3"):
+        streamed.pop(key), one_shot.pop(key)
+    assert streamed == pytest.approx(one_shot)
     acc.reset()
     assert acc.compute()["vectors"] == 0
 
