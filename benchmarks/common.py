@@ -33,18 +33,50 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+# Repeated timings of one call whose slowest exceeds its fastest by more than this factor are
+# flagged as unreliable (a busy machine, frequency changes), in the output and in the files.
+SPREAD_LIMIT = 1.5
+
+
+def time_once(fn: Callable[[], object], device: str = "cpu") -> float:
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
 def time_call(fn: Callable[[], object], device: str = "cpu", repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_once(fn, device) for _ in range(repeats))
+
+
+def spread(times: Sequence[float]) -> float:
+    """Slowest over fastest of repeated timings (1 when there is one)."""
+    return max(times) / min(times) if times and min(times) > 0 else float("nan")
+
+
+def load_average() -> float:
+    """The 1-minute load average (nan where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def load_warnings(part: str, before: float, after: float, rows: Sequence[dict] = ()) -> "list[str]":
+    """Why this part's timings may not be trusted: the machine's load above its core count before
+    or after the part, or repeated timings that disagree by more than ``SPREAD_LIMIT``."""
+    cores = os.cpu_count() or 1
+    out = []
+    if max(before, after) > cores:
+        out.append(f"{part}: load average {before:.1f} before, {after:.1f} after, on {cores} cores: "
+                   f"other processes competed for the CPU; timings are not idle timings")
+    noisy = [r for r in rows if r.get("spread", 1.0) > SPREAD_LIMIT]
+    if noisy:
+        which = ", ".join(f"{r.get('method', r.get('config', '?'))} N={r.get('N')}" for r in noisy[:6])
+        out.append(f"{part}: {len(noisy)} measurement(s) whose repeated timings differ by more than "
+                   f"{SPREAD_LIMIT}x ({which}{', ...' if len(noisy) > 6 else ''})")
+    return out
 
 
 def random_codebook(K: int, D: int, *, dtype=torch.float64, device="cpu", generator=None) -> torch.Tensor:

@@ -10,7 +10,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def exactness_vs_lambda(rows: list[dict], path: Path) -> None:
+def _label(fig, note: str) -> None:
+    """A line across the figure's top saying what it is not (e.g. a smoke run's figures)."""
+    if note:
+        fig.text(0.5, 0.995, note, ha="center", va="top", fontsize=9, color="tab:red")
+
+
+def exactness_vs_lambda(rows: list[dict], path: Path, note: str = "") -> None:
     """Worst weight deviation from the exact solution against λ, one line per method."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "max_dev", "max |p − p*|"), (axes[1], "rel_obj_gap", "relative objective gap")):
@@ -27,11 +33,12 @@ def exactness_vs_lambda(rows: list[dict], path: Path) -> None:
     axes[0].legend()
     fig.suptitle("Exactness against λ (worst case over K, D and codebooks)")
     fig.tight_layout()
+    _label(fig, note)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def runtime_sweeps(rows: list[dict], path: Path) -> None:
+def runtime_sweeps(rows: list[dict], path: Path, note: str = "") -> None:
     """Log-log forward+backward time against N, K and D, one line per method."""
     sweeps = [s for s in ("N", "K", "D") if any(r["sweep"] == s for r in rows)]
     fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
@@ -49,11 +56,12 @@ def runtime_sweeps(rows: list[dict], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
+    _label(fig, note)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def training_curves(curves: dict, path: Path) -> None:
+def training_curves(curves: dict, path: Path, note: str = "") -> None:
     """Training reconstruction MSE per step (mean over seeds), one panel per data set."""
     datasets = list(dict.fromkeys(ds for ds, _ in curves))
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
@@ -70,5 +78,6 @@ def training_curves(curves: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    _label(fig, note)
     fig.savefig(path, dpi=110)
     plt.close(fig)

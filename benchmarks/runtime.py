@@ -10,6 +10,7 @@ first ``REF_VECTORS`` vectors of the timed batch).
 from __future__ import annotations
 
 import gc
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -18,10 +19,11 @@ from tqdm.auto import tqdm
 from scq.reference import reference_scq
 
 from . import contenders as C
-from .common import data_like, machine_info, time_call
+from .common import data_like, machine_info, spread, time_once
 from .memory import peak_memory_mb
 
 REF_VECTORS = 16
+SUPPORT_THRESHOLD = 1e-6  # a weight counts in the support above this (SCS never returns exact 0)
 FAST = ("vq", "vector-quantize-pytorch", "scq-relaxed", "scq-pgd")
 PEERS = ("vq", "vector-quantize-pytorch", "scq-relaxed", "scq-pgd", "scq-exact", "qpth")
 SVQ = ("vq", "vector-quantize-pytorch", "svq-mlp", "svq-lasso")
@@ -58,56 +60,99 @@ def _slow(name: str) -> bool:
     return name in ("scq-exact", "qpth")
 
 
-def measure(name: str, case: Case, device: str, dtype: torch.dtype, seed: int, repeats: int) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    z64, E64 = data_like(case.N, case.K, case.D, generator=gen)
-    z = z64.to(device, dtype)
-    module = C.build(name, case.K, case.D, device, dtype, E64)
+class Contender:
+    """One method on one case's inputs, ready to time: its forward and forward+backward."""
 
-    def forward():
+    def __init__(self, name: str, case: Case, device: str, dtype: torch.dtype, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        self.name, self.case = name, case
+        self.z64, self.E64 = data_like(case.N, case.K, case.D, generator=gen)
+        self.z = self.z64.to(device, dtype)
+        self.module = C.build(name, case.K, case.D, device, dtype, self.E64)
+        self.fwd_times: list[float] = []
+        self.fwdbwd_times: list[float] = []
+
+    def forward(self):
         with torch.no_grad():
-            return C.output_of(module, z)
+            return C.output_of(self.module, self.z)
 
-    def forward_backward():
-        x = z.clone().requires_grad_()
-        quantized, _, loss = C.output_of(module, x)
+    def forward_backward(self):
+        x = self.z.clone().requires_grad_()
+        quantized, _, loss = C.output_of(self.module, x)
         (quantized.pow(2).mean() + loss).backward()
-        module.zero_grad(set_to_none=True)
+        self.module.zero_grad(set_to_none=True)
 
-    reps, warm = (1, 0) if _slow(name) else (repeats, 1)
-    row = dict(fwd_s=time_call(forward, device, reps, warm), fwdbwd_s=time_call(forward_backward, device, reps, warm))
-    row["peak_mb"] = peak_memory_mb(forward_backward, device)
-    _, weights, _ = forward()
-    if name in C.SCQ_SOLVERS and weights is not None:
-        n = min(REF_VECTORS, case.N)
-        ref = reference_scq(z64[:n], E64, C.LAM)
-        row["max_dev"] = float((weights[:n].detach().double().cpu() - ref).abs().max())
-    if weights is not None:
-        w = weights.detach()
-        row["support_size"] = float((w != 0).sum(-1).double().mean())
-    return row
+    def row(self, device: str) -> dict:
+        row = dict(fwd_s=statistics.median(self.fwd_times), fwdbwd_s=statistics.median(self.fwdbwd_times),
+                   spread=max(spread(self.fwd_times), spread(self.fwdbwd_times)))
+        row["peak_mb"] = peak_memory_mb(self.forward_backward, device)
+        _, weights, _ = self.forward()
+        if self.name in C.SCQ_SOLVERS and weights is not None:
+            n = min(REF_VECTORS, self.case.N)
+            ref = reference_scq(self.z64[:n], self.E64, C.LAM)
+            row["max_dev"] = float((weights[:n].detach().double().cpu() - ref).abs().max())
+        if weights is not None:
+            w = weights.detach()
+            # SCS's weights are never exactly 0: count what exceeds a stated threshold.
+            row["support_size"] = float((w.abs() > SUPPORT_THRESHOLD).sum(-1).double().mean())
+            row["support_threshold"] = SUPPORT_THRESHOLD
+        return row
+
+
+def measure(name: str, case: Case, device: str, dtype: torch.dtype, seed: int, repeats: int) -> dict:
+    """One contender alone: medians of ``repeats`` forward and forward+backward calls after a
+    warm-up (one call for the slow peers), peak memory, deviation and support size."""
+    contender = Contender(name, case, device, dtype, seed)
+    slow = _slow(name)
+    if not slow:
+        contender.forward()
+        contender.forward_backward()
+    for _ in range(1 if slow else repeats):
+        contender.fwd_times.append(time_once(contender.forward, device))
+        contender.fwdbwd_times.append(time_once(contender.forward_backward, device))
+    return contender.row(device)
 
 
 def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool = True,
         dtype: torch.dtype = torch.float32) -> list[dict]:
+    """Every case, its contenders timed interleaved (one call of each in turn, ``repeats`` rounds),
+    so a change in the machine's load affects all of them alike."""
     meta = machine_info(device, dtype)
     repeats = 3 if quick else 5
-    jobs = [(case, name) for case in cases(quick) for name in case.methods]
     rows = []
-    bar = tqdm(jobs, desc="runtime", disable=not progress)
-    for case, name in bar:
-        bar.set_postfix_str(f"{name} N={case.N} K={case.K} D={case.D}")
-        row = dict(meta, part="runtime", sweep=case.sweep, method=name, N=case.N, K=case.K, D=case.D, lam=C.LAM)
-        reason = C.available(name, device)
-        if reason is None:
+    bar = tqdm(cases(quick), desc="runtime", disable=not progress)
+    for case in bar:
+        bar.set_postfix_str(f"{case.sweep}: N={case.N} K={case.K} D={case.D}")
+        base = dict(meta, part="runtime", sweep=case.sweep, N=case.N, K=case.K, D=case.D, lam=C.LAM)
+        ready, case_rows = [], {}
+        for name in case.methods:
+            case_rows[name] = dict(base, method=name)
+            reason = C.available(name, device)
+            if reason is not None:
+                case_rows[name]["status"] = f"skipped: {reason}"
+                continue
             try:
-                row.update(measure(name, case, device, dtype, seed, repeats))
-                row["status"] = "ok"
+                contender = Contender(name, case, device, dtype, seed)
+                if not _slow(name):  # warm-up
+                    contender.forward()
+                    contender.forward_backward()
+                ready.append(contender)
             except (MemoryError, RuntimeError) as err:  # e.g. a peer running out of memory
-                row["status"] = f"failed: {str(err).splitlines()[0][:120]}"
-        else:
-            row["status"] = f"skipped: {reason}"
-        rows.append(row)
+                case_rows[name]["status"] = f"failed: {str(err).splitlines()[0][:120]}"
+        for round_ in range(repeats):
+            for contender in list(ready):
+                if _slow(contender.name) and round_ > 0:
+                    continue
+                try:
+                    contender.fwd_times.append(time_once(contender.forward, device))
+                    contender.fwdbwd_times.append(time_once(contender.forward_backward, device))
+                except (MemoryError, RuntimeError) as err:
+                    case_rows[contender.name]["status"] = f"failed: {str(err).splitlines()[0][:120]}"
+                    ready.remove(contender)
+        for contender in ready:
+            case_rows[contender.name].update(contender.row(device), status="ok")
+        rows += case_rows.values()
+        del ready
         gc.collect()
     _add_ratios(rows)
     return rows

@@ -7,10 +7,10 @@ from typing import Optional
 
 import torch
 
-from . import ablation, exactness, plots, runtime, usage
-from .common import format_table, write_csv
+from . import ablation, contention, exactness, plots, runtime, usage
+from .common import format_table, load_average, load_warnings, write_csv
 
-PARTS = ("exactness", "runtime", "usage")
+PARTS = ("exactness", "runtime", "contention", "usage")
 
 
 def _emit(title: str, table: str, md: list) -> None:
@@ -25,6 +25,20 @@ def _write_markdown(out_dir: Path, part: str, sections: list) -> None:
     (out_dir / "results.md").write_text("\n".join(f.read_text() for f in present))
 
 
+SMOKE = ("Smoke run (--quick): sizes too small and runs too short for these numbers to be results; "
+         "run without --quick for those.")
+SMOKE_PLOT = "smoke run (--quick): not results"
+
+
+def _warn(part: str, before: float, rows, md: list) -> None:
+    """Print and record why this part's timings may be unreliable (see ``load_warnings``)."""
+    warnings = load_warnings(part, before, load_average(), rows)
+    for w in warnings:
+        print(f"WARNING: {w}", flush=True)
+    md.append(f"Load average before/after: {before:.2f} / {load_average():.2f}.\n")
+    md += [f"**Warning**: {w}.\n" for w in warnings]
+
+
 def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, device: str = "cpu", seed: int = 0) -> dict:
     """Run ``part`` (or all parts); returns {part: rows}."""
     torch.manual_seed(seed)
@@ -33,7 +47,12 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {}
-    md: list[str] = []
+    note = SMOKE_PLOT if quick else ""
+    start_md = [f"> {SMOKE}\n"] if quick else []
+    if quick:
+        print(SMOKE, flush=True)
+    md: list[str] = list(start_md)
+    before = load_average()
     if "exactness" in parts:
         rows = exactness.run(quick=quick, device=device, seed=seed)
         results["exactness"] = rows
@@ -49,9 +68,11 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
         if out_dir:
             write_csv(out_dir / "exactness.csv", rows)
             write_csv(out_dir / "exactness_lasso.csv", lasso_rows)
-            plots.exactness_vs_lambda(rows, out_dir / "exactness_vs_lambda.png")
+            plots.exactness_vs_lambda(rows, out_dir / "exactness_vs_lambda.png", note)
+        _warn("exactness", before, [], md)
+        if out_dir:
             _write_markdown(out_dir, "exactness", md)
-        md = []
+        md, before = list(start_md), load_average()
     if "runtime" in parts:
         rows = runtime.run(quick=quick, device=device, seed=seed)
         results["runtime"] = rows
@@ -65,20 +86,33 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
         _emit("What each idea inside pgd buys (forward+backward, ratios to the default)", format_table(ab_rows, [
             "config", "N", "K", "D", "fwdbwd_s", "vs_default", "rounds", "inner_iterations", "final_working_set",
             "converged"]), md)
+        _warn("runtime", before, rows + ab_rows, md)
         if out_dir:
             write_csv(out_dir / "runtime.csv", rows)
             write_csv(out_dir / "ablation.csv", ab_rows)
-            plots.runtime_sweeps(rows, out_dir / "runtime_sweeps.png")
+            plots.runtime_sweeps(rows, out_dir / "runtime_sweeps.png", note)
             _write_markdown(out_dir, "runtime", md)
-        md = []
+        md, before = list(start_md), load_average()
+    if "contention" in parts and device == "cpu":
+        c_rows = contention.run(quick=quick, seed=seed)
+        results["contention"] = c_rows
+        _emit(f"Contention: forward+backward idle and beside {contention.BUSY} busy processes "
+              "(slowdown = time / mean idle time)", format_table(c_rows, [
+                  "N", "K", "D", "method", "scenario", "fwdbwd_s", "slowdown", "spread", "load_before",
+                  "load_after"]), md)
+        if out_dir:
+            write_csv(out_dir / "contention.csv", c_rows)
+            _write_markdown(out_dir, "contention", md)
+        md, before = list(start_md), load_average()
     if "usage" in parts:
         rows, curves = usage.run(quick=quick, device=device, seed=seed)
         results["usage"] = rows
         _emit("Codebook usage on real images (held-out set; mean ± std over seeds)", format_table(usage.summary(rows), [
             "dataset", "quantizer", "seeds", "codebook_size", "test_mse", "perplexity", "usage_pct", "dead_codes",
             "support_size", "step_s"]), md)
+        _warn("usage", before, [], md)
         if out_dir:
             write_csv(out_dir / "usage.csv", rows)
-            plots.training_curves(curves, out_dir / "usage_training_curves.png")
+            plots.training_curves(curves, out_dir / "usage_training_curves.png", note)
             _write_markdown(out_dir, "usage", md)
     return results

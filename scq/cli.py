@@ -1,4 +1,4 @@
-"""The ``scq`` command. ``scq bench [exactness|runtime|usage|all] [--quick] [--out DIR] [--device]``."""
+"""The ``scq`` command. ``scq bench [exactness|runtime|contention|usage|all] [--quick] [--out DIR] [--device]``."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="run the benchmark suite (exactness, runtime, codebook usage)")
-    bench.add_argument("part", nargs="?", default="all", choices=["exactness", "runtime", "usage", "all"],
+    bench.add_argument("part", nargs="?", default="all", choices=["exactness", "runtime", "contention", "usage", "all"],
                        help="which part to run: exactness against a cvxpy reference, runtime side by side with VQ "
-                            "and vector-quantize-pytorch, codebook usage in a trained autoencoder, or all (default)")
+                            "and vector-quantize-pytorch, contention (slowdown beside busy processes, CPU only), "
+                            "codebook usage in a trained autoencoder, or all (default)")
     bench.add_argument("--quick", action="store_true",
                        help="a smoke run at small sizes (every part in about a minute on 2 CPU cores); its numbers "
                             "are not results")

@@ -49,11 +49,17 @@ def test_bench_quick_all_parts(tmp_path):
     assert {r["dataset"] for r in usage} == {"photos", "digits"}
     for col in ("test_mse", "perplexity", "usage_pct", "dead_codes", "support_size", "step_s", "seed"):
         assert col in usage[1], col
+    assert all(float(r["support_threshold"]) > 0 for r in runtime if r["status"] == "ok" and r.get("support_size"))
+    contention = _read(tmp_path / "contention.csv")
+    assert {r["scenario"] for r in contention} == {"idle", "torch matmuls"}  # the smoke run's two
+    assert {r["method"] for r in contention} == {"vq", "scq-relaxed", "scq-pgd", "scq-pgd-pool"}
+    assert all(float(r["slowdown"]) > 0 and float(r["spread"]) >= 1 for r in contention)
     ablation = _read(tmp_path / "ablation.csv")
     assert ablation[0]["config"] == "default" and len(ablation) >= 5
     assert {"fwdbwd_s", "vs_default", "rounds", "converged"} <= set(ablation[0])
     md = (tmp_path / "results.md").read_text()
-    assert "Runtime" in md and "Codebook usage" in md and "pgd" in md
+    assert "Runtime" in md and "Codebook usage" in md and "pgd" in md and "Contention" in md
+    assert "Smoke run (--quick)" in md and "Load average before/after" in md
 
 
 def test_cli_rejects_unknown_part():
@@ -72,3 +78,16 @@ def test_version_and_help_text(capsys):
     bench = _parser()._subparsers._group_actions[0].choices["bench"]
     for action in bench._actions:
         assert action.help, f"bench argument {action.dest} has no help text"
+
+
+def test_load_warnings_flag_a_busy_machine_and_noisy_timings():
+    import os
+
+    from scq.bench.common import SPREAD_LIMIT, load_warnings
+
+    cores = os.cpu_count()
+    assert load_warnings("runtime", 0.1, 0.2, [{"method": "vq", "N": 8, "spread": 1.1}]) == []
+    warnings = load_warnings("runtime", cores + 1.0, 0.2, [{"method": "scq-pgd", "N": 512, "spread": SPREAD_LIMIT + 1}])
+    assert len(warnings) == 2
+    assert "load average" in warnings[0] and f"on {cores} cores" in warnings[0]
+    assert "scq-pgd N=512" in warnings[1]

@@ -403,3 +403,18 @@ def test_bad_training_options():
         scq.VQ(4, 8, channel_dim=3)(torch.randn(2, 4))
     with pytest.raises(ValueError, match="init must be one of"):
         scq.VQ(4, 8, init="he")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cls,tol", [(scq.VQ, 1e-6), (scq.SCQ, 1e-4)])
+def test_cuda_autocast_matches_float32(cls, tol, dtype):
+    torch.manual_seed(0)
+    q = cls(8, 32, kmeans_init=True, dead_code_threshold=0.5).cuda()
+    x = torch.randn(256, 8, device="cuda")
+    q.eval()
+    ref = q(x)
+    with torch.autocast("cuda", dtype=dtype):
+        out = q(x)
+    assert torch.isfinite(out.quantized).all() and torch.isfinite(out.loss)
+    assert (out.quantized.float() - ref.quantized).abs().max() <= tol * ref.quantized.abs().max()

@@ -21,6 +21,7 @@ from .. import _validation as v
 from .certificate import Certificate, certify_lasso, certify_scq
 from .registry import LASSO_METHODS, SCQ_METHODS, Method, MethodTable, SolverInfo, check_options
 from .solution import Weights, densify
+from .threads import one_thread, wants_one_thread
 
 
 class Batch(NamedTuple):
@@ -99,17 +100,19 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
             weights = (z @ codebook.transpose(0, 1)) * 0
             return weights, weights, SolverInfo(method.name, residual=0.0, converged=True, tol=tol, objective_gap=0.0,
                                        error_bound=0.0, quantized_error_bound=0.0)
-        try:
-            out = problem.call(method, z, codebook, options)
-        except Exception as err:
-            # Modules do not check their own codebook on every forward (a host sync each time):
-            # name the likely cause here, at no cost to calls that succeed.
-            if not bool(torch.isfinite(codebook).all()):
-                raise ValueError("codebook contains NaN or Inf values (check the training step that wrote it)") from err
-            raise
-        weights, info = out if isinstance(out, tuple) else (out, SolverInfo(method.name))
-        dense = densify(weights)
-        cert = problem.certify(weights, dense, z, codebook, info)
+        # Small batches run on one thread: see threads.py (robust beside other busy processes).
+        with one_thread(wants_one_thread(z, codebook.shape[0])):
+            try:
+                out = problem.call(method, z, codebook, options)
+            except Exception as err:
+                # Modules do not check their own codebook on every forward (a host sync each time):
+                # name the likely cause here, at no cost to calls that succeed.
+                if not bool(torch.isfinite(codebook).all()):
+                    raise ValueError("codebook contains NaN or Inf values (check the training step that wrote it)") from err
+                raise
+            weights, info = out if isinstance(out, tuple) else (out, SolverInfo(method.name))
+            dense = densify(weights)
+            cert = problem.certify(weights, dense, z, codebook, info)
     worst = torch.stack([c.max() for c in cert]).tolist()  # the one host sync
     info.residual, info.objective_gap, info.error_bound, info.quantized_error_bound = worst
     info.tol = tol

@@ -34,6 +34,7 @@ import torch
 
 from ...problems import code_scores, max_code_norm, nearest_code, row_scale
 from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_vjp
+from ..threads import one_thread, wants_one_thread
 from .fista import fista
 
 
@@ -283,6 +284,7 @@ class WorkingSetFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, E, extra, problem, opts, diagnostics):
         code, sign, u, s = _forward(z, E, extra, problem, opts, diagnostics)
+        ctx.one_thread = wants_one_thread(z, E.shape[0])  # as the forward ran (dispatch.solve)
         ctx.save_for_backward(z, E, code, sign, u, s)
         ctx.problem = problem
         ctx.systems = diagnostics["systems"]  # (dtype, ridge) of the forward's support systems
@@ -292,6 +294,11 @@ class WorkingSetFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_u, _grad_code, _grad_sign):
+        with one_thread(ctx.one_thread):
+            return WorkingSetFunction._backward(ctx, grad_u)
+
+    @staticmethod
+    def _backward(ctx, grad_u):
         z, E, code, sign, u, s = ctx.saved_tensors
         problem = ctx.problem
         C = E[code] * sign.unsqueeze(-1)

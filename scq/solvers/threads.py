@@ -1,0 +1,41 @@
+"""One intra-op thread for small solves on the CPU.
+
+A working-set solve runs thousands of small ops per call (gathers, Gram products, FISTA steps,
+batched Cholesky on (N, m, m) systems of m ≈ 16–64). Each op is a parallel region whose threads
+wait for one another, and OpenMP's idle threads spin: on a machine shared with other busy
+processes (DataLoader workers, a second job), each region waits for a descheduled thread, and a
+solve at N = 512, K = 128 slowed by 8–24× beside two small torch jobs (issue #11; on one thread:
+3.5×). When the batch is small (N·K ≤ ``ONE_THREAD_UP_TO``) its ops are too small to gain from
+the pool anyway (idle on 2 cores: the same time at N = 512, K = 128), so the whole solve,
+certificate and backward included, runs on one thread. Larger batches keep the pool (one thread
+cost up to 45% idle at N = 1024, K = 1024 and 24% at N = 4096) and stay exposed to contention
+(5–8× measured) until the solver's ops are fused (issue #12).
+On CUDA nothing changes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+ONE_THREAD_UP_TO = 1 << 18  # N·K, elements of the batch's largest (N, K) tensors
+
+
+def wants_one_thread(z: torch.Tensor, num_codes: int) -> bool:
+    """Whether a solve of ``z`` (N, D) over ``num_codes`` codes should run on one thread."""
+    return z.device.type == "cpu" and z.shape[0] * num_codes <= ONE_THREAD_UP_TO
+
+
+@contextmanager
+def one_thread(active: bool):
+    """Run the block on one intra-op thread when ``active``, then restore the pool."""
+    before = torch.get_num_threads()
+    if not active or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
