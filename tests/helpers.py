@@ -61,3 +61,24 @@ def scq_kkt_violation(w: torch.Tensor, z: torch.Tensor, E: torch.Tensor, lam: fl
     dual = (-mu * ~S).clamp_min(0).max()
     primal = max(float((-w).clamp_min(0).max()), float((w.sum(-1) - 1).abs().max()))
     return max(float(stationarity), float(dual), primal)
+
+
+# Ops that make the host wait for the device (on CUDA): `.item()`, `bool(t)`, `nonzero`, ...
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "is_nonzero", "item", "masked_select", "unique", "equal"}
+
+
+def count_syncs(fn) -> int:
+    """How many sync-forcing aten ops ``fn()`` dispatches (counted on any device)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        syncs = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in SYNC_OPS:
+                _Count.syncs += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count():
+        fn()
+    return _Count.syncs
