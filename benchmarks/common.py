@@ -91,6 +91,25 @@ def data_like(N: int, K: int, D: int, *, noise: float = 0.5, dtype=torch.float64
     return z.to(device), E.to(device)
 
 
+def random_inputs(N: int, K: int, D: int, *, dtype=torch.float64, device="cpu", generator=None):
+    """A random N(0, 1) codebook and N(0, 1) inputs: no structure for the solver to exploit."""
+    E = torch.randn(K, D, dtype=dtype, generator=generator)
+    z = torch.randn(N, D, dtype=dtype, generator=generator)
+    return z.to(device), E.to(device)
+
+
+def codes_near_inputs(N: int, K: int, D: int, *, noise: float = 0.1, dtype=torch.float64, device="cpu", generator=None):
+    """Codes = inputs + noise (a codebook initialized from the data): many codes near each input,
+    the hardest case for a working set."""
+    z = torch.randn(N, D, dtype=dtype, generator=generator)
+    E = z[torch.randint(N, (K,), generator=generator)] + noise * torch.randn(K, D, dtype=dtype, generator=generator)
+    return z.to(device), E.to(device)
+
+
+# The codebook kinds the runtime benchmark times, so that no single favourable one stands for all.
+CODEBOOKS = {"data_like": data_like, "random": random_inputs, "near_inputs": codes_near_inputs}
+
+
 def format_table(rows: Sequence[dict], columns: Sequence[str], floatfmt: str = ".3g") -> str:
     """A markdown table (it also reads well in a terminal)."""
 

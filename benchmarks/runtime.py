@@ -1,6 +1,7 @@
 """Runtime: forward and forward+backward time and peak memory against N, K and D.
 
-Every contender runs on the same inputs (a data-like codebook, inputs = codes + noise, λ = 0.1),
+Every contender runs on the same inputs (a data-like codebook, inputs = codes + noise, λ = 0.1;
+the "codebooks" sweep also times a random N(0, 1) codebook and codes = inputs + noise),
 side by side in one process, with warm-up and medians; times are also reported as ratios to
 this project's VQ at the same size, since absolute times on shared machines are noisy. SCQ
 solvers also report their max deviation from the exact solution (cvxpy reference, on the
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from scq.reference import reference_scq
 
 from . import contenders as C
-from .common import data_like, machine_info, spread, time_once
+from .common import CODEBOOKS, machine_info, spread, time_once
 from .memory import peak_memory_mb
 
 REF_VECTORS = 16
@@ -31,11 +32,12 @@ SVQ = ("vq", "vector-quantize-pytorch", "svq-mlp", "svq-lasso")
 
 @dataclass(frozen=True)
 class Case:
-    sweep: str  # which plot the point belongs to: "N", "K", "D", "peers", "svq"
+    sweep: str  # which plot the point belongs to: "N", "K", "D", "peers", "svq", "codebooks"
     N: int
     K: int
     D: int
     methods: tuple
+    codebook: str = "data_like"  # a key of common.CODEBOOKS
 
 
 def cases(quick: bool) -> list[Case]:
@@ -46,6 +48,7 @@ def cases(quick: bool) -> list[Case]:
         out += [Case("D", N0, K0, d, FAST) for d in (16, 64)]
         out += [Case("peers", 16, 64, 16, PEERS)]
         out += [Case("svq", 512, 1000, 32, SVQ)]
+        out += [Case("codebooks", N0, K0, D0, FAST, kind) for kind in CODEBOOKS]
         return out
     N0, K0, D0 = 1024, 1024, 64
     out = [Case("N", n, K0, D0, FAST) for n in (256, 1024, 4096)]
@@ -53,6 +56,7 @@ def cases(quick: bool) -> list[Case]:
     out += [Case("D", N0, K0, d, FAST) for d in (16, 64, 256)]
     out += [Case("peers", 256, 512, 64, PEERS)]
     out += [Case("svq", 4096, k, 64, SVQ) for k in (1000, 10000)]
+    out += [Case("codebooks", 4096, K0, D0, FAST, kind) for kind in CODEBOOKS]
     return out
 
 
@@ -66,7 +70,7 @@ class Contender:
     def __init__(self, name: str, case: Case, device: str, dtype: torch.dtype, seed: int):
         gen = torch.Generator().manual_seed(seed)
         self.name, self.case = name, case
-        self.z64, self.E64 = data_like(case.N, case.K, case.D, generator=gen)
+        self.z64, self.E64 = CODEBOOKS[case.codebook](case.N, case.K, case.D, generator=gen)
         self.z = self.z64.to(device, dtype)
         self.module = C.build(name, case.K, case.D, device, dtype, self.E64)
         self.fwd_times: list[float] = []
@@ -122,8 +126,9 @@ def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool 
     rows = []
     bar = tqdm(cases(quick), desc="runtime", disable=not progress)
     for case in bar:
-        bar.set_postfix_str(f"{case.sweep}: N={case.N} K={case.K} D={case.D}")
-        base = dict(meta, part="runtime", sweep=case.sweep, N=case.N, K=case.K, D=case.D, lam=C.LAM)
+        bar.set_postfix_str(f"{case.sweep}: N={case.N} K={case.K} D={case.D} {case.codebook}")
+        base = dict(meta, part="runtime", sweep=case.sweep, N=case.N, K=case.K, D=case.D, lam=C.LAM,
+                    codebook=case.codebook)
         ready, case_rows = [], {}
         for name in case.methods:
             case_rows[name] = dict(base, method=name)
@@ -159,16 +164,18 @@ def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool 
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    base = {(r["sweep"], r["N"], r["K"], r["D"]): r for r in rows if r["method"] == "vq" and r["status"] == "ok"}
+    key = lambda r: (r["sweep"], r["codebook"], r["N"], r["K"], r["D"])
+    base = {key(r): r for r in rows if r["method"] == "vq" and r["status"] == "ok"}
     for r in rows:
-        b = base.get((r["sweep"], r["N"], r["K"], r["D"]))
+        b = base.get(key(r))
         if b and r["status"] == "ok":
             r["fwd_vs_vq"] = r["fwd_s"] / b["fwd_s"]
             r["fwdbwd_vs_vq"] = r["fwdbwd_s"] / b["fwdbwd_s"]
 
 
 def headline(rows: list[dict]) -> list[dict]:
-    """The rows a reader wants first: the peer comparison and the largest size of the N sweep."""
+    """The rows a reader wants first: the peer comparison, the largest size of the N sweep and
+    the three codebook kinds."""
     ok = [r for r in rows if r["status"] == "ok" or r["sweep"] == "peers"]
     top_n = max((r["N"] for r in rows if r["sweep"] == "N"), default=None)
-    return [r for r in ok if r["sweep"] == "peers" or (r["sweep"] == "N" and r["N"] == top_n)]
+    return [r for r in ok if r["sweep"] in ("peers", "codebooks") or (r["sweep"] == "N" and r["N"] == top_n)]

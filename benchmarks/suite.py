@@ -76,7 +76,7 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
     if "runtime" in parts:
         rows = runtime.run(quick=quick, device=device, seed=seed)
         results["runtime"] = rows
-        cols = ["sweep", "method", "N", "K", "D", "fwd_s", "fwdbwd_s", "fwd_vs_vq", "fwdbwd_vs_vq", "peak_mb",
+        cols = ["sweep", "codebook", "method", "N", "K", "D", "fwd_s", "fwdbwd_s", "fwd_vs_vq", "fwdbwd_vs_vq", "peak_mb",
                 "max_dev", "support_size", "status"]
         _emit("Runtime: headline (float32, forward+backward; ratios to scq's VQ at the same size)",
               format_table(runtime.headline(rows), cols), md)

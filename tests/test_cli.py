@@ -42,7 +42,8 @@ def test_bench_quick_all_parts(tmp_path):
     for col in ("machine", "torch", "dtype", "device", "threads", "sweep", "N", "K", "D", "fwd_s", "fwdbwd_s",
                 "fwdbwd_vs_vq", "peak_mb", "max_dev", "status"):
         assert col in runtime[0], col
-    assert {r["sweep"] for r in runtime} == {"N", "K", "D", "peers", "svq"}
+    assert {r["sweep"] for r in runtime} == {"N", "K", "D", "peers", "svq", "codebooks"}
+    assert {r["codebook"] for r in runtime if r["sweep"] == "codebooks"} == {"data_like", "random", "near_inputs"}
     usage = _read(tmp_path / "usage.csv")
     assert {r["quantizer"] for r in usage} == {"none", "vq", "vq-strong", "vqp-strong", "scq-relaxed",
                                                "scq-relaxed-strong", "scq-pgd", "scq-pgd-strong", "svq-mlp"}
