@@ -24,10 +24,12 @@ __all__ = ["project_simplex", "simplex_threshold"]
 
 def _tau_sort(u: torch.Tensor) -> torch.Tensor:
     K = u.shape[-1]
-    u_sorted, _ = torch.sort(u, dim=-1, descending=True)
-    cumsum = u_sorted.cumsum(dim=-1) - 1
+    # In place where a buffer is done with: at K = 16384 every (N, K) temporary is a gigabyte.
+    u_sorted = torch.sort(u, dim=-1, descending=True).values  # the int64 indices are dropped here
+    cumsum = u_sorted.cumsum(dim=-1).sub_(1)
     ks = torch.arange(1, K + 1, device=u.device, dtype=u.dtype)
-    in_support = u_sorted * ks > cumsum
+    in_support = u_sorted.mul_(ks) > cumsum
+    del u_sorted
     # The support is a prefix of the sorted order, so its size is a count.
     rho = in_support.sum(dim=-1, keepdim=True)
     return cumsum.gather(-1, rho - 1) / rho.to(u.dtype)
@@ -63,16 +65,17 @@ class _ProjectSimplex(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, method: str, n_iter: int) -> torch.Tensor:
-        p = (u - simplex_threshold(u, method, n_iter)).clamp_min(0)
+        p = (u - simplex_threshold(u, method, n_iter)).clamp_min_(0)
         ctx.save_for_backward(p)
         return p
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (p,) = ctx.saved_tensors
-        support = (p > 0).to(grad.dtype)
-        mean = (grad * support).sum(-1, keepdim=True) / support.sum(-1, keepdim=True)
-        return support * (grad - mean), None, None
+        off = p <= 0  # a bool mask, not a float copy: (N, K) buffers are large at large K
+        g = grad.masked_fill(off, 0)
+        mean = g.sum(-1, keepdim=True) / (p > 0).sum(-1, keepdim=True).to(grad.dtype)
+        return g.sub_(mean).masked_fill_(off, 0), None, None
 
 
 def project_simplex(x: torch.Tensor, dim: int = -1, *, method: str = "sort", n_iter: int = 50) -> torch.Tensor:

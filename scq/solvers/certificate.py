@@ -54,29 +54,47 @@ def _ncp(u: torch.Tensor, mu_scaled: torch.Tensor) -> torch.Tensor:
     return torch.minimum(u, mu_scaled).abs()
 
 
+def _ncp_(u: torch.Tensor, mu_scaled: torch.Tensor) -> torch.Tensor:
+    """:func:`_ncp` written into ``mu_scaled``."""
+    return torch.minimum(u, mu_scaled, out=mu_scaled).abs_()
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_k a_k b_k per row (N,), without an (N, K) product."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
 @torch.no_grad()
 def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: float,
                 target: Optional[torch.Tensor], dense: Optional[torch.Tensor] = None) -> Certificate:
     """The SCQ certificate of ``weights`` for inputs ``z (N, D)``; ``target`` ``None`` means the
     one-hot nearest code, found exactly as the methods find it. ``dense``: the weights already
     densified, if the caller has them."""
+    # Written for memory: at most two (N, K) buffers beside p (g, which becomes μ in place, and
+    # one scratch), since at K = 16384 each is a gigabyte per 16384 vectors.
     z, codebook = z.detach(), codebook.detach()
     p = (densify(weights) if dense is None else dense).detach()
+    if target is None:  # before g: its scores and their temporary are gone when g is made
+        nearest = nearest_code(code_scores(z, codebook), codebook)
     zq = combine(weights, codebook).detach()
     g = code_scores(zq - z, codebook).add_(p, alpha=lam)
     if target is None:
-        nearest = nearest_code(code_scores(z, codebook), codebook)
         g.scatter_add_(1, nearest.unsqueeze(1), torch.full_like(g[:, :1], -lam))
         target_max = 1.0
     else:
         g.sub_(target.detach(), alpha=lam)
         target_max = target.detach().abs().amax(-1)
     scale = row_scale(z, max_code_norm(codebook), lam * (1 + target_max))
-    gp = (g * p).sum(-1)
-    mu = g - gp.unsqueeze(-1)  # g + ν with ν = −gᵀp
-    residual = torch.maximum(_ncp(p, mu / scale.unsqueeze(-1)).amax(-1), (p.sum(-1) - 1).abs())
+    gp = _rowdot(g, p)
     gap = (gp - g.amin(-1)).clamp_min(0)
-    delta = torch.where(p > 0, mu, mu.clamp_max(0)).norm(dim=-1)
+    mu = g.sub_(gp.unsqueeze(-1))  # g + ν with ν = −gᵀp, in place
+    scratch = torch.div(mu, scale.unsqueeze(-1))
+    residual = torch.maximum(_ncp_(p, scratch).amax(-1), (p.sum(-1) - 1).abs())
+    # δ: μ on the support, its negative part off it; ‖δ‖² = ‖min(μ, 0)‖² + ‖max(μ, 0) on S‖².
+    torch.clamp_max(mu, 0, out=scratch)
+    delta_sq = _rowdot(scratch, scratch)
+    torch.clamp_min(mu, 0, out=scratch).masked_fill_(p <= 0, 0)
+    delta = (delta_sq + _rowdot(scratch, scratch)).sqrt()
     error = torch.minimum((2 * gap / lam).sqrt(), delta / lam)
     q_error = torch.minimum((2 * gap).sqrt(), delta / math.sqrt(lam))
     return Certificate(residual, gap, error, q_error)

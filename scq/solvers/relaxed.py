@@ -34,16 +34,23 @@ from ..problems import code_scores, linear_term, nearest_code
 from .registry import register_method
 
 
-def unconstrained_minimizer(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: torch.Tensor,
-                            target_point: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """p_u = H⁻¹(Ez + λp̃) for each row (N, K), H = EEᵀ + λI; ``target_point`` is Eᵀp̃ if known."""
+def unconstrained_minimizer(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optional[torch.Tensor],
+                            target_point: Optional[torch.Tensor] = None,
+                            nearest: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """p_u = H⁻¹(Ez + λp̃) for each row (N, K), H = EEᵀ + λI; ``target_point`` is Eᵀp̃ if known.
+    With ``nearest`` (N,) instead of ``target``, p̃ is that one-hot, never formed as (N, K)."""
     K, D = codebook.shape
     if D < K:
         gram = codebook.transpose(0, 1) @ codebook  # EᵀE, D×D
         gram = gram + lam * torch.eye(D, dtype=gram.dtype, device=gram.device)
         chol = torch.linalg.cholesky(gram)
         rhs = z - (target @ codebook if target_point is None else target_point)  # (N, D): rows z − Eᵀp̃
-        return target + torch.cholesky_solve(rhs.transpose(0, 1), chol).transpose(0, 1) @ codebook.transpose(0, 1)
+        correction = torch.cholesky_solve(rhs.transpose(0, 1), chol).transpose(0, 1) @ codebook.transpose(0, 1)
+        if nearest is not None:  # + p̃ in place: one (N, K) buffer, not three
+            return correction.scatter_add_(1, nearest.unsqueeze(1), torch.ones_like(correction[:, :1]))
+        return correction.add_(target)
+    if target is None:
+        target = torch.zeros(z.shape[0], K, dtype=z.dtype, device=z.device).scatter_(1, nearest.unsqueeze(1), 1.0)
     H = codebook @ codebook.transpose(0, 1)
     H = H + lam * torch.eye(K, dtype=H.dtype, device=H.device)
     chol = torch.linalg.cholesky(H)
@@ -64,11 +71,10 @@ def solve_relaxed(
 ) -> torch.Tensor:
     """Options: ``projection`` — ``"sort"`` or ``"bisect"`` (see :func:`scq.project_simplex`);
     ``tol`` — the tolerance its certificate is judged by (it rarely meets it: it is approximate)."""
-    target_point = None
+    target_point = nearest = None
     if target is None:
         with torch.no_grad():
+            # As the certificate finds it (the same formula, so ties go the same way).
             nearest = nearest_code(code_scores(z, codebook), codebook)
-            target = torch.zeros(z.shape[0], codebook.shape[0], dtype=z.dtype, device=z.device)
-            target.scatter_(1, nearest.unsqueeze(1), 1.0)
         target_point = codebook[nearest]  # Eᵀp̃ without a one-hot GEMM
-    return project_simplex(unconstrained_minimizer(z, codebook, lam, target, target_point), method=projection)
+    return project_simplex(unconstrained_minimizer(z, codebook, lam, target, target_point, nearest), method=projection)
