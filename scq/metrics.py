@@ -23,6 +23,7 @@ import torch
 
 from . import _validation as v
 from . import distributed as dist_utils
+from .solvers.solution import SparseWeights
 
 __all__ = ["codebook_usage", "CodebookUsage"]
 
@@ -61,8 +62,11 @@ class CodebookUsage:
 
     @torch.no_grad()
     def update(self, weights_or_indices: torch.Tensor) -> "CodebookUsage":
-        """Add a batch: integer indices ``(...)`` or weights ``(..., K)``."""
+        """Add a batch: integer indices ``(...)``, weights ``(..., K)`` or :class:`~scq.SparseWeights`
+        (densified here, one batch at a time)."""
         x = weights_or_indices
+        if isinstance(x, SparseWeights):  # a module's return_weights="sparse"
+            x = x.to_dense()
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"weights_or_indices must be a torch.Tensor, got {type(x).__name__}")
         K = self.codebook_size

@@ -418,3 +418,47 @@ def test_cuda_autocast_matches_float32(cls, tol, dtype):
         out = q(x)
     assert torch.isfinite(out.quantized).all() and torch.isfinite(out.loss)
     assert (out.quantized.float() - ref.quantized).abs().max() <= tol * ref.quantized.abs().max()
+
+
+# -- return_weights: dense, sparse or none ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls,kwargs", [(scq.VQ, {}), (scq.SCQ, {}), (scq.SCQ, {"method": "relaxed"}),
+                                        (scq.SVQ, {"solver": "lasso", "alpha": 0.3}), (scq.SVQ, {}),
+                                        (scq.SCQ, {"heads": 2}),
+                                        (scq.SCQ, {"heads": 2, "separate_codebook_per_head": True})])
+def test_sparse_and_no_weights_agree_with_dense(cls, kwargs):
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 8, requires_grad=True)
+    dense = cls(8, 16, **kwargs)
+    out = dense(x)
+    for mode in ("sparse", "none"):
+        q = cls(8, 16, return_weights=mode, **kwargs)
+        q.load_state_dict(dense.state_dict())
+        got = q(x)
+        assert_close(got.quantized, out.quantized, atol=1e-6)
+        assert torch.equal(got.indices, out.indices)
+        if mode == "none":
+            assert got.weights is None
+            continue
+        assert isinstance(got.weights, scq.SparseWeights)
+        assert got.weights.indices.shape[:-1] == out.weights.shape[:-1]
+        assert_close(got.weights.to_dense(), out.weights, atol=1e-6)
+        assert scq.codebook_usage(got.weights, 16) == pytest.approx(scq.codebook_usage(out.weights, 16), nan_ok=True)
+    got.quantized.sum().backward()  # the sparse path stays differentiable
+    assert torch.isfinite(x.grad).all()
+
+
+def test_vq_sparse_weights_are_one_slot_and_pgd_keeps_its_working_set():
+    assert scq.VQ(4, 64, return_weights="sparse")(torch.randn(10, 4)).weights.indices.shape == (10, 1)
+    w = scq.SCQ(4, 256, return_weights="sparse")(torch.randn(10, 4)).weights
+    assert w.indices.shape[-1] < 256  # the solver's support slots, not K
+    with pytest.raises(ValueError, match="return_weights must be one of"):
+        scq.SCQ(4, 8, return_weights="coo")
+
+
+def test_residual_stacks_sparse_weights():
+    rq = scq.ResidualQuantizer(4, 3, 32, quantizer="scq", return_weights="sparse")
+    out = rq(torch.randn(6, 4))
+    assert out.weights.indices.shape[:2] == (6, 3)
+    assert scq.ResidualQuantizer(4, 2, 32, return_weights="none")(torch.randn(6, 4)).weights is None

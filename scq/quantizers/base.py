@@ -18,9 +18,12 @@ from torch import nn
 from .. import _validation as v
 from .. import distributed as dist_utils
 from ..kmeans import kmeans, sample_rows
+from ..solvers.solution import SparseWeights, reshape_weights, stack_weights, to_sparse
 from .init import INITS, check_init, init_codebook_
 
 __all__ = ["QuantizerOutput", "Quantizer", "commitment_loss", "INITS", "init_codebook_"]
+
+RETURN_WEIGHTS = ("dense", "sparse", "none")
 
 
 class QuantizerOutput(NamedTuple):
@@ -30,7 +33,10 @@ class QuantizerOutput(NamedTuple):
         quantized: ``(..., dim)``, the quantized inputs, in the input dtype (the input's layout
             when ``channel_dim`` is set).
         weights: ``(..., K)``, the weight of each code (one-hot for VQ, on the simplex for SCQ,
-            regression weights for SVQ); ``(..., heads, K)`` with several heads.
+            regression weights for SVQ); ``(..., heads, K)`` with several heads. With
+            ``return_weights="sparse"`` a :class:`~scq.SparseWeights` (``indices`` and ``values``
+            ``(..., [heads,] m)`` on the support; ``.to_dense()`` gives the dense form); with
+            ``"none"``, ``None``.
         indices: ``(...)`` int64, the code with the largest weight (the hard code);
             ``(..., heads)`` with several heads.
         loss: scalar tensor, the auxiliary loss to add to the training objective (0 if none).
@@ -83,6 +89,10 @@ class Quantizer(nn.Module):
         sync_distributed: under ``torch.distributed``, compute k-means, re-seeding, usage and EMA
             statistics over all processes so that codebooks stay identical (default: whenever a
             process group of more than one process is running).
+        return_weights: ``"dense"`` (default) ``(..., K)`` weights; ``"sparse"``
+            :class:`~scq.SparseWeights` on the support (O(N·m) instead of O(N·K) memory: no
+            dense copy is kept on the graph); ``"none"``: no weights (``quantized``, ``indices``
+            and ``loss`` only).
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class Quantizer(nn.Module):
         decay: float = 0.8,
         channel_dim: Optional[int] = None,
         sync_distributed: Optional[bool] = None,
+        return_weights: str = "dense",
     ):
         super().__init__()
         self.dim = v.check_positive_int("dim", dim)
@@ -120,6 +131,9 @@ class Quantizer(nn.Module):
             raise TypeError(f"channel_dim must be an int or None, got {type(channel_dim).__name__}")
         self.channel_dim = channel_dim
         self.sync_distributed = sync_distributed
+        if return_weights not in RETURN_WEIGHTS:
+            raise ValueError(f"return_weights must be one of {RETURN_WEIGHTS}, got {return_weights!r}")
+        self.return_weights = return_weights
 
         shape = (self.num_codebooks, codebook_size, self.codebook_dim)
         self.codebook = nn.Parameter(torch.empty(shape[1:] if self.num_codebooks == 1 else shape),
@@ -253,24 +267,32 @@ class Quantizer(nn.Module):
         raise NotImplementedError
 
     def _assemble(self, parts: "list[_Quantized]", n: int, batch_shape: torch.Size, x: torch.Tensor) -> QuantizerOutput:
-        h, K = self.heads, self.codebook_size
+        h = self.heads
+        weights = [self._output_weights(p.weights, x.dtype) for p in parts]
         if len(parts) == 1:
-            quantized, weights, indices, loss = parts[0]
+            quantized, indices, loss, weights = parts[0].quantized, parts[0].indices, parts[0].loss, weights[0]
         else:
             quantized = torch.stack([p.quantized for p in parts], 1)
-            weights = torch.stack([p.weights for p in parts], 1)
             indices = torch.stack([p.indices for p in parts], 1)
             loss = torch.stack([p.loss for p in parts]).mean()
+            weights = stack_weights(weights, 1)
         head_axis = (h,) if h > 1 else ()
         quantized = quantized.to(x.dtype).reshape(*batch_shape, self.dim)
         if self.channel_dim is not None:
             quantized = quantized.movedim(-1, self.channel_dim)
-        return QuantizerOutput(
-            quantized,
-            weights.to(x.dtype).reshape(*batch_shape, *head_axis, K),
-            indices.reshape(*batch_shape, *head_axis),
-            loss,
-        )
+        if self.heads > 1 and self.num_codebooks == 1 and weights is not None:
+            weights = reshape_weights(weights, (n, h))  # shared codebook: rows were (n·h)
+        return QuantizerOutput(quantized, reshape_weights(weights, (*batch_shape, *head_axis)),
+                               indices.reshape(*batch_shape, *head_axis), loss)
+
+    def _output_weights(self, weights, dtype: torch.dtype):
+        """One codebook's weights in the form ``return_weights`` asks for, in the input dtype."""
+        if self.return_weights == "none":
+            return None
+        if self.return_weights == "sparse":
+            sparse = to_sparse(weights)
+            return SparseWeights(sparse.indices, sparse.values.to(dtype), sparse.num_codes)
+        return (weights.to_dense() if isinstance(weights, SparseWeights) else weights).to(dtype)
 
     # -- codebook upkeep: k-means init, dead codes, usage --------------------------------------------
 
@@ -315,6 +337,10 @@ class Quantizer(nn.Module):
     def _usage_mass(self, part: _Quantized) -> torch.Tensor:
         """(K,) how much each code was used by one codebook's batch: the weights' |mass|, each
         vector counting 1 (one-hot for VQ, the simplex weights for SCQ, |w|/‖w‖₁ for SVQ)."""
+        if isinstance(part.weights, SparseWeights):
+            w = part.weights.values.detach().abs()
+            share = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+            return w.new_zeros(self.codebook_size).index_add_(0, part.weights.indices.reshape(-1), share.reshape(-1))
         w = part.weights.detach().abs()
         return (w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)).sum(0)
 
@@ -345,6 +371,8 @@ class Quantizer(nn.Module):
             s += f", dead_code_threshold={self.dead_code_threshold}"
         if self.channel_dim is not None:
             s += f", channel_dim={self.channel_dim}"
+        if self.return_weights != "dense":
+            s += f", return_weights={self.return_weights!r}"
         return s
 
 

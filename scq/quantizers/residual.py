@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import _validation as v
+from ..solvers.solution import stack_weights
 from .base import Quantizer, QuantizerOutput
 from .scq_layer import SCQ
 from .svq import SVQ
@@ -39,7 +40,8 @@ class ResidualQuantizer(nn.Module):
     Or build it from stages you made: ``ResidualQuantizer.from_stages([scq.SCQ(...), scq.VQ(...)])``.
 
     ``forward(x)`` returns :class:`QuantizerOutput`: ``quantized`` the sum of the stages'
-    outputs; ``weights`` ``(..., Q, K)`` and ``indices`` ``(..., Q)``, stage by stage; ``loss`` the
+    outputs; ``weights`` ``(..., Q, K)`` (sparse ``(..., Q, m)`` or ``None`` with the stages'
+    ``return_weights``) and ``indices`` ``(..., Q)``, stage by stage; ``loss`` the
     sum of the stages' losses. ``quantize_first(x, n)`` uses only the first n stages (coarser
     codes at fewer bits).
     """
@@ -110,7 +112,7 @@ class ResidualQuantizer(nn.Module):
             indices.append(out.indices)
             loss = loss + out.loss
         quantized = total if self.channel_dim is None else total.movedim(-1, self.channel_dim)
-        return QuantizerOutput(quantized, torch.stack(weights, -2), torch.stack(indices, -1), loss)
+        return QuantizerOutput(quantized, stack_weights(weights, -2), torch.stack(indices, -1), loss)
 
     def extra_repr(self) -> str:
         return f"num_quantizers={self.num_quantizers}" + (f", channel_dim={self.channel_dim}" if self.channel_dim is not None else "")

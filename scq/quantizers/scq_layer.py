@@ -34,7 +34,8 @@ class SCQ(Quantizer):
         init: codebook initialization (``"normal"``, ``"uniform"``, ``"kaiming"``).
         strict: raise when a solve fails its certificate (default: warn, flag ``last_info``).
         heads, separate_codebook_per_head, use_cosine_sim, kmeans_init, kmeans_iters,
-        dead_code_threshold, decay, channel_dim, sync_distributed, learnable_codebook: the
+        dead_code_threshold, decay, channel_dim, sync_distributed, learnable_codebook,
+        return_weights: the
             training features of :class:`~scq.quantizers.base.Quantizer`; for SCQ a code's usage
             is its weight mass.
         **solver_options: passed to the method (e.g. ``tol``, ``max_rounds``).
@@ -68,12 +69,14 @@ class SCQ(Quantizer):
         channel_dim: Optional[int] = None,
         sync_distributed: Optional[bool] = None,
         learnable_codebook: bool = True,
+        return_weights: str = "dense",
         **solver_options,
     ):
         super().__init__(dim, codebook_size, init=init, learnable_codebook=learnable_codebook, heads=heads,
                          separate_codebook_per_head=separate_codebook_per_head, use_cosine_sim=use_cosine_sim,
                          kmeans_init=kmeans_init, kmeans_iters=kmeans_iters, dead_code_threshold=dead_code_threshold,
-                         decay=decay, channel_dim=channel_dim, sync_distributed=sync_distributed)
+                         decay=decay, channel_dim=channel_dim, sync_distributed=sync_distributed,
+                         return_weights=return_weights)
         self.solver_options = solver_options
         self.lam = lam
         self.method = method
@@ -107,7 +110,9 @@ class SCQ(Quantizer):
         # With one codebook per head, last_info is the certificate of the worst head.
         if book == 0 or self.last_info is None or not info.residual <= self.last_info.residual:
             self.last_info = info
-        return _Quantized(quantized, weights, hard_codes(solution), loss)
+        # Sparse or no weights asked for: hand on the solver's own form; the dense copy (and its
+        # place on the graph) goes.
+        return _Quantized(quantized, weights if self.return_weights == "dense" else solution, hard_codes(solution), loss)
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={val!r}" for k, val in self.solver_options.items())

@@ -32,7 +32,7 @@ from .base import Quantizer, _Quantized
 SOLVERS = ("mlp", "lasso")
 # Keyword arguments SVQ hands to the base class; the rest go to the lasso method.
 FEATURES = ("heads", "separate_codebook_per_head", "use_cosine_sim", "kmeans_init", "kmeans_iters",
-            "dead_code_threshold", "decay", "channel_dim", "sync_distributed")
+            "dead_code_threshold", "decay", "channel_dim", "sync_distributed", "return_weights")
 
 
 class SVQ(Quantizer):
@@ -147,6 +147,8 @@ class SVQ(Quantizer):
                 solution, weights, info = solve(LassoProblem(self.alpha, self.nonneg), self._lasso_method,
                                                 vectors, codebook, self.solver_options, strict=self.strict)
                 quantized = combine(solution, codebook)
+            if self.return_weights != "dense":
+                weights = solution
             if book == 0 or self.last_info is None or not info.residual <= self.last_info.residual:
                 self.last_info = info
         indices = hard_codes(weights, by_magnitude=True)

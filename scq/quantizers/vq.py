@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .. import _validation as v
 from .. import distributed as dist_utils
 from ..problems import nearest_codes
+from ..solvers.solution import SparseWeights
 from .base import Quantizer, _Quantized, commitment_loss
 
 
@@ -74,7 +75,10 @@ class VQ(Quantizer):
             else:
                 loss = commitment_loss(vectors, q, self.beta)
             quantized = vectors + (q - vectors).detach()
-            weights = F.one_hot(indices, self.codebook_size).to(vectors.dtype)
+            if self.return_weights == "dense":
+                weights = F.one_hot(indices, self.codebook_size).to(vectors.dtype)
+            else:  # one slot per row: no (N, K) tensor at all
+                weights = SparseWeights(indices.unsqueeze(1), torch.ones_like(vectors[:, :1]), self.codebook_size)
         return _Quantized(quantized, weights, indices, loss)
 
     def _usage_mass(self, part: _Quantized) -> torch.Tensor:

@@ -77,6 +77,42 @@ def combine(weights: Weights, codebook: torch.Tensor) -> torch.Tensor:
     return weights.combine(codebook) if isinstance(weights, SparseWeights) else weights @ codebook
 
 
+def to_sparse(weights: Weights) -> SparseWeights:
+    """The weights as :class:`SparseWeights` (sparse ones as they are). Dense rows keep their
+    nonzero entries, padded to the widest row's count (one host sync to learn it)."""
+    if isinstance(weights, SparseWeights):
+        return weights
+    K = weights.shape[-1]
+    width = int((weights != 0).sum(-1).max()) if weights.numel() else 0
+    indices = weights.detach().abs().topk(width, dim=-1).indices
+    return SparseWeights(indices, weights.gather(-1, indices), K)
+
+
+def stack_weights(parts: "list[Weights | None]", dim: int) -> "Weights | None":
+    """Stack per-head or per-stage weights along a new axis ``dim`` (counted from the end for
+    sparse ones, before their slot axis). ``None`` if any part is ``None``; sparse parts are
+    padded to a common slot count (padding: code 0 with value 0)."""
+    if any(p is None for p in parts):
+        return None
+    if not isinstance(parts[0], SparseWeights):
+        return torch.stack(parts, dim)
+    width = max(p.indices.shape[-1] for p in parts)
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[-1]))
+    return SparseWeights(torch.stack([pad(p.indices) for p in parts], dim),
+                         torch.stack([pad(p.values) for p in parts], dim), parts[0].num_codes)
+
+
+def reshape_weights(weights: "Weights | None", batch_shape: "tuple[int, ...]") -> "Weights | None":
+    """``(N, ..., K)`` dense or ``(N, ..., m)`` sparse weights with their rows as ``batch_shape``."""
+    if weights is None:
+        return None
+    if isinstance(weights, SparseWeights):
+        m = weights.indices.shape[-1]
+        return SparseWeights(weights.indices.reshape(*batch_shape, m), weights.values.reshape(*batch_shape, m),
+                             weights.num_codes)
+    return weights.reshape(*batch_shape, weights.shape[-1])
+
+
 def hard_codes(weights: Weights, by_magnitude: bool = False) -> torch.Tensor:
     """The code of largest weight (``by_magnitude``: largest |weight|) of every row, int64 ``(N,)``."""
     if isinstance(weights, SparseWeights):
