@@ -205,8 +205,10 @@ def solve_active_set(
             broken[rows] = broken[rows] | broken_r
         converged = done & ~broken
         iterations += n_iter
-        if bool(done.all()):
+        n_left = int((~done).sum())  # the check's one host sync
+        if n_left == 0:
             break
         if compact:
-            rows = (~done).nonzero().squeeze(1)
+            # The unfinished rows from that count: argsort, not nonzero (which would sync again).
+            rows = torch.argsort(done.to(torch.int8), stable=True)[:n_left]
     return ActiveSetResult(p, s, nu, converged, iterations, residual, broken)

@@ -21,7 +21,7 @@ neighbourhoods (the support is mostly *not* among the nearest codes):
    replace W's zero-weight slots (W grows if needed) and step 2 resumes from the current point.
 
 Cost per round: two N×K×D GEMMs and small (N, m, m) systems; no K×K matrix is ever formed. One
-host sync per round (and one per ``check_every`` inner iterations). The backward solves the KKT
+host sync per round (and one per ``check_every`` inner iterations of the active set). The backward solves the KKT
 system on the support (docs/math.md §4, §5): exact gradients at the forward's memory, no unrolling.
 """
 
@@ -235,13 +235,15 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
         else:
             u[rows], s[rows], converged[rows], residual[rows], broken[rows] = ur, sr, conv_r, res_r, res.broken
         finished = converged | broken  # a broken row stops; the certificate will flag it
-        # The round's one host sync: are we done, and did some row fill every entry slot?
-        all_finished, saturated = torch.stack([finished.all(), violating[:, -1].any()]).tolist()
+        n_support = sr.sum(1)
+        # The round's one host sync: how many rows are left, did some row fill every entry slot,
+        # and how wide must W grow?
+        n_left, saturated, need = torch.stack([(~finished).sum(), violating[:, -1].any().long(),
+                                               (n_support + violating.sum(1)).max()]).tolist()
+        all_finished = n_left == 0
         if all_finished or rounds == opts.max_rounds:
             break
         # Grow W: support slots first, then the violators, then the rest of the old W.
-        n_support = sr.sum(1)
-        need = int((n_support + violating.sum(1)).max())
         if need > m:
             pad = need - m
             grow = lambda t, fill=0: torch.cat([t, torch.full((t.shape[0], pad), fill, dtype=t.dtype, device=device)], 1)
@@ -260,7 +262,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
         else:
             code[rows], sign[rows], u[rows], s[rows], valid[rows] = cr, sgr, ur, sr, vr
         if opts.compact:
-            rows = (~finished).nonzero().squeeze(1)
+            # The unfinished rows, from the count already on the host: no nonzero (a second sync).
+            rows = torch.argsort(finished.to(torch.int8), stable=True)[:n_left]
         if saturated and rounds >= GROW_AFTER_ROUNDS:
             # Large supports (inputs deep inside the hull, small λ) need many codes: examine twice
             # as many per round, so the rounds needed grow like log(support), not linearly. Not
