@@ -462,3 +462,14 @@ def test_residual_stacks_sparse_weights():
     out = rq(torch.randn(6, 4))
     assert out.weights.indices.shape[:2] == (6, 3)
     assert scq.ResidualQuantizer(4, 2, 32, return_weights="none")(torch.randn(6, 4)).weights is None
+
+
+def test_feature_names_match_the_base_signature():
+    import inspect
+
+    from scq.quantizers.base import FEATURES, Quantizer
+
+    params = list(inspect.signature(Quantizer.__init__).parameters)
+    assert set(FEATURES) == set(params[params.index("learnable_codebook"):])
+    with pytest.raises(TypeError, match="unknown option|unexpected|takes no"):
+        scq.SCQ(4, 8, kmeans_inits=True)  # a typo is not silently a solver option

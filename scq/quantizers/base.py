@@ -48,6 +48,18 @@ class QuantizerOutput(NamedTuple):
     loss: torch.Tensor
 
 
+# The keyword options of Quantizer after its positional ones: the training features. Modules with
+# solver options of their own (SCQ, SVQ) split their **kwargs with split_features.
+FEATURES = ("learnable_codebook", "heads", "separate_codebook_per_head", "use_cosine_sim", "kmeans_init",
+            "kmeans_iters", "dead_code_threshold", "decay", "channel_dim", "sync_distributed", "return_weights")
+
+
+def split_features(kwargs: dict) -> "tuple[dict, dict]":
+    """(the training features among ``kwargs``, everything else: the solver's options)."""
+    features = {k: v for k, v in kwargs.items() if k in FEATURES}
+    return features, {k: v for k, v in kwargs.items() if k not in FEATURES}
+
+
 class _Quantized(NamedTuple):
     # One codebook's result, inside the module: rows (n, d), weights (n, K), indices (n,).
     quantized: torch.Tensor

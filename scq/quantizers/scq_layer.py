@@ -8,8 +8,6 @@ No straight-through estimator: gradients flow through the solver to the input an
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .. import _validation as v
@@ -17,7 +15,7 @@ from ..functional import DEFAULT_METHOD
 from ..solvers.dispatch import SCQProblem, check_method, solve
 from ..solvers.registry import SCQ_METHODS, SolverInfo
 from ..solvers.solution import combine, hard_codes
-from .base import Quantizer, _Quantized, commitment_loss
+from .base import Quantizer, _Quantized, commitment_loss, split_features
 
 
 class SCQ(Quantizer):
@@ -33,12 +31,11 @@ class SCQ(Quantizer):
         beta: weight of the commitment term in ``loss``.
         init: codebook initialization (``"normal"``, ``"uniform"``, ``"kaiming"``).
         strict: raise when a solve fails its certificate (default: warn, flag ``last_info``).
-        heads, separate_codebook_per_head, use_cosine_sim, kmeans_init, kmeans_iters,
-        dead_code_threshold, decay, channel_dim, sync_distributed, learnable_codebook,
-        return_weights: the
-            training features of :class:`~scq.quantizers.base.Quantizer`; for SCQ a code's usage
-            is its weight mass.
-        **solver_options: passed to the method (e.g. ``tol``, ``max_rounds``).
+        **kwargs: the training features of :class:`~scq.quantizers.base.Quantizer` (``heads``,
+            ``separate_codebook_per_head``, ``use_cosine_sim``, ``kmeans_init``, ``kmeans_iters``,
+            ``dead_code_threshold`` (a code's usage is its weight mass), ``decay``,
+            ``channel_dim``, ``sync_distributed``, ``learnable_codebook``, ``return_weights``);
+            the rest are options of the method (e.g. ``tol``, ``max_rounds``).
 
     ``forward(x)`` returns :class:`QuantizerOutput` with ``weights`` p* on the simplex and
     ``indices`` their argmax. ``loss = ‖sg(x) − q‖² + β‖x − sg(q)‖²`` (means over elements): the
@@ -59,24 +56,10 @@ class SCQ(Quantizer):
         beta: float = 0.25,
         init: str = "normal",
         strict: bool = False,
-        heads: int = 1,
-        separate_codebook_per_head: bool = False,
-        use_cosine_sim: bool = False,
-        kmeans_init: bool = False,
-        kmeans_iters: int = 10,
-        dead_code_threshold: float = 0.0,
-        decay: float = 0.8,
-        channel_dim: Optional[int] = None,
-        sync_distributed: Optional[bool] = None,
-        learnable_codebook: bool = True,
-        return_weights: str = "dense",
-        **solver_options,
+        **kwargs,
     ):
-        super().__init__(dim, codebook_size, init=init, learnable_codebook=learnable_codebook, heads=heads,
-                         separate_codebook_per_head=separate_codebook_per_head, use_cosine_sim=use_cosine_sim,
-                         kmeans_init=kmeans_init, kmeans_iters=kmeans_iters, dead_code_threshold=dead_code_threshold,
-                         decay=decay, channel_dim=channel_dim, sync_distributed=sync_distributed,
-                         return_weights=return_weights)
+        features, solver_options = split_features(kwargs)
+        super().__init__(dim, codebook_size, init=init, **features)
         self.solver_options = solver_options
         self.lam = lam
         self.method = method

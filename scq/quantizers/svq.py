@@ -27,12 +27,10 @@ from ..functional import check_alpha
 from ..solvers.dispatch import LassoProblem, check_method, solve
 from ..solvers.registry import LASSO_METHODS, SolverInfo
 from ..solvers.solution import combine, hard_codes
-from .base import Quantizer, _Quantized
+from .base import Quantizer, _Quantized, split_features
 
 SOLVERS = ("mlp", "lasso")
-# Keyword arguments SVQ hands to the base class; the rest go to the lasso method.
-FEATURES = ("heads", "separate_codebook_per_head", "use_cosine_sim", "kmeans_init", "kmeans_iters",
-            "dead_code_threshold", "decay", "channel_dim", "sync_distributed", "return_weights")
+
 
 
 class SVQ(Quantizer):
@@ -86,8 +84,9 @@ class SVQ(Quantizer):
         strict: bool = False,
         **kwargs,
     ):
-        features = {k: kwargs.pop(k) for k in FEATURES if k in kwargs}
-        solver_options = kwargs
+        features, solver_options = split_features(kwargs)
+        if "learnable_codebook" in features:
+            raise TypeError("SVQ takes freeze_codebook, not learnable_codebook")
         super().__init__(dim, codebook_size, init=init, learnable_codebook=not freeze_codebook, **features)
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
