@@ -62,6 +62,14 @@ def revival_run(rank: int):
     return q.codebook.detach().clone()
 
 
+def init_run(rank: int):
+    """init_codebook_from_data on each rank's own data: the same codes and usage everywhere."""
+    torch.manual_seed(200 + rank)  # different local randomness on purpose
+    q = scq.VQ(DIM, K, dead_code_threshold=1.0, heads=2, separate_codebook_per_head=True)
+    q.init_codebook_from_data(torch.randn(10 + 20 * rank, DIM), kmeans_iters=3)
+    return {k: v.clone() for k, v in q.state_dict().items()}
+
+
 def ddp_run(rank: int):
     """A model with an SCQ layer under DistributedDataParallel, a few optimizer steps."""
     torch.manual_seed(0)
@@ -83,7 +91,8 @@ def _worker(rank: int, init_file: str, out_dir: str):
                             timeout=datetime.timedelta(seconds=60))
     try:
         torch.manual_seed(1234)  # rank 0's draws then match the single process's
-        results = {"stats": run(make_quantizers(), batches(), rank), "revival": revival_run(rank), "ddp": ddp_run(rank)}
+        results = {"stats": run(make_quantizers(), batches(), rank), "revival": revival_run(rank), "ddp": ddp_run(rank),
+                   "init": init_run(rank)}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -127,6 +136,11 @@ def test_statistics_equal_one_process_on_the_union(ranks):
 def test_revived_codes_agree_across_ranks(ranks):
     assert torch.equal(ranks[0]["revival"], ranks[1]["revival"])
     assert ranks[0]["revival"].mean() > 2  # the codes moved to the data (around 5)
+
+
+def test_init_from_data_agrees_across_ranks(ranks):
+    for key, value in ranks[0]["init"].items():
+        assert torch.equal(value, ranks[1]["init"][key]), key
 
 
 def test_ddp_training_keeps_codebooks_identical(ranks):

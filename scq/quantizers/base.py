@@ -207,7 +207,9 @@ class Quantizer(nn.Module):
             else:
                 centres = sample_rows(union, self.codebook_size, generator)
                 counts = None
-            dist_utils.broadcast_(centres, sync)
+            dist_utils.broadcast_(centres, sync)  # rank 0's draw, so every rank holds the same codes
+            if counts is not None:
+                dist_utils.broadcast_(counts, sync)  # and the same usage, so re-seeding agrees too
             self._set_codes(book, torch.ones(self.codebook_size, dtype=torch.bool, device=centres.device),
                             centres, counts)
         self.initted.fill_(True)
