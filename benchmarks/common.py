@@ -93,7 +93,7 @@ def data_like(N: int, K: int, D: int, *, noise: float = 0.5, dtype=torch.float64
 
 def random_inputs(N: int, K: int, D: int, *, dtype=torch.float64, device="cpu", generator=None):
     """A random N(0, 1) codebook and N(0, 1) inputs: no structure for the solver to exploit."""
-    E = torch.randn(K, D, dtype=dtype, generator=generator)
+    E = random_codebook(K, D, dtype=dtype, generator=generator)
     z = torch.randn(N, D, dtype=dtype, generator=generator)
     return z.to(device), E.to(device)
 

@@ -9,7 +9,6 @@ The machine's load average is recorded before and after each scenario.
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -21,8 +20,8 @@ from tqdm.auto import tqdm
 
 from scq.solvers import threads
 
-from . import contenders as C
-from .common import data_like, time_call
+from .common import load_average, time_call
+from .runtime import Case, Contender
 
 CONTENDERS = ("vq", "scq-relaxed", "scq-pgd", "scq-pgd-pool")
 # "scq-pgd-pool": pgd with the one-thread rule for small batches off (scq/solvers/threads.py), i.e.
@@ -59,27 +58,20 @@ def busy(kind: str, n: int = BUSY):
             p.wait()
 
 
-def _load() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-
-
 def _timer(name: str, N: int, K: int, D: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    z64, E64 = data_like(N, K, D, generator=gen)
-    z = z64.float()
+    """The contender's forward+backward on the runtime benchmark's inputs (``runtime.Contender``);
+    the ``-pool`` variant with the one-thread rule switched off around each call."""
     pool = name.endswith("-pool")
-    module = C.build(name.removesuffix("-pool"), K, D, "cpu", torch.float32, E64)
+    contender = Contender(name.removesuffix("-pool"), Case("contention", N, K, D, ()), "cpu", torch.float32, seed)
+    if not pool:
+        return contender.forward_backward
 
     def forward_backward():
-        x = z.clone().requires_grad_()
-        saved = threads.ONE_THREAD_UP_TO
-        threads.ONE_THREAD_UP_TO = 0 if pool else saved
+        saved, threads.ONE_THREAD_UP_TO = threads.ONE_THREAD_UP_TO, 0
         try:
-            quantized, _, loss = C.output_of(module, x)
-            (quantized.pow(2).mean() + loss).backward()
+            contender.forward_backward()
         finally:
             threads.ONE_THREAD_UP_TO = saved
-        module.zero_grad(set_to_none=True)
 
     return forward_backward
 
@@ -98,14 +90,14 @@ def run(quick: bool = False, seed: int = 0, progress: bool = True) -> list[dict]
         bar.set_postfix_str(f"N={N} K={K} D={D} {scenario}")
         for name in CONTENDERS:
             timers.setdefault((N, K, D, name), _timer(name, N, K, D, seed))
-        before = _load()
+        before = load_average()
         with busy(scenario) if scenario in LOADS else _nothing():
             # Contenders interleaved: each timed in turn, twice over, under the same conditions.
             times = {name: [] for name in CONTENDERS}
             for _ in range(1 if quick else 2):
                 for name in CONTENDERS:
                     times[name].append(time_call(timers[(N, K, D, name)], "cpu", repeats, warmup=1))
-        after = _load()
+        after = load_average()
         for name in CONTENDERS:
             rows.append(dict(part="contention", scenario=scenario, method=name, N=N, K=K, D=D,
                              fwdbwd_s=statistics.median(times[name]), spread=max(times[name]) / min(times[name]),

@@ -18,7 +18,7 @@ from torch import nn
 from .. import _validation as v
 from .. import distributed as dist_utils
 from ..kmeans import kmeans, sample_rows
-from ..solvers.solution import SparseWeights, reshape_weights, stack_weights, to_sparse
+from ..solvers.solution import SparseWeights, densify, reshape_weights, stack_weights, to_sparse
 from .init import INITS, check_init, init_codebook_
 
 __all__ = ["QuantizerOutput", "Quantizer", "commitment_loss", "INITS", "init_codebook_"]
@@ -61,9 +61,10 @@ def split_features(kwargs: dict) -> "tuple[dict, dict]":
 
 
 class _Quantized(NamedTuple):
-    # One codebook's result, inside the module: rows (n, d), weights (n, K), indices (n,).
+    # One codebook's result, inside the module: rows (n, d), weights (n, K) or SparseWeights
+    # (n, m), indices (n,).
     quantized: torch.Tensor
-    weights: torch.Tensor
+    weights: "torch.Tensor | SparseWeights"
     indices: torch.Tensor
     loss: torch.Tensor
 
@@ -195,24 +196,26 @@ class Quantizer(nn.Module):
         (see ``sync_distributed``) the vectors of every rank are pooled and every rank gets the
         same codes; every rank must call it.
         """
-        vecs = self._vectors(self._flatten(x)[0].detach())
+        if not self._seed_codes(self._vectors(self._flatten(x)[0].detach()), kmeans_iters, generator):
+            raise ValueError("x holds no vectors to initialize the codebook from")
+
+    def _seed_codes(self, vecs: torch.Tensor, kmeans_iters: int, generator: Optional[torch.Generator] = None) -> bool:
+        """Every code from ``vecs`` (N, heads, d): k-means centres (``kmeans_iters`` > 0) or
+        sampled vectors, pooled over the ranks; False (nothing done) if no rank has a vector."""
         sync = self._sync()
-        for book, head_vecs in enumerate(self._per_codebook(vecs)):
-            union = dist_utils.gather_rows(head_vecs, sync)
-            if union.shape[0] == 0:
-                raise ValueError("x holds no vectors to initialize the codebook from")
-            if kmeans_iters > 0:
-                centres, counts = kmeans(union, self.codebook_size, kmeans_iters, cosine=self.use_cosine_sim,
-                                         generator=generator, sync_distributed=False)
+        if int(dist_utils.all_reduce_sum(torch.tensor(vecs.shape[0], device=vecs.device), sync)) == 0:
+            return False
+        everything = torch.ones(self.codebook_size, dtype=torch.bool, device=vecs.device)
+        for book, rows in enumerate(self._per_codebook(vecs)):
+            if kmeans_iters > 0:  # kmeans pools, runs on rank 0 and broadcasts centres and counts
+                centres, counts = kmeans(rows, self.codebook_size, kmeans_iters, cosine=self.use_cosine_sim,
+                                         generator=generator, sync_distributed=sync)
             else:
-                centres = sample_rows(union, self.codebook_size, generator)
-                counts = None
-            dist_utils.broadcast_(centres, sync)  # rank 0's draw, so every rank holds the same codes
-            if counts is not None:
-                dist_utils.broadcast_(counts, sync)  # and the same usage, so re-seeding agrees too
-            self._set_codes(book, torch.ones(self.codebook_size, dtype=torch.bool, device=centres.device),
-                            centres, counts)
+                centres, counts = sample_rows(dist_utils.gather_rows(rows, sync), self.codebook_size, generator), None
+                dist_utils.broadcast_(centres, sync)  # rank 0's draw on every rank
+            self._set_codes(book, everything, centres, counts)
         self.initted.fill_(True)
+        return True
 
     def _set_codes(self, book: int, mask: torch.Tensor, codes: torch.Tensor, usage: Optional[torch.Tensor]) -> None:
         """Overwrite the codes of codebook ``book`` where ``mask`` (K,) is True. Through ``.data``:
@@ -306,7 +309,7 @@ class Quantizer(nn.Module):
         if self.return_weights == "sparse":
             sparse = to_sparse(weights)
             return SparseWeights(sparse.indices, sparse.values.to(dtype), sparse.num_codes)
-        return (weights.to_dense() if isinstance(weights, SparseWeights) else weights).to(dtype)
+        return densify(weights).to(dtype)
 
     # -- codebook upkeep: k-means init, dead codes, usage --------------------------------------------
 
@@ -314,21 +317,11 @@ class Quantizer(nn.Module):
     def _maintain_codebook(self, vecs: torch.Tensor) -> None:
         # Before the codes are used in this forward, so the graph never sees them change.
         if not self._initted_seen:  # a Python flag: the buffer is read (a host sync) until set
-            if not bool(self.initted):
-                self._kmeans_init(vecs)
+            if not bool(self.initted):  # an empty batch on every rank: try again next forward
+                self._seed_codes(vecs, self.kmeans_iters)
             self._initted_seen = bool(self.initted)
         if self.cluster_size is not None:
             self._revive_dead_codes(vecs)
-
-    def _kmeans_init(self, vecs: torch.Tensor) -> None:
-        sync = self._sync()
-        if int(dist_utils.all_reduce_sum(torch.tensor(vecs.shape[0], device=vecs.device), sync)) == 0:
-            return  # nothing seen yet on any rank: try again next forward
-        for book, rows in enumerate(self._per_codebook(vecs)):
-            centres, counts = kmeans(rows, self.codebook_size, self.kmeans_iters, cosine=self.use_cosine_sim,
-                                     sync_distributed=sync)
-            self._set_codes(book, torch.ones_like(counts, dtype=torch.bool), centres, counts)
-        self.initted.fill_(True)
 
     def _revive_dead_codes(self, vecs: torch.Tensor) -> None:
         dead = self.cluster_size < self.dead_code_threshold  # identical on every rank (all-reduced)
@@ -351,12 +344,12 @@ class Quantizer(nn.Module):
     def _usage_mass(self, part: _Quantized) -> torch.Tensor:
         """(K,) how much each code was used by one codebook's batch: the weights' |mass|, each
         vector counting 1 (one-hot for VQ, the simplex weights for SCQ, |w|/‖w‖₁ for SVQ)."""
-        if isinstance(part.weights, SparseWeights):
-            w = part.weights.values.detach().abs()
-            share = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+        sparse = isinstance(part.weights, SparseWeights)
+        w = (part.weights.values if sparse else part.weights).detach().abs()
+        share = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+        if sparse:
             return w.new_zeros(self.codebook_size).index_add_(0, part.weights.indices.reshape(-1), share.reshape(-1))
-        w = part.weights.detach().abs()
-        return (w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)).sum(0)
+        return share.sum(0)
 
     @torch.no_grad()
     def _track_usage(self, parts: "list[_Quantized]") -> None:
