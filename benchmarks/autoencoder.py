@@ -31,6 +31,10 @@ class AutoEncoder(nn.Module):
         """Latent vectors as (B, H, W, D): the layout quantizers take (``(..., dim)``)."""
         return self.encoder(x).permute(0, 2, 3, 1)
 
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images from (B, H, W, D) latent vectors (quantized or not)."""
+        return self.decoder(z.permute(0, 3, 1, 2))
+
     def forward(self, x: torch.Tensor):
         """(reconstruction, quantizer output or None)."""
         z = self.encode(x)
@@ -38,4 +42,4 @@ class AutoEncoder(nn.Module):
         if self.quantizer is not None:
             out = self.quantizer(z)
             z = out.quantized
-        return self.decoder(z.permute(0, 3, 1, 2)), out
+        return self.decode(z), out

@@ -81,3 +81,86 @@ def training_curves(curves: dict, path: Path, note: str = "") -> None:
     _label(fig, note)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def rate_distortion(points: dict, none_mse: dict, path: Path, note: str = "") -> None:
+    """Held-out MSE against bits per vector, one panel per setting ({setting: rd points}); one line
+    per contender family and weight precision (hard codes: solid; soft weights: float32 dotted,
+    8-bit dashed, 4-bit solid; a family of one contender: its precisions joined), the
+    unquantized model as a grey line."""
+    settings = list(points)
+    fig, axes = plt.subplots(1, len(settings), figsize=(7 * len(settings), 5), squeeze=False)
+    styles = {"index": "-", "float32": ":", "8-bit": "--", "4-bit": "-"}
+    for ax, setting in zip(axes[0], settings):
+        pts = points[setting]
+        colors = {}
+        for fam in dict.fromkeys(p["family"] for p in pts):
+            members = [p for p in pts if p["family"] == fam]
+            if len({p["contender"] for p in members}) == 1 and len(members) > 1:
+                # One contender: its own precisions as one line (how rounding moves it).
+                lines = [("weights " + ", ".join(p["weights"] for p in members), ":", members)]
+            else:  # a sweep (K, stages or λ): one line per precision
+                lines = [(w, styles.get(w, "-"), [p for p in members if p["weights"] == w])
+                         for w in dict.fromkeys(p["weights"] for p in members)]
+            for label, style, group in lines:
+                line = sorted((p["bits"], p["mse"]) for p in group)
+                kw = dict(color=colors[fam]) if fam in colors else {}
+                drawn = ax.plot([b for b, _ in line], [m for _, m in line], style, marker="o", markersize=4,
+                                label=f"{fam} ({label})", **kw)
+                colors.setdefault(fam, drawn[0].get_color())
+        if setting in none_mse:
+            ax.axhline(none_mse[setting], color="grey", lw=1, label="no quantizer")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("bits per latent vector (log)")
+        ax.set_ylabel("held-out MSE (log)")
+        ax.set_title(f"{setting}: rate–distortion (mean over seeds)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _label(fig, note)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def heldout_curves(curves: dict, path: Path, note: str = "") -> None:
+    """Held-out MSE during training (mean over seeds), one panel per setting: did it flatten?"""
+    settings = list(dict.fromkeys(s for s, _ in curves))
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.5), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for (s, name), runs in curves.items():
+            if s != setting or not runs[0]["heldout"]:
+                continue
+            steps = [p[0] for p in runs[0]["heldout"]]
+            mean = [sum(r["heldout"][i][1] for r in runs) / len(runs) for i in range(len(steps))]
+            ax.plot(steps, mean, label=name, lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("held-out MSE")
+        ax.set_title(f"{setting}: held-out MSE during training")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    _label(fig, note)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def relative_bars(groups: dict, path: Path, title: str, note: str = "") -> None:
+    """Bars of {name: [relative changes in %, one per seed]}: mean and ± std."""
+    import statistics
+
+    names = list(groups)
+    means = [statistics.mean(groups[n]) for n in names]
+    stds = [statistics.stdev(groups[n]) if len(groups[n]) > 1 else 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 4))
+    ax.bar(names, means, yerr=stds, capsize=4, color=["tab:green" if m < 0 else "tab:red" for m in means])
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel("change in held-out MSE (%)")
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    _label(fig, note)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

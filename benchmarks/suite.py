@@ -7,10 +7,12 @@ from typing import Optional
 
 import torch
 
-from . import ablation, contention, exactness, plots, runtime, usage
+from . import ablation, contention, exactness, plots, runtime, study, usage
 from .common import format_table, load_average, load_warnings, write_csv
 
 PARTS = ("exactness", "runtime", "contention", "usage")
+# Run on its own (``scq bench study``), not by "all": its full mode takes about an hour.
+STUDY = "study"
 
 
 def _emit(title: str, table: str, md: list) -> None:
@@ -39,9 +41,12 @@ def _warn(part: str, before: float, rows, md: list) -> None:
     md += [f"**Warning**: {w}.\n" for w in warnings]
 
 
-def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, device: str = "cpu", seed: int = 0) -> dict:
-    """Run ``part`` (or all parts); returns {part: rows}."""
+def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, device: str = "cpu", seed: int = 0,
+        workers: Optional[int] = None) -> dict:
+    """Run ``part`` (or all parts but the study); returns {part: rows}."""
     torch.manual_seed(seed)
+    if part == STUDY:
+        return {STUDY: run_study(quick=quick, out=out, seed=seed, workers=workers, device=device)}
     parts = PARTS if part == "all" else (part,)
     out_dir = Path(out) if out else None
     if out_dir:
@@ -116,3 +121,45 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
             plots.training_curves(curves, out_dir / "usage_training_curves.png", note)
             _write_markdown(out_dir, "usage", md)
     return results
+
+
+STUDY_INTRO = """# The study: do the papers' claims hold?
+
+Soft convex quantization (SCQ) and sparse soft VQ (SVQ) against strong hard baselines (k-means
+init, dead-code replacement, EMA codebooks; scq's and vector-quantize-pytorch's), trained from
+scratch on the same models: rate–distortion on image patches (every image bundled with
+scikit-image and scikit-learn, held-out images never seen in training) and next-frames
+forecasting of moving digits. What each contender is, how bits are counted and how training runs:
+`benchmarks/study.py` and `benchmarks/rate.py`.
+"""
+
+
+def run_study(*, quick: bool = False, out: Optional[str] = None, seed: int = 0, workers: Optional[int] = None,
+              device: str = "cpu") -> list:
+    """The study part: rows, and with ``out`` study.csv, study_rd.csv, study_matched.csv, study.md and PNGs."""
+    import time
+
+    out_dir = Path(out) if out else None
+    if quick:
+        print(SMOKE, flush=True)
+    before, start = load_average(), time.perf_counter()
+    rows, curves = study.run(quick=quick, seed=seed, workers=workers, device=device)
+    minutes = (time.perf_counter() - start) / 60
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    md_body, points, matched = study.report(rows, curves, out_dir, SMOKE_PLOT if quick else "")
+    workers_used = rows[0]["workers"] if rows else 1
+    md = [STUDY_INTRO, *([f"> {SMOKE}\n"] if quick else []),
+          f"Command: `scq bench study{' --quick' if quick else ''} --seed {seed} --device {device}`; {len(rows)} training runs in "
+          f"{minutes:.0f} min on {rows[0]['machine'] if rows else '?'}, {workers_used} run(s) at once, one thread each "
+          f"(times per step are one-thread times beside the other runs).\n", *md_body]
+    for line in md_body[1:]:
+        if line.startswith("- "):
+            print(line, flush=True)
+    _warn("study", before, [], md)
+    if out_dir:
+        write_csv(out_dir / "study.csv", rows)
+        write_csv(out_dir / "study_rd.csv", points)
+        write_csv(out_dir / "study_matched.csv", matched)
+        (out_dir / "study.md").write_text("\n".join(md))
+    return rows

@@ -1,4 +1,5 @@
-"""The ``scq`` command. ``scq bench [exactness|runtime|contention|usage|all] [--quick] [--out DIR] [--device]``."""
+"""The ``scq`` command. ``scq bench [exactness|runtime|contention|usage|all|study] [--quick] [--out DIR] [--device]
+[--seed] [--workers]``."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="run the benchmark suite (exactness, runtime, codebook usage)")
-    bench.add_argument("part", nargs="?", default="all", choices=["exactness", "runtime", "contention", "usage", "all"],
+    bench.add_argument("part", nargs="?", default="all",
+                       choices=["exactness", "runtime", "contention", "usage", "all", "study"],
                        help="which part to run: exactness against a cvxpy reference, runtime side by side with VQ "
                             "and vector-quantize-pytorch, contention (slowdown beside busy processes, CPU only), "
-                            "codebook usage in a trained autoencoder, or all (default)")
+                            "codebook usage in a trained autoencoder, all of these (default), or the study "
+                            "(rate-distortion at matched bits and forecasting, every contender trained over seeds; "
+                            "about an hour on 2 CPU cores, not part of 'all')")
     bench.add_argument("--quick", action="store_true",
                        help="a smoke run at small sizes (every part in about a minute on 2 CPU cores); its numbers "
                             "are not results")
@@ -26,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"folder for the CSV, markdown and PNG results (default: ./{DEFAULT_OUT})")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run the solvers (default: cpu)")
     bench.add_argument("--seed", type=int, default=0, help="random seed of data and initializations (default: 0)")
+    bench.add_argument("--workers", type=int, default=None,
+                       help="study only: training runs at once, one thread each (default: the number of cores, "
+                            "at most 4; 1 with --quick)")
     return parser
 
 
@@ -43,7 +50,10 @@ def main(argv: "list[str] | None" = None) -> int:
             if not torch.cuda.is_available():
                 print("--device cuda: no CUDA device is available", file=sys.stderr)
                 return 2
-        run(args.part, quick=args.quick, out=args.out, device=args.device, seed=args.seed)
+        if args.workers is not None and args.workers < 1:
+            print(f"--workers must be at least 1, got {args.workers}", file=sys.stderr)
+            return 2
+        run(args.part, quick=args.quick, out=args.out, device=args.device, seed=args.seed, workers=args.workers)
         print(f"results written to {args.out}/ (CSV, markdown, PNG)")
     return 0
 

@@ -473,3 +473,65 @@ def test_feature_names_match_the_base_signature():
     assert set(FEATURES) == set(params[params.index("learnable_codebook"):])
     with pytest.raises(TypeError, match="unknown option|unexpected|takes no"):
         scq.SCQ(4, 8, kmeans_inits=True)  # a typo is not silently a solver option
+
+
+# -- decode: from codes back to vectors --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda: scq.VQ(8, 16),
+    lambda: scq.SCQ(8, 16, lam=0.1),
+    lambda: scq.SVQ(8, 32),
+    lambda: scq.SCQ(8, 16, heads=2),
+    lambda: scq.SCQ(8, 16, heads=2, separate_codebook_per_head=True),
+    lambda: scq.SVQ(8, 32, heads=2, separate_codebook_per_head=True),
+    lambda: scq.SCQ(8, 16, use_cosine_sim=True),
+    lambda: scq.SCQ(8, 16, return_weights="sparse"),
+])
+def test_decode_of_the_weights_gives_the_quantized_vectors(make):
+    q = make()
+    x = torch.randn(3, 5, 8)
+    out = q(x)
+    assert torch.allclose(q.decode(out.weights), out.quantized, atol=1e-5)
+    hard = q.get_output_from_indices(out.indices)
+    assert hard.shape == x.shape
+    # The hard codes are the codebook's rows (normalized with cosine similarity).
+    books = q._codebook(torch.float32)
+    first = books[0][out.indices.reshape(-1, q.heads)[0, 0]]
+    assert torch.allclose(hard.reshape(-1, q.heads, q.codebook_dim)[0, 0], first)
+
+
+def test_decode_keeps_the_channel_layout_and_sees_changed_weights():
+    q = scq.SCQ(4, 8, lam=0.1, channel_dim=1)
+    x = torch.randn(2, 4, 3, 3)
+    out = q(x)
+    assert torch.allclose(q.decode(out.weights), out.quantized, atol=1e-5)
+    one_hot = torch.nn.functional.one_hot(out.indices, 8).float()
+    assert torch.allclose(q.decode(one_hot), q.get_output_from_indices(out.indices))
+    assert torch.allclose(q.decode(one_hot)[0, :, 0, 0], q.codebook[out.indices[0, 0, 0]])
+
+
+def test_residual_decode_of_the_first_stages():
+    r = scq.ResidualQuantizer(8, 3, 16, quantizer="scq", lam=0.1)
+    x = torch.randn(10, 8)
+    out = r(x)
+    assert torch.allclose(r.decode(out.weights), out.quantized, atol=1e-5)
+    assert torch.allclose(r.decode(out.weights[:, :2]), r.quantize_first(x, 2).quantized, atol=1e-5)
+    v = scq.ResidualQuantizer(8, 3, 16)
+    out = v(x)
+    assert torch.allclose(v.get_output_from_indices(out.indices), out.quantized, atol=1e-5)
+
+
+def test_decode_rejects_bad_input():
+    q = scq.SCQ(8, 16, heads=2)
+    with pytest.raises(ValueError, match=r"weights must have shape \(\.\.\., 16\)"):
+        q.decode(torch.rand(3, 2, 15))
+    with pytest.raises(ValueError, match="heads=2"):
+        q.decode(torch.rand(3, 16))
+    with pytest.raises(TypeError, match="integer tensor"):
+        q.get_output_from_indices(torch.rand(3, 2))
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\)"):
+        q.get_output_from_indices(torch.tensor([[0, 16]]))
+    r = scq.ResidualQuantizer(8, 2, 16)
+    with pytest.raises(ValueError, match="1 <= Q <= 2"):
+        r.decode(torch.rand(4, 3, 16))

@@ -283,6 +283,45 @@ class Quantizer(nn.Module):
     def _quantize(self, vectors: torch.Tensor, codebook: torch.Tensor, book: int) -> _Quantized:
         raise NotImplementedError
 
+    # -- from codes back to vectors (what a receiver of the codes computes) ------------------------
+
+    def decode(self, weights: "torch.Tensor | SparseWeights") -> torch.Tensor:
+        """The vectors Σ_k w_k e_k that ``weights`` stand for: ``(..., K)`` (``(..., heads, K)``
+        with several heads) dense or :class:`~scq.SparseWeights` → ``(..., dim)`` (the
+        ``channel_dim`` layout when set), in the codebook's current state.
+
+        ``decode(quantizer(x).weights)`` equals ``quantized`` (up to rounding); weights changed
+        after the forward (e.g. rounded to a few bits, to measure a rate) give the vectors a
+        decoder would see. For VQ's one-hot weights it is the nearest codes, as
+        :meth:`get_output_from_indices`.
+        """
+        dense = densify(weights)
+        if not torch.is_tensor(dense) or dense.dim() < 1 or dense.shape[-1] != self.codebook_size:
+            raise ValueError(f"weights must have shape (..., {self.codebook_size}), got "
+                             f"{tuple(dense.shape) if torch.is_tensor(dense) else type(weights).__name__}")
+        books = self._codebook(dense.dtype if dense.is_floating_point() else self.codebook.dtype)
+        dense = dense.to(books.dtype)
+        if self.heads == 1:
+            vectors = dense @ books[0]
+        else:
+            if dense.dim() < 2 or dense.shape[-2] != self.heads:
+                raise ValueError(f"weights must have shape (..., heads={self.heads}, {self.codebook_size}), "
+                                 f"got {tuple(dense.shape)}")
+            vectors = dense @ books[0] if self.num_codebooks == 1 else torch.einsum("...hk,hkd->...hd", dense, books)
+            vectors = vectors.reshape(*dense.shape[:-2], self.dim)
+        return vectors if self.channel_dim is None else vectors.movedim(-1, self.channel_dim)
+
+    def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """The codes of hard ``indices`` ``(...)`` (``(..., heads)`` with several heads) as
+        vectors ``(..., dim)`` (the ``channel_dim`` layout when set): vector-quantize-pytorch's
+        name for it."""
+        if not torch.is_tensor(indices) or indices.is_floating_point() or indices.is_complex():
+            raise TypeError(f"indices must be an integer tensor, got {getattr(indices, 'dtype', type(indices).__name__)}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
+            raise ValueError(f"indices must lie in [0, {self.codebook_size}), got values in "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        return self.decode(F.one_hot(indices, self.codebook_size).to(self.codebook.dtype))
+
     def _assemble(self, parts: "list[_Quantized]", n: int, batch_shape: torch.Size, x: torch.Tensor) -> QuantizerOutput:
         h = self.heads
         weights = [self._output_weights(p.weights, x.dtype) for p in parts]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import _validation as v
-from ..solvers.solution import stack_weights
+from ..solvers.solution import densify, stack_weights
 from .base import Quantizer, QuantizerOutput
 from .scq_layer import SCQ
 from .svq import SVQ
@@ -113,6 +113,24 @@ class ResidualQuantizer(nn.Module):
             loss = loss + out.loss
         quantized = total if self.channel_dim is None else total.movedim(-1, self.channel_dim)
         return QuantizerOutput(quantized, stack_weights(weights, -2), torch.stack(indices, -1), loss)
+
+    def decode(self, weights) -> torch.Tensor:
+        """Σ over stages of each stage's :meth:`Quantizer.decode` of its weights: ``weights``
+        ``(..., Q', K)`` with Q' ≤ Q (the first Q' stages, as :meth:`quantize_first`) → ``(..., dim)``
+        (the ``channel_dim`` layout when set)."""
+        dense = densify(weights)
+        if not torch.is_tensor(dense) or dense.dim() < 2 or not 1 <= dense.shape[-2] <= self.num_quantizers:
+            raise ValueError(f"weights must have shape (..., Q, K) with 1 <= Q <= {self.num_quantizers}, got "
+                             f"{tuple(dense.shape) if torch.is_tensor(dense) else type(weights).__name__}")
+        total = sum(stage.decode(dense[..., i, :]) for i, stage in enumerate(self.layers[: dense.shape[-2]]))
+        return total if self.channel_dim is None else total.movedim(-1, self.channel_dim)
+
+    def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Σ over stages of the codes of ``indices`` ``(..., Q')`` (the first Q' ≤ Q stages)."""
+        if not torch.is_tensor(indices) or indices.dim() < 1 or not 1 <= indices.shape[-1] <= self.num_quantizers:
+            raise ValueError(f"indices must have shape (..., Q) with 1 <= Q <= {self.num_quantizers}")
+        total = sum(stage.get_output_from_indices(indices[..., i]) for i, stage in enumerate(self.layers[: indices.shape[-1]]))
+        return total if self.channel_dim is None else total.movedim(-1, self.channel_dim)
 
     def extra_repr(self) -> str:
         return f"num_quantizers={self.num_quantizers}" + (f", channel_dim={self.channel_dim}" if self.channel_dim is not None else "")
