@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -34,6 +36,7 @@ BUNDLED_HELDOUT = (
 )
 
 
+@functools.lru_cache(maxsize=None)
 def _photo(name: str) -> np.ndarray:
     """An image as float32 (H, W, 3) in [0, 1] (grey repeated over three channels, alpha dropped)."""
     source, key = name.split(":")
@@ -50,7 +53,9 @@ def _photo(name: str) -> np.ndarray:
     img = img.astype(np.float32) / scale
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
-    return img[..., :3]
+    img = img[..., :3]
+    img.flags.writeable = False  # cached: shared by every caller
+    return img
 
 
 def photo_patches(n: int, photos=TRAIN_PHOTOS, size: int = 32, seed: int = 0) -> torch.Tensor:

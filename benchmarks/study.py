@@ -33,7 +33,7 @@ import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -106,11 +106,19 @@ class ForecastSetting:
     dim: int = 16
 
 
-def settings(quick: bool) -> "tuple[list[ImageSetting], list[ForecastSetting]]":
+def settings(quick: bool, scale: float = 1.0) -> "tuple[list[ImageSetting], list[ForecastSetting]]":
+    """The runs of quick mode or of the full study; ``scale`` multiplies the full study's training
+    steps (e.g. 4 on a GPU: every curve runs four times as long)."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale!r}")
+    if not quick and scale != 1.0:
+        images, forecasts = settings(False)
+        return ([replace(s, steps=round(s.steps * scale)) for s in images],
+                [replace(s, steps=round(s.steps * scale)) for s in forecasts])
     if quick:
-        return ([ImageSetting("patches16", 16, 16, 32, (0,), 256, 64, CONTENDERS),
-                 ImageSetting("patches32", 32, 16, 8, (0,), 128, 32, ("none", f"vq-K{K}", "scq-pgd-lam0.1"))],
-                [ForecastSetting("moving_digits", 16, 4, (0,), 64, 16, FORECASTERS)])
+        return ([ImageSetting("patches16", 16, 16, 16, (0,), 256, 32, CONTENDERS),
+                 ImageSetting("patches32", 32, 16, 8, (0,), 64, 16, ("none", f"vq-K{K}", "scq-pgd-lam0.1"))],
+                [ForecastSetting("moving_digits", 16, 2, (0,), 32, 8, FORECASTERS)])
     # Sized for two CPU cores in under an hour; scale steps and seeds up where there is more.
     return ([ImageSetting("patches16", 16, 800, 64, (0, 1, 2), 16384, 2048, CONTENDERS),
              ImageSetting("patches32", 32, 800, 16, (0, 1, 2), 8192, 1024, SECOND_SIZE)],
@@ -364,12 +372,13 @@ def _job(task: str, setting, name: str, seed: int, device: str = "cpu"):
     return task, setting.name, name, seed, row, curves
 
 
-def run(quick: bool = False, seed: int = 0, workers: Optional[int] = None, progress: bool = True, device: str = "cpu"):
+def run(quick: bool = False, seed: int = 0, workers: Optional[int] = None, progress: bool = True, device: str = "cpu",
+        scale: float = 1.0):
     """Every (setting, contender, seed) run; returns (rows, curves {(setting, contender): [curves]}).
 
     ``workers``: processes running at once, one thread each (default: 1 in quick mode or on
-    CUDA, else the number of cores, at most 4)."""
-    image_settings, forecast_settings = settings(quick)
+    CUDA, else the number of cores, at most 4). ``scale``: see :func:`settings`."""
+    image_settings, forecast_settings = settings(quick, scale)
     jobs = [("images", s, name, sd + seed) for s in image_settings for sd in s.seeds for name in s.contenders]
     jobs += [("forecast", s, name, sd + seed) for s in forecast_settings for sd in s.seeds for name in s.contenders]
     workers = workers or (1 if quick or device != "cpu" else min(4, os.cpu_count() or 1))
@@ -495,6 +504,27 @@ def _bits_needed(hard: "list[dict]", mse: float) -> float:
     return float("inf")
 
 
+def _family_cost(cmp: "list[dict]", hard: "list[dict]") -> str:
+    """How many bits a soft family spends against the hard frontier at equal MSE, at its best."""
+    beyond = [c for c in cmp if c["hard_bits_for_same_mse"] == float("inf")]
+    if beyond:
+        c = min(beyond, key=lambda c: c["bits"])
+        best_hard = min(hard, key=lambda h: h["mse"]) if hard else None
+        return (f"reaches an MSE no hard quantizer here reaches ({c['mse']:.3g} with {c['weights']} weights, "
+                f"{c['contender']}; best hard {best_hard['mse']:.3g} at {best_hard['bits']:.0f} bits), "
+                f"at {c['bits']:.0f} bits per vector ({c['bits'] / best_hard['bits']:.0f}× those bits).")
+    # Points worse than the frontier's cheapest point have no interpolated match (it would be
+    # "at most that many bits"): they are compared only when nothing else is left.
+    cheapest = min(hard, key=lambda h: h["bits"])["mse"] if hard else float("inf")
+    inside = [c for c in cmp if c["mse"] <= cheapest] or cmp
+    c = min(inside, key=lambda c: c["bits"] / c["hard_bits_for_same_mse"])
+    at_most = "" if c["mse"] <= cheapest else "at least "
+    return (f"at best ({c['contender']}, {c['weights']} weights) {c['bits']:.0f} bits per vector for MSE "
+            f"{c['mse']:.3g}, which the hard frontier reaches with {'at most ' if at_most else ''}"
+            f"{c['hard_bits_for_same_mse']:.1f} bits: {at_most}{c['bits'] / c['hard_bits_for_same_mse']:.1f}× the "
+            f"bits for the same distortion.")
+
+
 def findings(rows: "list[dict]") -> "list[str]":
     """The answers in plain words, computed from the rows (nothing here is typed in by hand)."""
     lines = []
@@ -513,6 +543,9 @@ def findings(rows: "list[dict]") -> "list[str]":
             f"weights, {best['bits']:.1f} bits/vector, MSE {best['mse']:.3g} against {best['hard_mse']:.3g} for "
             f"{best['best_hard_within']} ({best['hard_over_soft']:.2f}×). Worst: {worst['contender']} "
             f"({worst['weights']}), {worst['bits']:.1f} bits, {worst['hard_over_soft']:.2f}×.")
+        for fam in dict.fromkeys(family(c["contender"]) for c in cmp):
+            lines.append(f"{setting}, {fam}: " + _family_cost([c for c in cmp if family(c["contender"]) == fam],
+                                                               [p for p in pts if p["hard"]]))
         hard_pts = [p for p in pts if p["hard"]]
         none = [r for r in rows if r["setting"] == setting and r["contender"] == "none"]
         if hard_pts and none:
@@ -522,17 +555,11 @@ def findings(rows: "list[dict]") -> "list[str]":
     frows = [r for r in rows if r["task"] == "forecast"]
     if frows:
         base = _mean([r for r in frows if r["contender"] == "none"], "test_mse")
-        parts = []
-        for name in dict.fromkeys(r["contender"] for r in frows):
-            if name == "none":
-                continue
-            group = [r for r in frows if r["contender"] == name]
-            m = _mean(group, "test_mse")
-            sd = statistics.stdev([r["test_mse"] for r in group]) if len(group) > 1 else 0.0
-            parts.append(f"{name} {100 * (m - base) / base:+.1f}% (±{100 * sd / base:.1f}%)")
-        lines.append(f"**Forecasting: does a quantizer in the bottleneck help?** Held-out next-frames MSE relative "
-                     f"to the same model without one ({base:.4g}), mean over seeds (± std): " + ", ".join(parts)
-                     + ". Negative is better; the SVQ paper reports −7.9% on WeatherBench-S t2m.")
+        parts = [f"{name} {statistics.mean(ch):+.1f}%" + (f" (± {statistics.stdev(ch):.1f}%)" if len(ch) > 1 else "")
+                 for name, ch in forecast_changes(rows).items()]
+        lines.append(f"**Forecasting: does a quantizer in the bottleneck help?** Held-out next-frames MSE against "
+                     f"the same model and seed without one (mean MSE {base:.4g}), mean over seeds (± std): "
+                     + ", ".join(parts) + ". Negative is better; the SVQ paper reports −7.9% on WeatherBench-S t2m.")
     flat = [r for r in rows if r.get("heldout_change_last_fifth", 0) > 0.05]
     lines.append(f"Schedules: {len(rows) - len(flat)} of {len(rows)} runs moved less than 5% on held-out MSE over the "
                  f"last fifth of training" + (f"; still falling: {', '.join(sorted({r['setting'] + ' ' + r['contender'] for r in flat})[:8])}"

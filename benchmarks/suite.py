@@ -42,11 +42,11 @@ def _warn(part: str, before: float, rows, md: list) -> None:
 
 
 def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, device: str = "cpu", seed: int = 0,
-        workers: Optional[int] = None) -> dict:
+        workers: Optional[int] = None, scale: float = 1.0) -> dict:
     """Run ``part`` (or all parts but the study); returns {part: rows}."""
     torch.manual_seed(seed)
     if part == STUDY:
-        return {STUDY: run_study(quick=quick, out=out, seed=seed, workers=workers, device=device)}
+        return {STUDY: run_study(quick=quick, out=out, seed=seed, workers=workers, device=device, scale=scale)}
     parts = PARTS if part == "all" else (part,)
     out_dir = Path(out) if out else None
     if out_dir:
@@ -135,31 +135,38 @@ forecasting of moving digits. What each contender is, how bits are counted and h
 
 
 def run_study(*, quick: bool = False, out: Optional[str] = None, seed: int = 0, workers: Optional[int] = None,
-              device: str = "cpu") -> list:
+              device: str = "cpu", scale: float = 1.0) -> list:
     """The study part: rows, and with ``out`` study.csv, study_rd.csv, study_matched.csv, study.md and PNGs."""
     import time
 
-    out_dir = Path(out) if out else None
     if quick:
         print(SMOKE, flush=True)
     before, start = load_average(), time.perf_counter()
-    rows, curves = study.run(quick=quick, seed=seed, workers=workers, device=device)
-    minutes = (time.perf_counter() - start) / 60
+    rows, curves = study.run(quick=quick, seed=seed, workers=workers, device=device, scale=scale)
+    command = f"scq bench study{' --quick' if quick else ''} --seed {seed} --device {device} --scale {scale:g}"
+    write_study(rows, curves, out, quick=quick, command=command, minutes=(time.perf_counter() - start) / 60,
+                load_before=before)
+    return rows
+
+
+def write_study(rows: list, curves: dict, out: Optional[str], *, quick: bool, command: str, minutes: float,
+                load_before: float) -> None:
+    """Print the study's findings; with ``out``, write its CSVs, markdown and plots."""
+    out_dir = Path(out) if out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     md_body, points, matched = study.report(rows, curves, out_dir, SMOKE_PLOT if quick else "")
     workers_used = rows[0]["workers"] if rows else 1
     md = [STUDY_INTRO, *([f"> {SMOKE}\n"] if quick else []),
-          f"Command: `scq bench study{' --quick' if quick else ''} --seed {seed} --device {device}`; {len(rows)} training runs in "
-          f"{minutes:.0f} min on {rows[0]['machine'] if rows else '?'}, {workers_used} run(s) at once, one thread each "
+          f"Command: `{command}`; {len(rows)} training runs in {minutes:.0f} min on "
+          f"{rows[0]['machine'] if rows else '?'}, {workers_used} run(s) at once, one thread each "
           f"(times per step are one-thread times beside the other runs).\n", *md_body]
     for line in md_body[1:]:
         if line.startswith("- "):
             print(line, flush=True)
-    _warn("study", before, [], md)
+    _warn("study", load_before, [], md)
     if out_dir:
         write_csv(out_dir / "study.csv", rows)
         write_csv(out_dir / "study_rd.csv", points)
         write_csv(out_dir / "study_matched.csv", matched)
         (out_dir / "study.md").write_text("\n".join(md))
-    return rows

@@ -32,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0, help="random seed of data and initializations (default: 0)")
     bench.add_argument("--workers", type=int, default=None,
                        help="study only: training runs at once, one thread each (default: the number of cores, "
-                            "at most 4; 1 with --quick)")
+                            "at most 4; 1 with --quick or --device cuda)")
+    bench.add_argument("--scale", type=float, default=1.0,
+                       help="study only: multiply the full study's training steps (default 1: sized for an hour "
+                            "on 2 CPU cores; larger on a bigger machine or a GPU)")
     return parser
 
 
@@ -53,7 +56,11 @@ def main(argv: "list[str] | None" = None) -> int:
         if args.workers is not None and args.workers < 1:
             print(f"--workers must be at least 1, got {args.workers}", file=sys.stderr)
             return 2
-        run(args.part, quick=args.quick, out=args.out, device=args.device, seed=args.seed, workers=args.workers)
+        if not args.scale > 0:
+            print(f"--scale must be positive, got {args.scale}", file=sys.stderr)
+            return 2
+        run(args.part, quick=args.quick, out=args.out, device=args.device, seed=args.seed, workers=args.workers,
+            scale=args.scale)
         print(f"results written to {args.out}/ (CSV, markdown, PNG)")
     return 0
 

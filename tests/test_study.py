@@ -169,3 +169,18 @@ def test_study_quick_mode_writes_its_results_and_every_contender_trained(tmp_pat
     for heading in ("## Findings", "## Rate–distortion", "## Soft quantizers against the best hard quantizer",
                     "## Images: every contender", "## Forecasting moving digits", "Smoke run (--quick)"):
         assert heading in md, heading
+
+
+def test_scale_lengthens_the_full_study_and_bad_values_are_refused(capsys):
+    from scq.cli import main
+
+    base, _ = study.settings(quick=False)
+    longer, forecasts = study.settings(quick=False, scale=2.0)
+    assert [s.steps for s in longer] == [2 * s.steps for s in base]
+    assert forecasts[0].steps == 2 * study.settings(quick=False)[1][0].steps
+    with pytest.raises(ValueError, match="scale must be positive"):
+        study.settings(quick=False, scale=0)
+    assert main(["bench", "study", "--scale", "0"]) == 2
+    assert main(["bench", "study", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--scale must be positive" in err and "--workers must be at least 1" in err
