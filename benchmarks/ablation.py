@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 import scq
+from scq.solvers.engine import fista_triton
 
 from .common import data_like, machine_info, time_call
 
@@ -22,6 +23,8 @@ CONFIGS = {
     "large initial working set (64)": {"working_set": 64},
     "few candidates per round (2)": {"add_per_round": 2},
 }
+# CUDA only: the warm start as the torch loop instead of the fused Triton kernel.
+UNFUSED = "FISTA as torch ops, not fused (CUDA)"
 
 
 def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool = True) -> list[dict]:
@@ -31,8 +34,12 @@ def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool 
     z, E = z.to(device, dtype), E.to(device, dtype)
     meta = machine_info(device, dtype)
     rows = []
-    for name, options in tqdm(CONFIGS.items(), desc="pgd ablation", disable=not progress):
+    configs = dict(CONFIGS)
+    if device == "cuda" and fista_triton.available():
+        configs[UNFUSED] = {}
+    for name, options in tqdm(configs.items(), desc="pgd ablation", disable=not progress):
         q = scq.SCQ(D, K, lam=0.1, **options).to(device, dtype)
+        fista_triton.ENABLED = name != UNFUSED
         with torch.no_grad():
             q.codebook.copy_(E)
 
@@ -42,7 +49,10 @@ def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool 
             (out.quantized.pow(2).mean() + out.loss).backward()
             q.zero_grad(set_to_none=True)
 
-        seconds = time_call(step, device, repeats=3 if quick else 5)
+        try:
+            seconds = time_call(step, device, repeats=3 if quick else 5)
+        finally:
+            fista_triton.ENABLED = True
         info = q.last_info
         rows.append(dict(meta, part="ablation", config=name, N=N, K=K, D=D, fwdbwd_s=seconds,
                          rounds=info.extra["rounds"], inner_iterations=info.iterations,

@@ -9,7 +9,8 @@ simplex and a clamp for the orthant — on the lasso's signed codes the clamp *i
 threshold S_{α/L}, since the ℓ₁ term is folded into b.
 
 Used as the warm start of the active-set polish (:mod:`scq.solvers.engine.active_set`): a few
-iterations find most of the support, so the exact polish finishes in one or two solves.
+iterations find most of the support, so the exact polish finishes in one or two solves. On CUDA
+(with Triton) the iterations run fused in one kernel (:mod:`scq.solvers.engine.fista_triton`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ...simplex import simplex_threshold
+from . import fista_triton
 
 
 def project(u: torch.Tensor, valid: torch.Tensor, simplex: bool) -> torch.Tensor:
@@ -36,6 +38,9 @@ def fista(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch.Tenso
     step = 1.0 / L
     rho = torch.as_tensor(ridge, dtype=H.dtype, device=H.device)
     beta = (L.sqrt() - rho.sqrt()) / (L.sqrt() + rho.sqrt())
+    if fista_triton.wanted(H):
+        # CUDA: every iteration in one kernel launch (the loop below is ~30 launches per step).
+        return fista_triton.fista_fused(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
     u, y = u0, u0
     for _ in range(n_iter):
         grad = torch.einsum("nij,nj->ni", H, y) - b

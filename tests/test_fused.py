@@ -1,0 +1,106 @@
+"""The fused Triton kernels against the torch code they replace: under ``TRITON_INTERPRET=1`` on
+the CPU (a subprocess, so that the interpreter setting reaches Triton before it is imported), and
+on CUDA where there is one."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import scq
+from scq.solvers.engine import fista as torch_fista
+from scq.solvers.engine import fista_triton
+
+from .conftest import cuda_devices
+
+needs_triton = pytest.mark.skipif(not fista_triton.available(), reason="needs triton (pip install triton)")
+
+_CASES = textwrap.dedent("""
+    import json, torch
+    from scq.solvers.engine import fista as F, fista_triton as T
+
+    def case(N, m, dtype, simplex, seed, n_iter):
+        g = torch.Generator().manual_seed(seed)
+        C = torch.randn(N, m, 8, dtype=dtype, generator=g)
+        H = C @ C.transpose(1, 2) + 0.1 * torch.eye(m, dtype=dtype)
+        b = torch.randn(N, m, dtype=dtype, generator=g)
+        valid = torch.rand(N, m, generator=g) < 0.8
+        valid[:, 0] = True
+        u0 = torch.zeros(N, m, dtype=dtype)
+        if simplex:
+            u0[:, 0] = 1
+        ref = F.fista(H, b, u0, valid, simplex=simplex, ridge=0.1, n_iter=n_iter)  # CPU: the torch loop
+        L = H.abs().sum(-1).amax(-1, keepdim=True)
+        rho = torch.tensor(0.1, dtype=dtype)
+        beta = (L.sqrt() - rho.sqrt()) / (L.sqrt() + rho.sqrt())
+        got = T.fista_fused(H, b, u0, valid, 1.0 / L, beta, simplex=simplex, n_iter=n_iter)
+        feasible = bool((got >= 0).all()) and bool((got[~valid] == 0).all())
+        if simplex:
+            feasible = feasible and float((got.sum(-1) - 1).abs().max()) < 1e-5
+        return dict(dtype=str(dtype), simplex=simplex, N=N, m=m, dev=float((got - ref).abs().max()),
+                    moved=float((ref - u0).abs().max()), feasible=feasible)
+
+    out = [case(N, m, dtype, simplex, seed, n_iter)
+           for seed, (N, m, n_iter) in enumerate([(2, 3, 6), (2, 19, 5), (1, 64, 2), (1, 33, 1)])
+           for dtype in (torch.float32, torch.float64) for simplex in (True, False)]
+    print(json.dumps(out))
+""")
+
+
+@needs_triton
+def test_fused_fista_matches_the_torch_loop_under_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", _CASES], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cases = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(cases) == 16
+    for c in cases:
+        tol = 1e-5 if c["dtype"] == "torch.float32" else 1e-12
+        assert c["dev"] <= tol, c
+        assert c["moved"] > 1e-3, c  # the iterations did something to compare
+        assert c["feasible"], c
+
+
+def test_fused_kernel_is_only_wanted_on_cuda_within_its_size():
+    H = torch.eye(4).expand(2, 4, 4)
+    assert not fista_triton.wanted(H)  # CPU: the torch loop
+    if torch.cuda.is_available() and fista_triton.available():
+        assert fista_triton.wanted(H.cuda())
+        assert not fista_triton.wanted(torch.eye(fista_triton.MAX_SLOTS + 1, device="cuda").expand(2, -1, -1))
+
+
+@needs_triton
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("simplex", [True, False])
+def test_fused_fista_on_cuda_matches_the_torch_loop(device, simplex):
+    g = torch.Generator().manual_seed(0)
+    N, m = 300, 24
+    C = torch.randn(N, m, 16, generator=g)
+    H = C @ C.transpose(1, 2) + 0.05 * torch.eye(m)
+    b = torch.randn(N, m, generator=g)
+    valid = torch.rand(N, m, generator=g) < 0.7
+    valid[:, 0] = True
+    u0 = torch.zeros(N, m)
+    if simplex:
+        u0[:, 0] = 1
+    ref = torch_fista.fista(H, b, u0, valid, simplex=simplex, ridge=0.05, n_iter=10)
+    got = torch_fista.fista(H.to(device), b.to(device), u0.to(device), valid.to(device), simplex=simplex, ridge=0.05,
+                            n_iter=10)
+    assert torch.allclose(got.cpu(), ref, atol=1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("device", cuda_devices())
+def test_pgd_with_the_fused_warm_start_is_exact_on_cuda(device):
+    g = torch.Generator().manual_seed(1)
+    E = torch.randn(128, 16, generator=g, dtype=torch.float64)
+    x = torch.randn(400, 16, generator=g, dtype=torch.float64)
+    ref = scq.solve_scq(x, E, lam=0.1, method="pgd")
+    p, info = scq.solve_scq(x.to(device), E.to(device), lam=0.1, method="pgd", return_info=True)
+    assert info.converged and torch.allclose(p.cpu(), ref, atol=1e-10)
