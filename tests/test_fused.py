@@ -12,12 +12,22 @@ import pytest
 import torch
 
 import scq
+from scq.solvers.engine import active_set_triton, fista_triton
 from scq.solvers.engine import fista as torch_fista
-from scq.solvers.engine import fista_triton
 
 from .conftest import cuda_devices
 
 needs_triton = pytest.mark.skipif(not fista_triton.available(), reason="needs triton (pip install triton)")
+
+
+def _interpreted(script: str) -> list:
+    """Run ``script`` with TRITON_INTERPRET=1 in a fresh interpreter; its last stdout line as JSON."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 _CASES = textwrap.dedent("""
     import json, torch
@@ -53,12 +63,7 @@ _CASES = textwrap.dedent("""
 
 @needs_triton
 def test_fused_fista_matches_the_torch_loop_under_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", _CASES], env=env, cwd=root, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    cases = json.loads(done.stdout.strip().splitlines()[-1])
+    cases = _interpreted(_CASES)
     assert len(cases) == 16
     for c in cases:
         tol = 1e-5 if c["dtype"] == "torch.float32" else 1e-12
@@ -104,3 +109,71 @@ def test_pgd_with_the_fused_warm_start_is_exact_on_cuda(device):
     ref = scq.solve_scq(x, E, lam=0.1, method="pgd")
     p, info = scq.solve_scq(x.to(device), E.to(device), lam=0.1, method="pgd", return_info=True)
     assert info.converged and torch.allclose(p.cpu(), ref, atol=1e-10)
+
+
+_ACTIVE_SET_CASES = textwrap.dedent("""
+    import json, torch
+    from scq.solvers.engine import active_set as A, active_set_triton as T
+
+    def case(N, m, dtype, simplex, seed, max_support=None, ridge=0.1):
+        g = torch.Generator().manual_seed(seed)
+        C = torch.randn(N, m, 6, dtype=dtype, generator=g)
+        H = C @ C.transpose(1, 2) + ridge * torch.eye(m, dtype=dtype)
+        b = 3 * torch.randn(N, m, dtype=dtype, generator=g)
+        valid = torch.rand(N, m, generator=g) < 0.85
+        valid[:, 0] = True
+        u0 = torch.zeros(N, m, dtype=dtype)
+        if simplex:
+            u0[:, 0] = 1
+        tol = torch.full((N,), 1e-5 if dtype == torch.float32 else 1e-10, dtype=dtype)
+        ref = A.solve_active_set(H, b, u0, u0 > 0, valid, tol, simplex=simplex, max_support=max_support, compact=False)
+        got = T.solve_active_set_fused(H, b, u0, u0 > 0, valid, tol, simplex=simplex, max_support=max_support)
+        both = ref.converged & got.converged
+        return dict(dtype=str(dtype), simplex=simplex, m=m, both=int(both.sum()), ref=int(ref.converged.sum()),
+                    got=int(got.converged.sum()), dev=float((got.weights - ref.weights)[both].abs().max()),
+                    nu=float((got.nu - ref.nu)[both].abs().max()), support=bool((got.support == ref.support)[both].all()),
+                    iterations=int(got.iterations), feasible=bool((got.weights >= 0).all()))
+
+    out = [case(N, m, dtype, simplex, seed, cap)
+           for seed, (N, m, simplex, cap, dtype) in enumerate([
+               (2, 5, True, None, torch.float64), (2, 12, True, None, torch.float64), (2, 12, True, None, torch.float32),
+               (2, 12, False, None, torch.float64), (2, 9, False, 4, torch.float32)])]
+    print(json.dumps(out))
+""")
+
+
+@needs_triton
+def test_fused_active_set_matches_the_torch_solve_under_the_interpreter():
+    cases = _interpreted(_ACTIVE_SET_CASES)
+    assert len(cases) == 5
+    for c in cases:
+        tol = 1e-5 if c["dtype"] == "torch.float32" else 1e-12
+        assert c["got"] == c["ref"] and c["both"] == c["ref"] > 0, c  # the same rows converge
+        assert c["dev"] <= tol and c["nu"] <= tol * 10 and c["support"] and c["feasible"], c
+        assert c["iterations"] >= 1, c
+
+
+_ENGINE = textwrap.dedent("""
+    import json, torch, scq
+    from scq.solvers.engine import active_set_triton as AT, fista_triton as FT
+
+    g = torch.Generator().manual_seed(0)
+    E = torch.randn(16, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    ref, ref_info = scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)
+    w_ref = scq.solve_lasso(x, E, alpha=0.3, method="pgd")
+    FT.wanted = AT.wanted = lambda H: True  # the fused kernels on the CPU, interpreted
+    got, info = scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)
+    w_got = scq.solve_lasso(x, E, alpha=0.3, method="pgd")
+    print(json.dumps(dict(dev=float((got - ref).abs().max()), lasso_dev=float((w_got - w_ref).abs().max()),
+                          converged=bool(info.converged), iterations=info.iterations,
+                          int_iterations=isinstance(info.iterations, int))))
+""")
+
+
+@needs_triton
+@pytest.mark.slow
+def test_pgd_engine_with_both_fused_kernels_under_the_interpreter():
+    out = _interpreted(_ENGINE)
+    assert out["converged"] and out["int_iterations"] and out["iterations"] >= 1, out
+    assert out["dev"] < 1e-12 and out["lasso_dev"] < 1e-12, out

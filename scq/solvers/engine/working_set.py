@@ -21,7 +21,9 @@ neighbourhoods (the support is mostly *not* among the nearest codes):
    replace W's zero-weight slots (W grows if needed) and step 2 resumes from the current point.
 
 Cost per round: two N×K×D GEMMs and small (N, m, m) systems; no K×K matrix is ever formed. One
-host sync per round (and one per ``check_every`` inner iterations of the active set). The backward solves the KKT
+host sync per round (and one per ``check_every`` inner iterations of the active set; none on CUDA
+with Triton, where the warm start and the active set run fused, one launch each:
+:mod:`~scq.solvers.engine.fista_triton`, :mod:`~scq.solvers.engine.active_set_triton`). The backward solves the KKT
 system on the support (docs/math.md §4, §5): exact gradients at the forward's memory, no unrolling.
 """
 
@@ -33,7 +35,9 @@ from typing import Optional
 import torch
 
 from ...problems import code_scores, max_code_norm, nearest_code, row_scale
+from . import active_set_triton
 from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_vjp
+from .active_set_triton import solve_active_set_fused
 from ..threads import one_thread, wants_one_thread
 from .fista import fista
 
@@ -217,10 +221,13 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
                 top = ur.topk(max_support, dim=1).indices
                 ur = ur * torch.zeros_like(sr).scatter_(1, top, True)
             sr = ur > 0
-        res = solve_active_set(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
-                               max_support=max_support, max_iter=opts.max_inner, compact=opts.compact)
+        if active_set_triton.wanted(H):  # CUDA: the whole solve in one launch, no host sync
+            res = solve_active_set_fused(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
+                                         max_support=max_support, max_iter=opts.max_inner)
+        else:
+            res = solve_active_set(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
+                                   max_support=max_support, max_iter=opts.max_inner, compact=opts.compact)
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
-        inner_total += res.iterations
         zq = torch.bmm(ur.unsqueeze(1), C).squeeze(1)
         score, entering = _violations(Br, zq, E, cr, sgr, vr, problem)
         worst, worst_code = score.topk(n_add, dim=1)
@@ -238,8 +245,13 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
         n_support = sr.sum(1)
         # The round's one host sync: how many rows are left, did some row fill every entry slot,
         # and how wide must W grow?
-        n_left, saturated, need = torch.stack([(~finished).sum(), violating[:, -1].any().long(),
-                                               (n_support + violating.sum(1)).max()]).tolist()
+        # (The fused solve's iteration count is a tensor: it is read here too, not by a sync of its own.)
+        fused_count = torch.is_tensor(res.iterations)
+        counts = [(~finished).sum(), violating[:, -1].any().long(), (n_support + violating.sum(1)).max()]
+        counts += [res.iterations.to(counts[0].dtype)] if fused_count else []
+        counts = torch.stack(counts).tolist()
+        n_left, saturated, need = counts[:3]
+        inner_total += counts[3] if fused_count else res.iterations
         all_finished = n_left == 0
         if all_finished or rounds == opts.max_rounds:
             break
