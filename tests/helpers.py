@@ -68,7 +68,9 @@ SYNC_OPS = {"_local_scalar_dense", "nonzero", "is_nonzero", "item", "masked_sele
 
 
 def count_syncs(fn) -> int:
-    """How many sync-forcing aten ops ``fn()`` dispatches (counted on any device)."""
+    """How many sync-forcing reads ``fn()`` makes (counted on any device): the aten ops above,
+    and ``Tensor.tolist()``, which reads device memory without an aten op the dispatcher sees on
+    the CPU (on CUDA it copies to the host and waits)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class _Count(TorchDispatchMode):
@@ -79,6 +81,16 @@ def count_syncs(fn) -> int:
                 _Count.syncs += 1
             return func(*args, **(kwargs or {}))
 
-    with _Count():
-        fn()
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self, *args, **kwargs):
+        _Count.syncs += 1
+        return tolist(self, *args, **kwargs)
+
+    torch.Tensor.tolist = counted_tolist
+    try:
+        with _Count():
+            fn()
+    finally:
+        torch.Tensor.tolist = tolist
     return _Count.syncs

@@ -163,11 +163,15 @@ _ENGINE = textwrap.dedent("""
     ref, ref_info = scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)
     w_ref = scq.solve_lasso(x, E, alpha=0.3, method="pgd")
     FT.wanted = AT.wanted = lambda H: True  # the fused kernels on the CPU, interpreted
-    got, info = scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)
+    from tests.helpers import count_syncs
+    box = {}
+    syncs = count_syncs(lambda: box.update(out=scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)))
+    got, info = box["out"]
     w_got = scq.solve_lasso(x, E, alpha=0.3, method="pgd")
     print(json.dumps(dict(dev=float((got - ref).abs().max()), lasso_dev=float((w_got - w_ref).abs().max()),
                           converged=bool(info.converged), iterations=info.iterations,
-                          int_iterations=isinstance(info.iterations, int))))
+                          int_iterations=isinstance(info.iterations, int), syncs=syncs,
+                          rounds=info.extra["rounds"])))
 """)
 
 
@@ -177,3 +181,20 @@ def test_pgd_engine_with_both_fused_kernels_under_the_interpreter():
     out = _interpreted(_ENGINE)
     assert out["converged"] and out["int_iterations"] and out["iterations"] >= 1, out
     assert out["dev"] < 1e-12 and out["lasso_dev"] < 1e-12, out
+    # No sync inside the fused solves: one per certificate round, and per call the two input
+    # checks (x and E), the precision pick and the certificate's read (the torch path adds one
+    # per 2 inner iterations).
+    assert out["syncs"] <= out["rounds"] + 4, out
+
+
+@needs_triton
+@pytest.mark.parametrize("device", cuda_devices())
+def test_fused_forward_syncs_once_per_round_on_cuda(device):
+    from .helpers import count_syncs
+
+    torch.manual_seed(0)
+    q = scq.SCQ(16, 64, lam=0.1).to(device)
+    x = torch.randn(256, 16, device=device)
+    q(x)
+    syncs = count_syncs(lambda: q(x))
+    assert syncs <= q.last_info.extra["rounds"] + 3, (syncs, q.last_info.extra["rounds"])

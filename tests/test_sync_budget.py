@@ -34,7 +34,9 @@ def test_forward_syncs_stay_within_todays_count(kind):
     q(x)  # warm
     syncs = count_syncs(lambda: q(x))
     rounds, inner = q.last_info.extra["rounds"], q.last_info.iterations
-    # Today: one per certificate round (convergence, working-set width and compaction in one
-    # read), one per active-set check (every 2 iterations), and per call the precision pick, the
-    # certificate and the input check. The target is rounds + 1.
-    assert syncs <= rounds + (inner + 1) // 2 + 3, (syncs, rounds, inner)
+    # Today on the CPU: one per certificate round (convergence, working-set width and compaction
+    # in one read), one per active-set check (every 2 iterations, counted per round: at most
+    # (inner + rounds) / 2 in all), and per call the precision pick, the certificate and the input
+    # check. On CUDA with Triton the active-set checks go (tests/test_fused.py). The target is
+    # rounds + 1.
+    assert syncs <= rounds + (inner + rounds + 1) // 2 + 3, (syncs, rounds, inner)
