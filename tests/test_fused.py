@@ -198,3 +198,24 @@ def test_fused_forward_syncs_once_per_round_on_cuda(device):
     q(x)
     syncs = count_syncs(lambda: q(x))
     assert syncs <= q.last_info.extra["rounds"] + 3, (syncs, q.last_info.extra["rounds"])
+
+
+@needs_triton
+def test_a_kernel_that_cannot_launch_falls_back_to_the_torch_path_with_a_warning(monkeypatch):
+    # Without the interpreter, launching a Triton kernel on CPU tensors fails (no GPU driver):
+    # what a CUDA user would meet with a Triton version this code was never compiled with.
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter would run the kernel")
+    monkeypatch.setattr(fista_triton, "ENABLED", True)
+    monkeypatch.setattr(active_set_triton, "ENABLED", True)
+    monkeypatch.setattr(fista_triton, "wanted", lambda H: fista_triton.ENABLED)
+    monkeypatch.setattr(active_set_triton, "wanted", lambda H: active_set_triton.ENABLED)
+    g = torch.Generator().manual_seed(0)
+    E = torch.randn(32, 4, generator=g, dtype=torch.float64)
+    x = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="falls back to its torch path"):
+        p, info = scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)
+    assert info.converged
+    assert not fista_triton.ENABLED and not active_set_triton.ENABLED  # warned once, then off
+    monkeypatch.undo()
+    assert torch.allclose(p, scq.solve_scq(x, E, lam=0.1, method="pgd"), atol=1e-12)

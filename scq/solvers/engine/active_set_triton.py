@@ -28,6 +28,8 @@ ENABLED = True
 
 
 def wanted(H: torch.Tensor) -> bool:
+    """True when the fused solve should run: CUDA, m ≤ ``MAX_SLOTS``, Triton, not disabled after a
+    failure (:func:`scq.solvers.engine.fista_triton.disable`)."""
     return (ENABLED and H.is_cuda and H.shape[-1] <= MAX_SLOTS and H.dtype in (torch.float32, torch.float64)
             and available())
 

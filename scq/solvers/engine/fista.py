@@ -40,7 +40,10 @@ def fista(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch.Tenso
     beta = (L.sqrt() - rho.sqrt()) / (L.sqrt() + rho.sqrt())
     if fista_triton.wanted(H):
         # CUDA: every iteration in one kernel launch (the loop below is ~30 launches per step).
-        return fista_triton.fista_fused(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
+        try:
+            return fista_triton.fista_fused(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
+        except Exception as err:  # noqa: BLE001 - any compile/launch failure: the torch loop below
+            fista_triton.disable("FISTA", err)
     u, y = u0, u0
     for _ in range(n_iter):
         grad = torch.einsum("nij,nj->ni", H, y) - b

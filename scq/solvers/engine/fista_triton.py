@@ -18,6 +18,7 @@ torch loop.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import torch
 
@@ -29,6 +30,17 @@ ENABLED = True
 
 def available() -> bool:
     return importlib.util.find_spec("triton") is not None
+
+
+def disable(kernel: str, err: BaseException) -> None:
+    """A fused kernel failed to compile or launch (a Triton or driver version this code was not
+    tried on): say so once, and let every later call take the torch path."""
+    global ENABLED
+    from . import active_set_triton
+
+    ENABLED = active_set_triton.ENABLED = False
+    warnings.warn(f"scq: the fused Triton {kernel} kernel failed ({type(err).__name__}: {err}); the solver "
+                  f"falls back to its torch path (correct, slower on CUDA)", RuntimeWarning, stacklevel=3)
 
 
 def wanted(H: torch.Tensor) -> bool:

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 
 from ...problems import code_scores, max_code_norm, nearest_code, row_scale
-from . import active_set_triton
+from . import active_set_triton, fista_triton
 from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_vjp
 from .active_set_triton import solve_active_set_fused
 from ..threads import one_thread, wants_one_thread
@@ -221,10 +221,14 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
                 top = ur.topk(max_support, dim=1).indices
                 ur = ur * torch.zeros_like(sr).scatter_(1, top, True)
             sr = ur > 0
+        res = None
         if active_set_triton.wanted(H):  # CUDA: the whole solve in one launch, no host sync
-            res = solve_active_set_fused(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
-                                         max_support=max_support, max_iter=opts.max_inner)
-        else:
+            try:
+                res = solve_active_set_fused(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
+                                             max_support=max_support, max_iter=opts.max_inner)
+            except Exception as err:  # noqa: BLE001 - any compile/launch failure: the torch path
+                fista_triton.disable("active-set", err)
+        if res is None:
             res = solve_active_set(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
                                    max_support=max_support, max_iter=opts.max_inner, compact=opts.compact)
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
