@@ -122,7 +122,7 @@ def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool 
     """Every case, its contenders timed interleaved (one call of each in turn, ``repeats`` rounds),
     so a change in the machine's load affects all of them alike."""
     meta = machine_info(device, dtype)
-    repeats = 3 if quick else 5
+    repeats = 2 if quick else 5  # the smoke run times little: two repeats still give a spread
     rows = []
     bar = tqdm(cases(quick), desc="runtime", disable=not progress)
     for case in bar:

@@ -215,7 +215,9 @@ def _optimizer(model: torch.nn.Module, steps: int):
 
 
 def _eval_points(steps: int) -> "list[int]":
-    return sorted({max(1, round(steps * (i + 1) / EVALS)) for i in range(EVALS)})
+    """``EVALS`` evenly spaced steps (fewer for a schedule too short for them: the smoke run)."""
+    n = min(EVALS, max(2, steps // 4))
+    return sorted({max(1, round(steps * (i + 1) / n)) for i in range(n)})
 
 
 def _usage(q, weights: "list[torch.Tensor]") -> dict:
