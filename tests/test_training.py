@@ -277,7 +277,7 @@ def test_residual_stages_lower_the_error(kind):
     rq = scq.ResidualQuantizer(4, 3, 16, quantizer=kind, kmeans_init=True)
     out = rq(x)
     assert out.weights.shape == (256, 3, 16) and out.indices.shape == (256, 3)
-    errors = [float(((rq.quantize_first(x, n).quantized - x) ** 2).mean()) for n in (1, 2, 3)]
+    errors = [float(((rq.quantize_first(x, n).quantized - x) ** 2).mean().detach()) for n in (1, 2, 3)]
     assert errors[0] > errors[1] > errors[2]
     # quantized is the sum of the stages' reconstructions of the running residual
     residual, total = x, torch.zeros_like(x)
