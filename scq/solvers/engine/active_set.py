@@ -117,7 +117,7 @@ def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex,
         s_new = s & ~hit & ~tiny
         p_new = torch.where(s_new, p_new.clamp_min(0), torch.zeros_like(p_new))
         # Multipliers, meaningful where the equality solution was feasible.
-        mu = torch.einsum("nij,nj->ni", H, p_new) - b + nu_eq.unsqueeze(-1)
+        mu = torch.baddbmm((nu_eq.unsqueeze(-1) - b).unsqueeze(-1), H, p_new.unsqueeze(-1)).squeeze(-1)  # Hp − b + ν
         violation = torch.where(valid & ~s_new, -mu, torch.zeros_like(mu))
         worst, worst_slot = violation.max(-1)
         has_violation = worst > dual_tol

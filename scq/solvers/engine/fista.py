@@ -21,12 +21,13 @@ from ...simplex import simplex_threshold
 from . import fista_triton
 
 
-def project(u: torch.Tensor, valid: torch.Tensor, simplex: bool) -> torch.Tensor:
+def project(u: torch.Tensor, invalid: torch.Tensor, simplex: bool) -> torch.Tensor:
+    """Π_C of each row, slots where ``invalid`` (N, m) ending at 0."""
     if simplex:
         # Invalid slots must end at 0: push them far below any threshold.
-        u = torch.where(valid, u, torch.full_like(u, -1e30 if u.dtype != torch.float16 else -6e4))
-        return (u - simplex_threshold(u)).clamp_min(0)
-    return torch.where(valid, u.clamp_min(0), torch.zeros_like(u))
+        u = u.masked_fill(invalid, -1e30 if u.dtype != torch.float16 else -6e4)
+        return (u - simplex_threshold(u)).clamp_min_(0)
+    return u.clamp_min(0).masked_fill_(invalid, 0)
 
 
 def fista(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch.Tensor, *, simplex: bool,
@@ -44,10 +45,13 @@ def fista(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch.Tenso
             return fista_triton.fista_fused(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
         except Exception as err:  # noqa: BLE001 - any compile/launch failure: the torch loop below
             fista_triton.disable("FISTA", err)
+    # Few, fused ops per step (each is a parallel region on the CPU, a launch on CUDA):
+    # Hy − b in one baddbmm, the step in one addcmul, the momentum in one lerp.
+    invalid, b3, momentum = ~valid, b.unsqueeze(-1), 1 + beta
     u, y = u0, u0
     for _ in range(n_iter):
-        grad = torch.einsum("nij,nj->ni", H, y) - b
-        u_next = project(y - step * grad, valid, simplex)
-        y = u_next + beta * (u_next - u)
+        grad = torch.baddbmm(b3, H, y.unsqueeze(-1), beta=-1).squeeze(-1)
+        u_next = project(torch.addcmul(y, step, grad, value=-1), invalid, simplex)
+        y = torch.lerp(u, u_next, momentum)  # u_next + β(u_next − u)
         u = u_next
     return u
