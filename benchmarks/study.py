@@ -45,7 +45,7 @@ from . import data, rate
 from .autoencoder import AutoEncoder
 from .common import machine_info
 from .simvp import SimVP
-from .usage import DEAD_CODE_THRESHOLD, DECAY, STRONG
+from .usage import STRONG, VQPAdapter
 
 K = 64  # the codebook of SCQ, residual stacks and the VQ line's middle
 VQ_SIZES = (16, 64, 256, 1024)
@@ -128,30 +128,6 @@ def settings(quick: bool, scale: float = 1.0) -> "tuple[list[ImageSetting], list
 # -- quantizers ------------------------------------------------------------------------------------
 
 
-class _VQPResidual(torch.nn.Module):
-    """vector-quantize-pytorch's ``ResidualVQ`` (or ``VectorQuantize`` for one stage), configured as
-    the strong baselines, behind scq's interface: ``(..., D)`` in, :class:`scq.QuantizerOutput`
-    out (one-hot weights ``(..., [Q,] K)``)."""
-
-    def __init__(self, dim: int, codebook_size: int, stages: int):
-        super().__init__()
-        from vector_quantize_pytorch import ResidualVQ, VectorQuantize
-
-        opts = dict(codebook_size=codebook_size, kmeans_init=True, kmeans_iters=10,
-                    threshold_ema_dead_code=DEAD_CODE_THRESHOLD, decay=DECAY, commitment_weight=0.25)
-        self.vq = ResidualVQ(dim=dim, num_quantizers=stages, **opts) if stages > 1 else VectorQuantize(dim=dim, **opts)
-        self.codebook_size, self.stages = codebook_size, stages
-        self.rate_bits = stages * math.log2(codebook_size)
-
-    def forward(self, z: torch.Tensor) -> scq.QuantizerOutput:
-        flat = z.reshape(1, -1, z.shape[-1])
-        quantized, indices, loss = self.vq(flat)
-        shape = z.shape[:-1] + ((self.stages,) if self.stages > 1 else ())
-        indices = indices.reshape(shape)
-        weights = torch.nn.functional.one_hot(indices, self.codebook_size).to(z.dtype)
-        return scq.QuantizerOutput(quantized.reshape(z.shape), weights, indices, loss.sum())
-
-
 def make_quantizer(name: str, dim: int) -> "Optional[torch.nn.Module]":
     """The quantizer a contender's name stands for (see ``CONTENDERS``)."""
     if name == "none":
@@ -159,10 +135,10 @@ def make_quantizer(name: str, dim: int) -> "Optional[torch.nn.Module]":
     if name.startswith("vq-K"):
         return scq.VQ(dim, int(name[4:]), ema_update=True, **STRONG)
     if name.startswith("vqp-K"):
-        return _VQPResidual(dim, int(name[5:]), 1)
+        return VQPAdapter(dim, int(name[5:]))
     if name.startswith("rvqp-"):
         stages, k = map(int, name[5:].split("x"))
-        return _VQPResidual(dim, k, stages)
+        return VQPAdapter(dim, k, stages)
     if name.startswith("rvq-"):
         stages, k = map(int, name[4:].split("x"))
         return scq.ResidualQuantizer(dim, stages, k, quantizer="vq", ema_update=True, **STRONG)

@@ -15,6 +15,7 @@ Two kinds of baselines:
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -58,21 +59,25 @@ STRONG = dict(kmeans_init=True, kmeans_iters=10, dead_code_threshold=DEAD_CODE_T
 
 
 class VQPAdapter(torch.nn.Module):
-    """vector-quantize-pytorch's ``VectorQuantize`` behind scq's interface: ``(..., D)`` in,
-    :class:`scq.QuantizerOutput` out (one-hot weights)."""
+    """vector-quantize-pytorch's ``VectorQuantize`` (or ``ResidualVQ`` with ``stages`` > 1),
+    configured as the strong baselines (``kmeans_init``, ``threshold_ema_dead_code``, EMA with the
+    same decay, β = 0.25; other options at their defaults), behind scq's interface: ``(..., D)`` in,
+    :class:`scq.QuantizerOutput` out (one-hot weights ``(..., [stages,] K)``)."""
 
-    def __init__(self, dim: int, codebook_size: int):
+    def __init__(self, dim: int, codebook_size: int, stages: int = 1):
         super().__init__()
-        from vector_quantize_pytorch import VectorQuantize
+        from vector_quantize_pytorch import ResidualVQ, VectorQuantize
 
-        self.codebook_size = codebook_size
-        self.vq = VectorQuantize(dim=dim, codebook_size=codebook_size, kmeans_init=True, kmeans_iters=10,
-                                 threshold_ema_dead_code=DEAD_CODE_THRESHOLD, decay=DECAY, commitment_weight=0.25)
+        opts = dict(codebook_size=codebook_size, kmeans_init=True, kmeans_iters=10,
+                    threshold_ema_dead_code=DEAD_CODE_THRESHOLD, decay=DECAY, commitment_weight=0.25)
+        self.vq = ResidualVQ(dim=dim, num_quantizers=stages, **opts) if stages > 1 else VectorQuantize(dim=dim, **opts)
+        self.codebook_size, self.stages = codebook_size, stages
+        self.rate_bits = stages * math.log2(codebook_size)  # indices only: log2 K bits per stage
 
     def forward(self, z: torch.Tensor) -> scq.QuantizerOutput:
         flat = z.reshape(1, -1, z.shape[-1])
         quantized, indices, loss = self.vq(flat)
-        indices = indices.reshape(z.shape[:-1])
+        indices = indices.reshape(z.shape[:-1] + ((self.stages,) if self.stages > 1 else ()))
         weights = torch.nn.functional.one_hot(indices, self.codebook_size).to(z.dtype)
         return scq.QuantizerOutput(quantized.reshape(z.shape), weights, indices, loss.sum())
 

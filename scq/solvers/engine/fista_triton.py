@@ -17,6 +17,7 @@ torch loop.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import warnings
 
@@ -28,8 +29,15 @@ MAX_SLOTS = 64
 ENABLED = True
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
+    """Triton is installed (looked up once: this is asked on every solve round)."""
     return importlib.util.find_spec("triton") is not None
+
+
+def fits(H: torch.Tensor) -> bool:
+    """The fused kernels can take these systems: CUDA, m ≤ ``MAX_SLOTS``, float32/64, Triton."""
+    return H.is_cuda and H.shape[-1] <= MAX_SLOTS and H.dtype in (torch.float32, torch.float64) and available()
 
 
 def disable(kernel: str, err: BaseException) -> None:
@@ -44,9 +52,8 @@ def disable(kernel: str, err: BaseException) -> None:
 
 
 def wanted(H: torch.Tensor) -> bool:
-    """True when the fused kernel should run: CUDA, a working set of at most ``MAX_SLOTS``, Triton."""
-    return (ENABLED and H.is_cuda and H.shape[-1] <= MAX_SLOTS and H.dtype in (torch.float32, torch.float64)
-            and available())
+    """True when the fused kernel should run: it :func:`fits` and was not disabled after a failure."""
+    return ENABLED and fits(H)
 
 
 _KERNEL = None
