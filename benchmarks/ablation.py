@@ -23,8 +23,8 @@ CONFIGS = {
     "large initial working set (64)": {"working_set": 64},
     "few candidates per round (2)": {"add_per_round": 2},
 }
-# CUDA only: the warm start as the torch loop instead of the fused Triton kernel.
-UNFUSED = "FISTA as torch ops, not fused (CUDA)"
+# CUDA only: the warm start and the active set as torch ops instead of the fused Triton kernels.
+UNFUSED = "no fused kernels: torch ops (CUDA)"
 
 
 def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool = True) -> list[dict]:

@@ -79,6 +79,18 @@ def load_warnings(part: str, before: float, after: float, rows: Sequence[dict] =
     return out
 
 
+def train_step(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor, opt) -> float:
+    """One Adam step of a model returning ``(prediction, quantizer output or None)`` on the MSE to
+    ``target`` plus the quantizer's auxiliary loss; returns the MSE (its read waits for the step)."""
+    pred, out = model(inputs)
+    mse = torch.mean((pred - target) ** 2)
+    loss = mse + (out.loss if out is not None else 0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(mse.detach())
+
+
 def random_codebook(K: int, D: int, *, dtype=torch.float64, device="cpu", generator=None) -> torch.Tensor:
     return torch.randn(K, D, dtype=dtype, device=device, generator=generator)
 

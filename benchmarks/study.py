@@ -43,7 +43,7 @@ import scq
 
 from . import data, rate
 from .autoencoder import AutoEncoder
-from .common import machine_info
+from .common import machine_info, train_step
 from .simvp import SimVP
 from .usage import STRONG, VQPAdapter
 
@@ -210,23 +210,22 @@ def _rate_rows(model: AutoEncoder, q, train: torch.Tensor, test: torch.Tensor) -
     """Held-out MSE and bits per vector at every weight precision (float32, then ``WEIGHT_BITS``)."""
     if not isinstance(q, (scq.Quantizer, scq.ResidualQuantizer)):  # vector-quantize-pytorch: indices only
         return dict(bits=q.rate_bits)
+    out = {}
     with torch.no_grad():
         scales = rate.weight_scales(q, model.encode(train[:256]))
-    out = {}
-    for bits in (None,) + (() if rate.is_hard(q) else WEIGHT_BITS):
-        sq_err, n, total_bits, vectors = 0.0, 0, 0.0, 0
-        with torch.no_grad():
-            for chunk in test.split(256):
-                zq, per_vector = rate.encode_at(q, model.encode(chunk), bits, scales)
+        chunks = [(chunk, model.encode(chunk)) for chunk in test.split(256)]  # encoded once, for every precision
+        for bits in (None,) + (() if rate.is_hard(q) else WEIGHT_BITS):
+            sq_err, total_bits, vectors = 0.0, 0.0, 0
+            for chunk, z in chunks:
+                zq, per_vector = rate.encode_at(q, z, bits, scales)
                 sq_err += float(((model.decode(zq) - chunk) ** 2).sum())
-                n += chunk.numel()
                 total_bits += float(per_vector.sum())
                 vectors += per_vector.numel()
-        suffix = "" if bits is None else f"_b{bits}"
-        out[f"bits{suffix}"] = total_bits / vectors
-        if bits is not None:
-            out[f"mse{suffix}"] = sq_err / n
-            out[f"psnr{suffix}"] = _psnr(sq_err / n)
+            suffix = "" if bits is None else f"_b{bits}"
+            out[f"bits{suffix}"] = total_bits / vectors
+            if bits is not None:
+                out[f"mse{suffix}"] = sq_err / test.numel()
+                out[f"psnr{suffix}"] = _psnr(sq_err / test.numel())
     return out
 
 
@@ -234,12 +233,38 @@ def _psnr(mse: float) -> float:
     return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
 
 
-def _heldout_mse(model, test: torch.Tensor) -> float:
+def _evaluate(model, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> "tuple[float, float, list]":
+    """Held-out (MSE, MAE, the quantizer's weights per chunk) in one pass, in eval mode."""
     model.eval()
+    se, ae, weights = 0.0, 0.0, []
     with torch.no_grad():
-        err = sum(float(((model(c)[0] - c) ** 2).sum()) for c in test.split(256))
+        for x, y in zip(inputs.split(chunk), targets.split(chunk)):
+            pred, out = model(x)
+            se += float(((pred - y) ** 2).sum())
+            ae += float((pred - y).abs().sum())
+            if out is not None:
+                weights.append(out.weights)
     model.train()
-    return err / test.numel()
+    return se / targets.numel(), ae / targets.numel(), weights
+
+
+def _train(model, steps: int, draw, probe: "tuple[torch.Tensor, torch.Tensor]") -> dict:
+    """The schedule every contender gets: ``steps`` Adam steps on ``draw() -> (inputs, targets)``,
+    cosine-decayed, the held-out MSE of ``probe`` measured at ``_eval_points``. Returns the
+    losses, times per step and held-out curve, and the losses' summary columns."""
+    opt, sched = _optimizer(model, steps)
+    points, losses, times, heldout = set(_eval_points(steps)), [], [], []
+    for step in range(1, steps + 1):
+        inputs, targets = draw()
+        start = time.perf_counter()
+        losses.append(train_step(model, inputs, targets, opt))  # its read waits for the step
+        sched.step()
+        times.append(time.perf_counter() - start)
+        if step in points:
+            heldout.append((step, _evaluate(model, *probe)[0]))
+    columns = dict(step_s=statistics.median(times[1:] or times), train_mse_first=statistics.mean(losses[:3]),
+                   train_mse_last=statistics.mean(losses[-3:]), heldout_change_last_fifth=_last_fifth_change(heldout))
+    return dict(losses=losses, heldout=heldout, columns=columns)
 
 
 def train_image(s: ImageSetting, name: str, seed: int, device: str = "cpu") -> "tuple[dict, dict]":
@@ -248,35 +273,21 @@ def train_image(s: ImageSetting, name: str, seed: int, device: str = "cpu") -> "
     torch.manual_seed(seed)
     q = make_quantizer(name, s.dim)
     model = AutoEncoder(3, s.dim, q).to(device)
-    opt, sched = _optimizer(model, s.steps)
     gen = torch.Generator().manual_seed(seed)
-    probe = test[: min(512, test.shape[0])]
-    points, losses, times, heldout = set(_eval_points(s.steps)), [], [], []
-    for step in range(1, s.steps + 1):
+
+    def draw():
         x = train[torch.randint(train.shape[0], (s.batch,), generator=gen).to(device)]
-        start = time.perf_counter()
-        recon, out = model(x)
-        mse = torch.mean((recon - x) ** 2)
-        loss = mse + (out.loss if out is not None else 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(mse.detach()))  # a host sync: the step has finished
-        times.append(time.perf_counter() - start)
-        if step in points:
-            heldout.append((step, _heldout_mse(model, probe)))
-    model.eval()
-    test_mse = _heldout_mse(model, test)
-    row = dict(test_mse=test_mse, psnr=_psnr(test_mse), step_s=statistics.median(times[1:] or times),
-               train_mse_first=statistics.mean(losses[:3]), train_mse_last=statistics.mean(losses[-3:]),
-               heldout_change_last_fifth=_last_fifth_change(heldout))
+        return x, x
+
+    probe = test[: min(512, test.shape[0])]
+    run = _train(model, s.steps, draw, (probe, probe))
+    test_mse, _, weights = _evaluate(model, test, test)
+    row = dict(test_mse=test_mse, psnr=_psnr(test_mse), **run["columns"])
     if q is not None:
-        with torch.no_grad():
-            weights = [model(c)[1].weights for c in test.split(256)]
+        model.eval()
         row.update(_usage(q, weights), codebook_size=_codebook_size(q))
         row.update(_rate_rows(model, q, train, test))
-    return row, dict(train=losses, heldout=heldout)
+    return row, dict(train=run["losses"], heldout=run["heldout"])
 
 
 def _last_fifth_change(heldout: "list[tuple[int, float]]") -> float:
@@ -295,47 +306,21 @@ def train_forecast(s: ForecastSetting, name: str, seed: int, device: str = "cpu"
     torch.manual_seed(seed)
     q = make_quantizer(name, s.dim)
     model = SimVP(T, q, hid_s=s.dim).to(device)
-    opt, sched = _optimizer(model, s.steps)
     gen = torch.Generator().manual_seed(seed)
 
-    def evaluate(seqs):
-        model.eval()
-        se, ae, n, weights = 0.0, 0.0, 0, []
-        with torch.no_grad():
-            for chunk in seqs.split(64):
-                pred, out = model(chunk[:, :T])
-                se += float(((pred - chunk[:, T:]) ** 2).sum())
-                ae += float((pred - chunk[:, T:]).abs().sum())
-                n += chunk[:, T:].numel()
-                if out is not None:
-                    weights.append(out.weights)
-        model.train()
-        return se / n, ae / n, weights
-
-    points, losses, times, heldout = set(_eval_points(s.steps)), [], [], []
-    probe = test[: min(128, test.shape[0])]
-    for step in range(1, s.steps + 1):
+    def draw():
         seq = train[torch.randint(train.shape[0], (s.batch,), generator=gen).to(device)]
-        start = time.perf_counter()
-        pred, out = model(seq[:, :T])
-        mse = torch.mean((pred - seq[:, T:]) ** 2)
-        loss = mse + (out.loss if out is not None else 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(mse.detach()))
-        times.append(time.perf_counter() - start)
-        if step in points:
-            heldout.append((step, evaluate(probe)[0]))
-    mse, mae, weights = evaluate(test)
+        return seq[:, :T], seq[:, T:]
+
+    probe = test[: min(128, test.shape[0])]
+    run = _train(model, s.steps, draw, (probe[:, :T], probe[:, T:]))
+    mse, mae, weights = _evaluate(model, test[:, :T], test[:, T:], chunk=64)
     frame_pixels = test.shape[-1] * test.shape[-2]
     row = dict(test_mse=mse, test_mae=mae, mse_per_frame=mse * frame_pixels, mae_per_frame=mae * frame_pixels,
-               step_s=statistics.median(times[1:] or times), train_mse_first=statistics.mean(losses[:3]),
-               train_mse_last=statistics.mean(losses[-3:]), heldout_change_last_fifth=_last_fifth_change(heldout))
+               **run["columns"])
     if q is not None:
         row.update(_usage(q, weights), codebook_size=_codebook_size(q))
-    return row, dict(train=losses, heldout=heldout)
+    return row, dict(train=run["losses"], heldout=run["heldout"])
 
 
 # -- running -----------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import scq
 
 from . import data
 from .autoencoder import AutoEncoder
-from .common import machine_info
+from .common import machine_info, train_step
 
 
 @dataclass(frozen=True)
@@ -121,14 +121,8 @@ def train_one(name: str, s: Setting, seed: int, train: torch.Tensor, test: torch
     for step in range(s.steps):
         x = train[torch.randint(train.shape[0], (s.batch,), generator=gen)]
         start = time.perf_counter()
-        recon, out = model(x)
-        mse = torch.mean((recon - x) ** 2)
-        loss = mse + (out.loss if out is not None else 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        curve.append(train_step(model, x, x, opt))
         times.append(time.perf_counter() - start)
-        curve.append(float(mse.detach()))
     model.eval()
     usage = scq.CodebookUsage(model.quantizer.codebook_size) if model.quantizer is not None else None
     sq_err, count = 0.0, 0

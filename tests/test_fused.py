@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import scq
-from scq.solvers.engine import active_set_triton, fista_triton
+from scq.solvers.engine import fista_triton
 from scq.solvers.engine import fista as torch_fista
 
 from .conftest import cuda_devices
@@ -29,25 +29,33 @@ def _interpreted(script: str) -> list:
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
+# Random small QPs as the engine builds them: H = CCᵀ + 0.1·I (N, m, m), a linear term b, slot 0
+# always valid (the start code), the start point feasible (slot 0 for the simplex, 0 otherwise).
+_PROBLEM = textwrap.dedent("""
+    import torch
+
+    def problem(N, m, dtype, simplex, seed, b_scale=1.0):
+        g = torch.Generator().manual_seed(seed)
+        C = torch.randn(N, m, 6, dtype=dtype, generator=g)
+        H = C @ C.transpose(1, 2) + 0.1 * torch.eye(m, dtype=dtype)
+        b = b_scale * torch.randn(N, m, dtype=dtype, generator=g)
+        valid = torch.rand(N, m, generator=g) < 0.85
+        valid[:, 0] = True
+        u0 = torch.zeros(N, m, dtype=dtype)
+        if simplex:
+            u0[:, 0] = 1
+        return H, b, valid, u0
+""")
+
 _CASES = textwrap.dedent("""
     import json, torch
     from scq.solvers.engine import fista as F, fista_triton as T
 
     def case(N, m, dtype, simplex, seed, n_iter):
-        g = torch.Generator().manual_seed(seed)
-        C = torch.randn(N, m, 8, dtype=dtype, generator=g)
-        H = C @ C.transpose(1, 2) + 0.1 * torch.eye(m, dtype=dtype)
-        b = torch.randn(N, m, dtype=dtype, generator=g)
-        valid = torch.rand(N, m, generator=g) < 0.8
-        valid[:, 0] = True
-        u0 = torch.zeros(N, m, dtype=dtype)
-        if simplex:
-            u0[:, 0] = 1
+        H, b, valid, u0 = problem(N, m, dtype, simplex, seed)
         ref = F.fista(H, b, u0, valid, simplex=simplex, ridge=0.1, n_iter=n_iter)  # CPU: the torch loop
-        L = H.abs().sum(-1).amax(-1, keepdim=True)
-        rho = torch.tensor(0.1, dtype=dtype)
-        beta = (L.sqrt() - rho.sqrt()) / (L.sqrt() + rho.sqrt())
-        got = T.fista_fused(H, b, u0, valid, 1.0 / L, beta, simplex=simplex, n_iter=n_iter)
+        step, beta = F.step_and_momentum(H, 0.1)
+        got = T.fista_fused(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
         feasible = bool((got >= 0).all()) and bool((got[~valid] == 0).all())
         if simplex:
             feasible = feasible and float((got.sum(-1) - 1).abs().max()) < 1e-5
@@ -66,7 +74,7 @@ _CASES = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def interpreted():
     """Every interpreted check's output, from one subprocess (Triton and torch import once)."""
-    script = "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
+    script = _PROBLEM + "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
                         for name, body in (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE)))
     script += "\nimport json\nprint(json.dumps(dict(fista=_fista(), active_set=_active_set(), engine=_engine())))"
     return _interpreted(script)
@@ -126,16 +134,8 @@ _ACTIVE_SET_CASES = textwrap.dedent("""
     import json, torch
     from scq.solvers.engine import active_set as A, active_set_triton as T
 
-    def case(N, m, dtype, simplex, seed, max_support=None, ridge=0.1):
-        g = torch.Generator().manual_seed(seed)
-        C = torch.randn(N, m, 6, dtype=dtype, generator=g)
-        H = C @ C.transpose(1, 2) + ridge * torch.eye(m, dtype=dtype)
-        b = 3 * torch.randn(N, m, dtype=dtype, generator=g)
-        valid = torch.rand(N, m, generator=g) < 0.85
-        valid[:, 0] = True
-        u0 = torch.zeros(N, m, dtype=dtype)
-        if simplex:
-            u0[:, 0] = 1
+    def case(N, m, dtype, simplex, seed, max_support=None):
+        H, b, valid, u0 = problem(N, m, dtype, simplex, seed, b_scale=3.0)
         tol = torch.full((N,), 1e-5 if dtype == torch.float32 else 1e-10, dtype=dtype)
         ref = A.solve_active_set(H, b, u0, u0 > 0, valid, tol, simplex=simplex, max_support=max_support, compact=False)
         got = T.solve_active_set_fused(H, b, u0, u0 > 0, valid, tol, simplex=simplex, max_support=max_support)
@@ -166,13 +166,13 @@ def test_fused_active_set_matches_the_torch_solve_under_the_interpreter(interpre
 
 _ENGINE = textwrap.dedent("""
     import json, torch, scq
-    from scq.solvers.engine import active_set_triton as AT, fista_triton as FT
+    from scq.solvers.engine import fista_triton as FT
 
     g = torch.Generator().manual_seed(0)
     E = torch.randn(16, 4, generator=g, dtype=torch.float64)
     x = torch.randn(4, 4, generator=g, dtype=torch.float64)
     ref, ref_info = scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)
-    FT.wanted = AT.wanted = lambda H: True  # the fused kernels on the CPU, interpreted
+    FT.wanted = lambda H: True  # the fused kernels on the CPU, interpreted
     from tests.helpers import count_syncs
     box = {}
     syncs = count_syncs(lambda: box.update(out=scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)))
@@ -215,15 +215,13 @@ def test_a_kernel_that_cannot_launch_falls_back_to_the_torch_path_with_a_warning
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the interpreter would run the kernel")
     monkeypatch.setattr(fista_triton, "ENABLED", True)
-    monkeypatch.setattr(active_set_triton, "ENABLED", True)
-    monkeypatch.setattr(fista_triton, "wanted", lambda H: fista_triton.ENABLED)
-    monkeypatch.setattr(active_set_triton, "wanted", lambda H: active_set_triton.ENABLED)
+    monkeypatch.setattr(fista_triton, "fits", lambda H: True)  # on the CPU: launch, and fail
     g = torch.Generator().manual_seed(0)
     E = torch.randn(32, 4, generator=g, dtype=torch.float64)
     x = torch.randn(8, 4, generator=g, dtype=torch.float64)
     with pytest.warns(RuntimeWarning, match="falls back to its torch path"):
         p, info = scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)
     assert info.converged
-    assert not fista_triton.ENABLED and not active_set_triton.ENABLED  # warned once, then off
+    assert not fista_triton.ENABLED  # warned once, then both kernels off
     monkeypatch.undo()
     assert torch.allclose(p, scq.solve_scq(x, E, lam=0.1, method="pgd"), atol=1e-12)

@@ -12,8 +12,8 @@ The torch path runs the batch in lockstep, ~130 launches per iteration and a hos
    degenerate-face acceptance as :func:`scq.solvers.engine.active_set._iterate`, line for line.
 
 The two paths agree to rounding (tests/test_fused.py runs the kernel under ``TRITON_INTERPRET=1``
-on the CPU against the torch solve). Used for CUDA tensors with m ≤ ``fista_triton.MAX_SLOTS`` when Triton is
-installed.
+on the CPU against the torch solve). Used where :func:`scq.solvers.engine.fista_triton.wanted` says
+(CUDA, m ≤ ``MAX_SLOTS``, Triton installed, fused kernels not switched off).
 """
 
 from __future__ import annotations
@@ -21,17 +21,6 @@ from __future__ import annotations
 import torch
 
 from .active_set import DEGENERATE_SLACK, ActiveSetResult
-from .fista_triton import fits
-
-# False: always the torch path (to compare the two).
-ENABLED = True
-
-
-def wanted(H: torch.Tensor) -> bool:
-    """True when the fused solve should run: it :func:`~scq.solvers.engine.fista_triton.fits` and was
-    not disabled after a failure (:func:`scq.solvers.engine.fista_triton.disable`)."""
-    return ENABLED and fits(H)
-
 
 _KERNEL = None
 

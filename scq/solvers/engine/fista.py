@@ -30,15 +30,20 @@ def project(u: torch.Tensor, invalid: torch.Tensor, simplex: bool) -> torch.Tens
     return u.clamp_min(0).masked_fill_(invalid, 0)
 
 
+def step_and_momentum(H: torch.Tensor, ridge: float) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Per row (N, 1): the step 1/L (L the Gershgorin bound ≥ λ_max(H)) and the momentum
+    β = (√L − √ρ)/(√L + √ρ)."""
+    L = H.abs().sum(-1).amax(-1, keepdim=True)
+    rho = torch.as_tensor(ridge, dtype=H.dtype, device=H.device)
+    return 1.0 / L, (L.sqrt() - rho.sqrt()) / (L.sqrt() + rho.sqrt())
+
+
 def fista(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch.Tensor, *, simplex: bool,
           ridge: float, n_iter: int) -> torch.Tensor:
     """``n_iter`` FISTA steps from the feasible ``u0`` (N, m); returns a feasible iterate."""
     if n_iter <= 0:
         return u0
-    L = H.abs().sum(-1).amax(-1, keepdim=True)  # Gershgorin: ≥ λ_max(H)
-    step = 1.0 / L
-    rho = torch.as_tensor(ridge, dtype=H.dtype, device=H.device)
-    beta = (L.sqrt() - rho.sqrt()) / (L.sqrt() + rho.sqrt())
+    step, beta = step_and_momentum(H, ridge)
     if fista_triton.wanted(H):
         # CUDA: every iteration in one kernel launch (the loop below is ~30 launches per step).
         try:

@@ -25,7 +25,8 @@ import torch
 
 # H_n lives in registers: 64×64 is 4,096 values per program, the most that stays cheap.
 MAX_SLOTS = 64
-# False: always the torch loop (to compare the two, e.g. in a benchmark).
+# The one switch of both fused kernels (this one and active_set_triton's). False: the torch path
+# everywhere (to compare the two, e.g. in the ablation; set by ``disable`` after a failure).
 ENABLED = True
 
 
@@ -44,15 +45,14 @@ def disable(kernel: str, err: BaseException) -> None:
     """A fused kernel failed to compile or launch (a Triton or driver version this code was not
     tried on): say so once, and let every later call take the torch path."""
     global ENABLED
-    from . import active_set_triton
-
-    ENABLED = active_set_triton.ENABLED = False
+    ENABLED = False
     warnings.warn(f"scq: the fused Triton {kernel} kernel failed ({type(err).__name__}: {err}); the solver "
                   f"falls back to its torch path (correct, slower on CUDA)", RuntimeWarning, stacklevel=3)
 
 
 def wanted(H: torch.Tensor) -> bool:
-    """True when the fused kernel should run: it :func:`fits` and was not disabled after a failure."""
+    """True when the fused kernels (FISTA and the active set) should run on these systems: they
+    :func:`fits` and were not switched off."""
     return ENABLED and fits(H)
 
 

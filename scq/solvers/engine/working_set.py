@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 
 from ...problems import code_scores, max_code_norm, nearest_code, row_scale
-from . import active_set_triton, fista_triton
+from . import fista_triton
 from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_vjp
 from .active_set_triton import solve_active_set_fused
 from ..threads import one_thread, wants_one_thread
@@ -222,7 +222,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
                 ur = ur * torch.zeros_like(sr).scatter_(1, top, True)
             sr = ur > 0
         res = None
-        if active_set_triton.wanted(H):  # CUDA: the whole solve in one launch, no host sync
+        if fista_triton.wanted(H):  # CUDA: the whole solve in one launch, no host sync
             try:
                 res = solve_active_set_fused(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
                                              max_support=max_support, max_iter=opts.max_inner)
