@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 import scq
-from scq.solvers.engine import fista_triton
+from scq.solvers.engine import fused
 
 from .common import data_like, machine_info, time_call
 
@@ -23,8 +23,9 @@ CONFIGS = {
     "large initial working set (64)": {"working_set": 64},
     "few candidates per round (2)": {"add_per_round": 2},
 }
-# CUDA only: the warm start and the active set as torch ops instead of the fused Triton kernels.
-UNFUSED = "no fused kernels: torch ops (CUDA)"
+# The warm start, the active set and the backward's support solve as batched torch ops instead of
+# the compiled kernels (Numba on the CPU, Triton on CUDA).
+UNFUSED = "no compiled kernels: torch ops"
 
 
 def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool = True) -> list[dict]:
@@ -35,11 +36,11 @@ def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool 
     meta = machine_info(device, dtype)
     rows = []
     configs = dict(CONFIGS)
-    if device == "cuda" and fista_triton.available():
+    if fused.backend(z.new_zeros(1, 1, 1)) is not None:
         configs[UNFUSED] = {}
     for name, options in tqdm(configs.items(), desc="pgd ablation", disable=not progress):
         q = scq.SCQ(D, K, lam=0.1, **options).to(device, dtype)
-        fista_triton.ENABLED = name != UNFUSED
+        fused.ENABLED = name != UNFUSED
         with torch.no_grad():
             q.codebook.copy_(E)
 
@@ -52,7 +53,7 @@ def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool 
         try:
             seconds = time_call(step, device, repeats=3 if quick else 5)
         finally:
-            fista_triton.ENABLED = True
+            fused.ENABLED = True
         info = q.last_info
         rows.append(dict(meta, part="ablation", config=name, N=N, K=K, D=D, fwdbwd_s=seconds,
                          rounds=info.extra["rounds"], inner_iterations=info.iterations,

@@ -1,6 +1,6 @@
-"""The fused Triton kernels against the torch code they replace: under ``TRITON_INTERPRET=1`` on
-the CPU (a subprocess, so that the interpreter setting reaches Triton before it is imported), and
-on CUDA where there is one."""
+"""The compiled kernels against the torch code they replace: the Numba kernels on the CPU, the
+Triton kernels under ``TRITON_INTERPRET=1`` on the CPU (a subprocess, so that the interpreter
+setting reaches Triton before it is imported) and on CUDA where there is one."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import scq
-from scq.solvers.engine import fista_triton
+from scq.solvers.engine import fista_triton, fused
 from scq.solvers.engine import fista as torch_fista
 
 from .conftest import cuda_devices
@@ -53,7 +53,7 @@ _CASES = textwrap.dedent("""
 
     def case(N, m, dtype, simplex, seed, n_iter):
         H, b, valid, u0 = problem(N, m, dtype, simplex, seed)
-        ref = F.fista(H, b, u0, valid, simplex=simplex, ridge=0.1, n_iter=n_iter)  # CPU: the torch loop
+        ref = F.fista_torch(H, b, u0, valid, simplex=simplex, ridge=0.1, n_iter=n_iter)
         step, beta = F.step_and_momentum(H, 0.1)
         got = T.fista_fused(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
         feasible = bool((got >= 0).all()) and bool((got[~valid] == 0).all())
@@ -91,12 +91,15 @@ def test_fused_fista_matches_the_torch_loop_under_the_interpreter(interpreted):
         assert c["feasible"], c
 
 
-def test_fused_kernel_is_only_wanted_on_cuda_within_its_size():
+def test_each_device_gets_its_kernels_and_the_switch_turns_them_off(monkeypatch):
     H = torch.eye(4).expand(2, 4, 4)
-    assert not fista_triton.wanted(H)  # CPU: the torch loop
+    assert fused.backend(H) == ("cpu" if fused.cpu_available() else None)
+    assert fused.backend(H.to(torch.float16)) is None
     if torch.cuda.is_available() and fista_triton.available():
-        assert fista_triton.wanted(H.cuda())
-        assert not fista_triton.wanted(torch.eye(fista_triton.MAX_SLOTS + 1, device="cuda").expand(2, -1, -1))
+        assert fused.backend(H.cuda()) == "triton"
+        assert fused.backend(torch.eye(fista_triton.MAX_SLOTS + 1, device="cuda").expand(2, -1, -1)) is None
+    monkeypatch.setattr(fused, "ENABLED", False)
+    assert fused.backend(H) is None
 
 
 @needs_triton
@@ -113,7 +116,7 @@ def test_fused_fista_on_cuda_matches_the_torch_loop(device, simplex):
     u0 = torch.zeros(N, m)
     if simplex:
         u0[:, 0] = 1
-    ref = torch_fista.fista(H, b, u0, valid, simplex=simplex, ridge=0.05, n_iter=10)
+    ref = torch_fista.fista_torch(H, b, u0, valid, simplex=simplex, ridge=0.05, n_iter=10)
     got = torch_fista.fista(H.to(device), b.to(device), u0.to(device), valid.to(device), simplex=simplex, ridge=0.05,
                             n_iter=10)
     assert torch.allclose(got.cpu(), ref, atol=1e-5)
@@ -166,13 +169,13 @@ def test_fused_active_set_matches_the_torch_solve_under_the_interpreter(interpre
 
 _ENGINE = textwrap.dedent("""
     import json, torch, scq
-    from scq.solvers.engine import fista_triton as FT
+    from scq.solvers.engine import fused
 
     g = torch.Generator().manual_seed(0)
     E = torch.randn(16, 4, generator=g, dtype=torch.float64)
     x = torch.randn(4, 4, generator=g, dtype=torch.float64)
     ref, ref_info = scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)
-    FT.wanted = lambda H: True  # the fused kernels on the CPU, interpreted
+    fused.backend = lambda H: "triton"  # the Triton kernels on the CPU, interpreted
     from tests.helpers import count_syncs
     box = {}
     syncs = count_syncs(lambda: box.update(out=scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)))
@@ -214,14 +217,14 @@ def test_a_kernel_that_cannot_launch_falls_back_to_the_torch_path_with_a_warning
     # what a CUDA user would meet with a Triton version this code was never compiled with.
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the interpreter would run the kernel")
-    monkeypatch.setattr(fista_triton, "ENABLED", True)
-    monkeypatch.setattr(fista_triton, "fits", lambda H: True)  # on the CPU: launch, and fail
+    monkeypatch.setattr(fused, "ENABLED", True)
+    monkeypatch.setattr(fused, "backend", lambda H: "triton")  # on the CPU: launch, and fail
     g = torch.Generator().manual_seed(0)
     E = torch.randn(32, 4, generator=g, dtype=torch.float64)
     x = torch.randn(8, 4, generator=g, dtype=torch.float64)
     with pytest.warns(RuntimeWarning, match="falls back to its torch path"):
         p, info = scq.solve_scq(x, E, lam=0.1, method="pgd", return_info=True)
     assert info.converged
-    assert not fista_triton.ENABLED  # warned once, then both kernels off
+    assert not fused.ENABLED  # warned once, then every kernel off
     monkeypatch.undo()
     assert torch.allclose(p, scq.solve_scq(x, E, lam=0.1, method="pgd"), atol=1e-12)

@@ -105,10 +105,7 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
             try:
                 out = problem.call(method, z, codebook, options)
             except Exception as err:
-                # Modules do not check their own codebook on every forward (a host sync each time):
-                # name the likely cause here, at no cost to calls that succeed.
-                if not bool(torch.isfinite(codebook).all()):
-                    raise ValueError("codebook contains NaN or Inf values (check the training step that wrote it)") from err
+                _check_codebook(codebook, err)
                 raise
             weights, info = out if isinstance(out, tuple) else (out, SolverInfo(method.name))
             dense = densify(weights)
@@ -120,8 +117,16 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
     info.converged = bool(worst[0] <= tol)
     info.extra.update(residuals=cert.residual, converged_mask=mask, error_bounds=cert.error_bound)
     if not info.converged:
+        _check_codebook(codebook)  # a NaN codebook fails the certificate (or the solve) first
         _report(method, info, int(z.shape[0]), strict)
     return weights, dense, info
+
+
+def _check_codebook(codebook: torch.Tensor, err: "Exception | None" = None) -> None:
+    """Modules do not check their own codebook on every forward (a host sync each time): where a
+    solve failed, or its certificate did, name the likely cause, at no cost to calls that succeed."""
+    if not bool(torch.isfinite(codebook).all()):
+        raise ValueError("codebook contains NaN or Inf values (check the training step that wrote it)") from err
 
 
 def _report(method: Method, info: SolverInfo, n: int, strict: bool) -> None:

@@ -11,6 +11,8 @@ from typing import NamedTuple, Union
 
 import torch
 
+from .engine import fused
+
 
 class _Combine(torch.autograd.Function):
     """z_q[n] = Σ_j values[n, j] · codebook[indices[n, j]].
@@ -21,14 +23,21 @@ class _Combine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values, codebook, indices):
-        rows = codebook[indices]
         ctx.save_for_backward(values, codebook, indices)
+        out = fused.combine(values, codebook, indices)  # the CPU: compiled, no (N, m, D) gather
+        if out is not None:
+            return out
+        rows = codebook.index_select(0, indices.reshape(-1)).view(*indices.shape, codebook.shape[1])
         return torch.bmm(values.unsqueeze(1), rows).squeeze(1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         values, codebook, indices = ctx.saved_tensors
+        compiled = fused.combine_backward(values, codebook, indices, grad, need_values=ctx.needs_input_grad[0],
+                                          need_codebook=ctx.needs_input_grad[1])
+        if compiled is not None:
+            return compiled[0], compiled[1], None
         grad_values = grad_codebook = None
         if ctx.needs_input_grad[0]:
             grad_values = torch.bmm(codebook[indices], grad.unsqueeze(-1)).squeeze(-1)

@@ -9,8 +9,9 @@ simplex and a clamp for the orthant — on the lasso's signed codes the clamp *i
 threshold S_{α/L}, since the ℓ₁ term is folded into b.
 
 Used as the warm start of the active-set polish (:mod:`scq.solvers.engine.active_set`): a few
-iterations find most of the support, so the exact polish finishes in one or two solves. On CUDA
-(with Triton) the iterations run fused in one kernel (:mod:`scq.solvers.engine.fista_triton`).
+iterations find most of the support, so the exact polish finishes in one or two solves. Where a
+compiled kernel applies (:mod:`scq.solvers.engine.fused`: Triton on CUDA, Numba on the CPU) the
+iterations run in it, one call for all of them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ...simplex import simplex_threshold
-from . import fista_triton
+from . import fused
 
 
 def project(u: torch.Tensor, invalid: torch.Tensor, simplex: bool) -> torch.Tensor:
@@ -40,16 +41,23 @@ def step_and_momentum(H: torch.Tensor, ridge: float) -> "tuple[torch.Tensor, tor
 
 def fista(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch.Tensor, *, simplex: bool,
           ridge: float, n_iter: int) -> torch.Tensor:
-    """``n_iter`` FISTA steps from the feasible ``u0`` (N, m); returns a feasible iterate."""
+    """``n_iter`` FISTA steps from the feasible ``u0`` (N, m); returns a feasible iterate. Compiled
+    where :mod:`~scq.solvers.engine.fused` has a kernel for ``H``, else :func:`fista_torch`."""
     if n_iter <= 0:
         return u0
     step, beta = step_and_momentum(H, ridge)
-    if fista_triton.wanted(H):
-        # CUDA: every iteration in one kernel launch (the loop below is ~30 launches per step).
-        try:
-            return fista_triton.fista_fused(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
-        except Exception as err:  # noqa: BLE001 - any compile/launch failure: the torch loop below
-            fista_triton.disable("FISTA", err)
+    compiled = fused.fista(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
+    if compiled is not None:  # every iteration in one call (the torch loop is ~30 ops per step)
+        return compiled
+    return fista_torch(H, b, u0, valid, simplex=simplex, ridge=ridge, n_iter=n_iter, step_and_beta=(step, beta))
+
+
+def fista_torch(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch.Tensor, *, simplex: bool,
+                ridge: float, n_iter: int, step_and_beta=None) -> torch.Tensor:
+    """:func:`fista` as batched torch ops: the reference the compiled kernels are tested against."""
+    if n_iter <= 0:
+        return u0
+    step, beta = step_and_momentum(H, ridge) if step_and_beta is None else step_and_beta
     # Few, fused ops per step (each is a parallel region on the CPU, a launch on CUDA):
     # Hy − b in one baddbmm, the step in one addcmul, the momentum in one lerp.
     invalid, b3, momentum = ~valid, b.unsqueeze(-1), 1 + beta

@@ -11,25 +11,19 @@ The step 1/L_n and momentum β_n come in computed by the torch path, so both pat
 steps; they agree to rounding (tests/test_fused.py runs the kernel under ``TRITON_INTERPRET=1`` on
 the CPU against the torch loop).
 
-Used for CUDA tensors with m ≤ ``MAX_SLOTS`` when Triton is installed; everything else takes the
-torch loop.
+Used for CUDA tensors with m ≤ ``MAX_SLOTS`` when Triton is installed (the choice is
+:mod:`scq.solvers.engine.fused`'s); everything else takes the torch loop or the CPU kernels.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import warnings
 
 import torch
 
 # H_n lives in registers: 64×64 is 4,096 values per program, the most that stays cheap.
 MAX_SLOTS = 64
-# The one switch of both fused kernels (this one and active_set_triton's). False: the torch path
-# everywhere (to compare the two, e.g. in the ablation; set by ``disable`` after a failure).
-ENABLED = True
-
-
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """Triton is installed (looked up once: this is asked on every solve round)."""
@@ -39,21 +33,6 @@ def available() -> bool:
 def fits(H: torch.Tensor) -> bool:
     """The fused kernels can take these systems: CUDA, m ≤ ``MAX_SLOTS``, float32/64, Triton."""
     return H.is_cuda and H.shape[-1] <= MAX_SLOTS and H.dtype in (torch.float32, torch.float64) and available()
-
-
-def disable(kernel: str, err: BaseException) -> None:
-    """A fused kernel failed to compile or launch (a Triton or driver version this code was not
-    tried on): say so once, and let every later call take the torch path."""
-    global ENABLED
-    ENABLED = False
-    warnings.warn(f"scq: the fused Triton {kernel} kernel failed ({type(err).__name__}: {err}); the solver "
-                  f"falls back to its torch path (correct, slower on CUDA)", RuntimeWarning, stacklevel=3)
-
-
-def wanted(H: torch.Tensor) -> bool:
-    """True when the fused kernels (FISTA and the active set) should run on these systems: they
-    :func:`fits` and were not switched off."""
-    return ENABLED and fits(H)
 
 
 _KERNEL = None

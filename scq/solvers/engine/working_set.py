@@ -21,10 +21,11 @@ neighbourhoods (the support is mostly *not* among the nearest codes):
    replace W's zero-weight slots (W grows if needed) and step 2 resumes from the current point.
 
 Cost per round: two N×K×D GEMMs and small (N, m, m) systems; no K×K matrix is ever formed. One
-host sync per round (and one per ``check_every`` inner iterations of the active set; none on CUDA
-with Triton, where the warm start and the active set run fused, one launch each:
-:mod:`~scq.solvers.engine.fista_triton`, :mod:`~scq.solvers.engine.active_set_triton`). The backward solves the KKT
-system on the support (docs/math.md §4, §5): exact gradients at the forward's memory, no unrolling.
+host sync per round. The warm start and the active set run compiled where
+:mod:`~scq.solvers.engine.fused` has a kernel (Triton on CUDA: one launch each, no sync; Numba on
+the CPU: one parallel loop over rows each); the torch path, the kernels' reference, adds a sync per
+``check_every`` inner iterations. The backward solves the KKT system on the support (docs/math.md
+§4, §5): exact gradients at the forward's memory, no unrolling.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ from typing import Optional
 import torch
 
 from ...problems import code_scores, max_code_norm, nearest_code, row_scale
-from . import fista_triton
+from . import fused
 from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_vjp
-from .active_set_triton import solve_active_set_fused
 from ..threads import one_thread, wants_one_thread
 from .fista import fista
 
@@ -118,18 +118,45 @@ def _system_ridge(ridge: float, e_max_sq: float) -> float:
     return ridge if ridge > 0 else 1e-12 * e_max_sq
 
 
+def _code_rows(E: torch.Tensor, code: torch.Tensor, sign: torch.Tensor, signed: bool) -> torch.Tensor:
+    """C (N, m, D): the signed codes sign·E[code] (index_select: ~3× faster than E[code] on the CPU;
+    unsigned problems skip the multiply by ones)."""
+    C = E.index_select(0, code.reshape(-1)).view(*code.shape, E.shape[1])
+    return C * sign.unsqueeze(-1) if signed else C
+
+
 def _gram(C: torch.Tensor, ridge) -> torch.Tensor:
     H = C @ C.transpose(1, 2)
     return H + ridge * torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
 
 
-def _violations(B, zq, E, code, sign, valid, problem: QPForm):
-    """Score (N, K) of every code outside W (larger = more violating) and its entering sign.
+def _gradients(zq, z, E, extra, start, bonus: float):
+    """G (n, K): g_k = e_kᵀ(z_q − z) − extra_k, the gradient of the objective's smooth part along
+    each + code without the ridge term (which vanishes outside W, where weights are 0). ``extra``
+    None: SCQ's default target adds ``bonus`` (λ) at the nearest code ``start``. One GEMM on the
+    rows' points: the (N, K) linear term is never formed, nor gathered per round."""
+    G = (zq - z) @ E.transpose(0, 1)
+    if extra is not None:
+        G.sub_(extra)
+    elif bonus:
+        G.scatter_add_(1, start.unsqueeze(1), torch.full_like(start, -bonus, dtype=G.dtype).unsqueeze(1))
+    return G
 
-    g_k = e_kᵀ z_q − B_k is the gradient of the + code without the ridge term, which vanishes
-    outside W (weight 0). Violation of code k with sign σ: −(σ g_k + α + ν).
-    """
-    G = torch.addmm(B, zq, E.transpose(0, 1), beta=-1)
+
+def _restricted_b(C, z, code, sign, extra, start, problem: QPForm):
+    """b on W (n, m): b_j = σ_j(e_{k_j}ᵀz + extra_{k_j}) − α = c_jᵀz + σ_j·extra_{k_j} − α."""
+    b = torch.bmm(C, z.unsqueeze(-1)).squeeze(-1)
+    if extra is not None:
+        b.addcmul_(sign, extra.gather(1, code))
+    elif problem.start_bonus:
+        b.add_((code == start.unsqueeze(1)).to(b.dtype), alpha=problem.start_bonus)
+    return b.sub_(problem.l1) if problem.l1 else b
+
+
+def _violations(G, code, sign, valid, problem: QPForm):
+    """Score (n, K) of every code outside W (larger = more violating) and its entering sign, from
+    the gradients G of :func:`_gradients` (overwritten). Violation of code k with sign σ:
+    −(σ g_k + α + ν)."""
     if problem.signed:
         entering = torch.where(G > 0, -1.0, 1.0).to(G.dtype)
         score = G.abs_()
@@ -144,25 +171,21 @@ def _violations(B, zq, E, code, sign, valid, problem: QPForm):
     return score, entering
 
 
-def _linear_term(z, E, extra, problem: QPForm):
-    """B = ZEᵀ + extra (N, K), the nearest code (simplex start) and the tolerance scale."""
-    B = code_scores(z, E)
-    start = nearest_code(B, E) if problem.simplex else None
-    if extra is not None:
-        B.add_(extra)
-    elif problem.start_bonus:
-        B.scatter_add_(1, start.unsqueeze(1), torch.full_like(start, problem.start_bonus, dtype=B.dtype).unsqueeze(1))
+def _start_and_scale(z, E, extra, problem: QPForm):
+    """The nearest code (the simplex's start), the tolerance scale (N,) and max‖e‖."""
+    # The same formula as the certificate's and the default target's p̃: a tie goes the same way.
+    start = nearest_code(code_scores(z, E), E) if problem.simplex else None
     # Multipliers are sums of terms of size ‖e‖(‖e‖ + ‖z‖), the ridge and α: tolerances are relative to that.
     e_max = max_code_norm(E)
     scale = row_scale(z, e_max, problem.ridge + problem.l1 + (0 if extra is None else extra.abs().amax(-1)))
-    return B, start, scale, e_max
+    return start, scale, e_max
 
 
 def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
     N, D = z.shape
     K = E.shape[0]
     dtype, device = z.dtype, z.device
-    B, start, scale, e_max = _linear_term(z, E, extra, problem)
+    start, scale, e_max = _start_and_scale(z, E, extra, problem)
     e_max_sq = float(e_max) ** 2  # one host sync per call: it picks the systems' precision
     sys_dtype = system_dtype(dtype, problem.ridge, e_max_sq)
     alpha = problem.l1
@@ -182,7 +205,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
         code, sign, u = start.unsqueeze(1), torch.ones(N, 1, dtype=dtype, device=device), torch.ones(N, 1, dtype=dtype, device=device)
     valid = torch.ones_like(code, dtype=torch.bool)
     zq = E[start] if start is not None else z.new_zeros(N, D)
-    score, entering = _violations(B, zq, E, code, sign, valid, problem)
+    score, entering = _violations(_gradients(zq, z, E, extra, start, problem.start_bonus), code, sign, valid, problem)
     n_first = m - code.shape[1]
     if n_first > 0:
         top = score.topk(min(n_first, K), dim=1).indices
@@ -206,9 +229,11 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
         return t if rows is None else t[rows]
 
     for rounds in range(1, opts.max_rounds + 1):
-        cr, sgr, ur, sr, vr, Br = take(code), take(sign), take(u), take(s), take(valid), take(B)
-        C = E[cr] * sgr.unsqueeze(-1)
-        b = (sgr * Br.gather(1, cr) - alpha).to(sys_dtype)
+        cr, sgr, ur, sr, vr, zr = take(code), take(sign), take(u), take(s), take(valid), take(z)
+        extra_r = None if extra is None else take(extra)
+        start_r = None if start is None else take(start)
+        C = _code_rows(E, cr, sgr, problem.signed)
+        b = _restricted_b(C, zr, cr, sgr, extra_r, start_r, problem).to(sys_dtype)
         H = _gram(C.to(sys_dtype), sys_ridge)
         ur = ur.to(sys_dtype)
         if opts.pg_iters:
@@ -221,19 +246,16 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
                 top = ur.topk(max_support, dim=1).indices
                 ur = ur * torch.zeros_like(sr).scatter_(1, top, True)
             sr = ur > 0
-        res = None
-        if fista_triton.wanted(H):  # CUDA: the whole solve in one launch, no host sync
-            try:
-                res = solve_active_set_fused(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
-                                             max_support=max_support, max_iter=opts.max_inner)
-            except Exception as err:  # noqa: BLE001 - any compile/launch failure: the torch path
-                fista_triton.disable("active-set", err)
+        # Compiled where a kernel applies: every row runs until its own row is done, in one call.
+        res = fused.active_set(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
+                               max_support=max_support, max_iter=opts.max_inner)
         if res is None:
             res = solve_active_set(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
                                    max_support=max_support, max_iter=opts.max_inner, compact=opts.compact)
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
         zq = torch.bmm(ur.unsqueeze(1), C).squeeze(1)
-        score, entering = _violations(Br, zq, E, cr, sgr, vr, problem)
+        score, entering = _violations(_gradients(zq, zr, E, extra_r, start_r, problem.start_bonus), cr, sgr, vr,
+                                      problem)
         worst, worst_code = score.topk(n_add, dim=1)
         new_sign = entering.gather(1, worst_code) if problem.signed else torch.ones_like(worst)
         del score, entering
@@ -320,24 +342,31 @@ class WorkingSetFunction(torch.autograd.Function):
     def _backward(ctx, grad_u):
         z, E, code, sign, u, s = ctx.saved_tensors
         problem = ctx.problem
-        C = E[code] * sign.unsqueeze(-1)
         sys_dtype, sys_ridge = ctx.systems
-        L, _ = masked_cholesky(_gram(C.to(sys_dtype), sys_ridge), s)  # the forward's last support: factorable
-        v = support_vjp(L, grad_u.to(sys_dtype), s, simplex=problem.simplex).to(C.dtype)
-        VC = torch.bmm(v.unsqueeze(1), C).squeeze(1)
-        grad_z = grad_E = grad_B = None
-        if ctx.needs_input_grad[0]:
-            grad_z = VC
-        if ctx.needs_input_grad[1]:
-            zq = torch.bmm(u.unsqueeze(1), C).squeeze(1)
-            U = v.unsqueeze(-1) * (z - zq).unsqueeze(1) - u.unsqueeze(-1) * VC.unsqueeze(1)
-            U = U * sign.unsqueeze(-1)
-            grad_E = torch.zeros_like(E).index_add_(0, code.reshape(-1), U.reshape(-1, U.shape[-1]))
-        if ctx.needs_input_grad[2]:
+        need_z, need_E, need_B = ctx.needs_input_grad[:3]
+        compiled = fused.backward(z, E, code, sign, u, s, grad_u, ridge=sys_ridge, simplex=problem.simplex,
+                                  signed=problem.signed, need_E=need_E, sys_dtype=sys_dtype)
+        if compiled is not None:  # the CPU: per row, on the support only, no (N, m, D) tensor
+            v, VC, grad_E = compiled
+            v = v.to(z.dtype)
+        else:
+            C = _code_rows(E, code, sign, problem.signed)
+            L, _ = masked_cholesky(_gram(C.to(sys_dtype), sys_ridge), s)  # the forward's last support: factorable
+            v = support_vjp(L, grad_u.to(sys_dtype), s, simplex=problem.simplex).to(C.dtype)
+            VC = torch.bmm(v.unsqueeze(1), C).squeeze(1)
+            grad_E = None
+            if need_E:
+                zq = torch.bmm(u.unsqueeze(1), C).squeeze(1)
+                U = v.unsqueeze(-1) * (z - zq).unsqueeze(1) - u.unsqueeze(-1) * VC.unsqueeze(1)
+                if problem.signed:
+                    U = U * sign.unsqueeze(-1)
+                grad_E = torch.zeros_like(E).index_add_(0, code.reshape(-1), U.reshape(-1, U.shape[-1]))
+        grad_B = None
+        if need_B:
             # b_j = σ_j (Ez + extra)_{k_j}
             grad_B = torch.zeros(z.shape[0], E.shape[0], dtype=z.dtype, device=z.device)
             grad_B.scatter_add_(1, code, sign * v)
-        return grad_z, grad_E, grad_B, None, None, None
+        return VC if need_z else None, grad_E if need_E else None, grad_B, None, None, None
 
 
 def solve(z: torch.Tensor, E: torch.Tensor, extra: Optional[torch.Tensor], problem: QPForm, opts: Options,

@@ -1,0 +1,174 @@
+"""The Numba CPU kernels (scq/solvers/engine/cpu_kernels.py) against the torch code they replace:
+FISTA, the active set and the backward's support solve, each alone and inside the engine."""
+
+import pytest
+import torch
+
+import scq
+from scq.solvers.engine import active_set as A
+from scq.solvers.engine import fista as F
+from scq.solvers.engine import fused
+
+pytestmark = pytest.mark.skipif(not fused.cpu_available(), reason="needs numba")
+
+f32, f64 = torch.float32, torch.float64
+
+
+def _problem(N, m, dtype, simplex, seed, b_scale=1.0, rank=6):
+    """Random small QPs as the engine builds them: H = CCᵀ + 0.1·I, slot 0 always valid (the start
+    code), the start point feasible (slot 0 for the simplex, 0 otherwise)."""
+    g = torch.Generator().manual_seed(seed)
+    C = torch.randn(N, m, rank, dtype=dtype, generator=g)
+    H = C @ C.transpose(1, 2) + 0.1 * torch.eye(m, dtype=dtype)
+    b = b_scale * torch.randn(N, m, dtype=dtype, generator=g)
+    valid = torch.rand(N, m, generator=g) < 0.85
+    valid[:, 0] = True
+    u0 = torch.zeros(N, m, dtype=dtype)
+    if simplex:
+        u0[:, 0] = 1
+    return H, b, valid, u0
+
+
+def _tol(dtype):
+    return 2e-5 if dtype == f32 else 1e-12
+
+
+@pytest.mark.parametrize("N,m,n_iter,dtype,simplex", [
+    (50, 3, 6, f32, True), (40, 19, 10, f64, True), (20, 64, 3, f32, True), (10, 90, 4, f64, True),
+    (50, 3, 6, f64, False), (40, 19, 10, f32, False), (10, 90, 4, f64, False)])
+def test_fista_kernel_matches_the_torch_loop(N, m, n_iter, dtype, simplex):
+    H, b, valid, u0 = _problem(N, m, dtype, simplex, seed=m + n_iter)
+    ref = F.fista_torch(H, b, u0, valid, simplex=simplex, ridge=0.1, n_iter=n_iter)
+    step, beta = F.step_and_momentum(H, 0.1)
+    got = fused.fista(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
+    assert got.dtype == dtype and got.shape == ref.shape
+    assert (ref - u0).abs().max() > 1e-3  # the steps moved: there is something to compare
+    assert (got - ref).abs().max() <= _tol(dtype) * 10
+    assert (got >= 0).all() and (got[~valid] == 0).all()
+    if simplex:
+        assert (got.sum(-1) - 1).abs().max() < _tol(dtype) * 10
+
+
+@pytest.mark.parametrize("N,m,simplex,cap,dtype", [
+    (60, 5, True, None, f64), (60, 12, True, None, f64), (60, 12, True, None, f32), (30, 40, True, None, f64),
+    (60, 12, False, None, f64), (60, 9, False, 4, f32), (30, 40, False, 6, f64)])
+def test_active_set_kernel_matches_the_torch_solve(N, m, simplex, cap, dtype):
+    H, b, valid, u0 = _problem(N, m, dtype, simplex, seed=m, b_scale=3.0)
+    tol = torch.full((N,), 1e-5 if dtype == f32 else 1e-10, dtype=dtype)
+    ref = A.solve_active_set(H, b, u0, u0 > 0, valid, tol, simplex=simplex, max_support=cap, compact=False)
+    got = fused.active_set(H, b, u0, u0 > 0, valid, tol, simplex=simplex, max_support=cap, max_iter=100)
+    assert torch.equal(got.converged, ref.converged) and got.converged.all()
+    assert torch.equal(got.support, ref.support)
+    assert (got.weights - ref.weights).abs().max() <= _tol(dtype) * 10
+    assert (got.nu - ref.nu).abs().max() <= _tol(dtype) * 100
+    assert isinstance(got.iterations, int) and 1 <= got.iterations <= ref.iterations
+    assert (got.weights >= 0).all() and (got.weights[~got.support] == 0).all()
+
+
+def test_active_set_kernel_flags_a_singular_support_as_broken_down():
+    # Two identical codes and no ridge: H_SS is singular once both are in the support.
+    H = torch.ones(1, 2, 2, dtype=f64)
+    b = torch.tensor([[2.0, 2.0]], dtype=f64)
+    u0 = torch.tensor([[0.5, 0.5]], dtype=f64)
+    s0 = torch.tensor([[True, True]])
+    tol = torch.full((1,), 1e-10, dtype=f64)
+    ref = A.solve_active_set(H, b, u0, s0, torch.ones_like(s0), tol, simplex=True, compact=False)
+    got = fused.active_set(H, b, u0, s0, torch.ones_like(s0), tol, simplex=True, max_support=None, max_iter=10)
+    assert ref.broken.all() and got.broken.all() and not got.converged.any()
+    assert torch.equal(got.weights, u0)  # frozen at its last feasible iterate
+
+
+def test_active_set_kernel_stops_at_max_iter_unconverged():
+    H, b, valid, u0 = _problem(8, 30, f64, True, seed=3, b_scale=3.0)
+    tol = torch.full((8,), 1e-10, dtype=f64)
+    got = fused.active_set(H, b, u0, u0 > 0, valid, tol, simplex=True, max_support=None, max_iter=1)
+    assert got.iterations == 1 and not got.converged.all()
+
+
+def _engine(method_call, enabled, monkeypatch):
+    monkeypatch.setattr(fused, "ENABLED", enabled)
+    return method_call()
+
+
+@pytest.mark.parametrize("lam", [0.01, 0.1, 2.0])
+def test_pgd_with_the_cpu_kernels_equals_the_torch_path_forward_and_backward(lam, monkeypatch):
+    g = torch.Generator().manual_seed(7)
+    E = torch.randn(96, 6, generator=g, dtype=f64)
+    x = torch.randn(40, 6, generator=g, dtype=f64)
+
+    def run():
+        z, C = x.clone().requires_grad_(), E.clone().requires_grad_()
+        p, info = scq.solve_scq(z, C, lam=lam, method="pgd", return_info=True)
+        (p * torch.arange(96, dtype=f64)).sum().backward()
+        return p.detach(), info, z.grad, C.grad
+
+    p0, info0, gz0, gE0 = _engine(run, False, monkeypatch)
+    p1, info1, gz1, gE1 = _engine(run, True, monkeypatch)
+    assert info0.converged and info1.converged
+    assert (p1 - p0).abs().max() < 1e-12
+    assert (gz1 - gz0).abs().max() < 1e-9 and (gE1 - gE0).abs().max() < 1e-9
+
+
+def test_lasso_with_the_cpu_kernels_equals_the_torch_path(monkeypatch):
+    g = torch.Generator().manual_seed(8)
+    E = torch.randn(64, 8, generator=g, dtype=f64)
+    x = torch.randn(30, 8, generator=g, dtype=f64)
+
+    def run():
+        z = x.clone().requires_grad_()
+        w, info = scq.solve_lasso(z, E, alpha=0.3, method="pgd", return_info=True)
+        w.square().sum().backward()
+        return w.detach(), info, z.grad
+
+    w0, info0, g0 = _engine(run, False, monkeypatch)
+    w1, info1, g1 = _engine(run, True, monkeypatch)
+    assert info0.converged and info1.converged
+    assert (w1 - w0).abs().max() < 1e-12 and (g1 - g0).abs().max() < 1e-9
+
+
+def test_cpu_kernels_follow_torch_thread_count():
+    import numba
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        fused._cpu()
+        assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [f32, f64])
+def test_combine_kernel_matches_the_torch_path_forward_and_backward(dtype, monkeypatch):
+    from scq.solvers.solution import SparseWeights
+
+    g = torch.Generator().manual_seed(11)
+    E = torch.randn(20, 7, generator=g, dtype=dtype)
+    idx = torch.randint(0, 20, (30, 6), generator=g)
+    idx[:, 1] = idx[:, 0]  # a code twice in a row: both slots add into it
+    vals = torch.rand(30, 6, generator=g, dtype=dtype) * (torch.rand(30, 6, generator=g) < 0.6)
+    w = torch.randn(30, 7, generator=g, dtype=dtype)
+
+    def run(enabled):
+        monkeypatch.setattr(fused, "ENABLED", enabled)
+        v, C = vals.clone().requires_grad_(), E.clone().requires_grad_()
+        out = SparseWeights(idx, v, 20).combine(C)
+        (out * w).sum().backward()
+        return out.detach(), v.grad, C.grad
+
+    ref, got = run(False), run(True)
+    tol = 1e-5 if dtype == f32 else 1e-12
+    for r, c in zip(ref, got):
+        assert c.dtype == dtype and (r - c).abs().max() <= tol
+    assert got[1][vals == 0].abs().max() > 0  # zero weights still get their gradient
+
+
+def test_combine_kernel_passes_gradcheck():
+    from scq.solvers.solution import SparseWeights
+
+    g = torch.Generator().manual_seed(12)
+    E = torch.randn(9, 4, generator=g, dtype=f64, requires_grad=True)
+    vals = torch.rand(5, 3, generator=g, dtype=f64, requires_grad=True)
+    idx = torch.randint(0, 9, (5, 3), generator=g)
+    assert fused.backend(E.unsqueeze(0)) == "cpu"
+    assert torch.autograd.gradcheck(lambda v, C: SparseWeights(idx, v, 9).combine(C), (vals, E))
