@@ -367,3 +367,31 @@ def combine_backward_rows(values, E, idx, grad, need_values, need_E, n_blocks):
                     for d in range(D):
                         row[d] += w * g[d]
     return grad_values, grad_E
+
+
+@njit(parallel=True, **_JIT)
+def gram_rows(E, code, sign, z, ridge, out_dtype_like):
+    """Per row, from the codes in place (no (N, m, D) gather): H = CCᵀ + ρI and Cz, with
+    c_j = σ_j e_{k_j}, summed in E's dtype (the caller passes E in the systems' precision) and
+    written in ``out_dtype_like``'s."""
+    N, m = code.shape
+    D = E.shape[1]
+    H = np.empty((N, m, m), dtype=out_dtype_like.dtype)
+    cz = np.empty((N, m), dtype=z.dtype)
+    zero = E.dtype.type(0)  # sums in E's dtype, so that they vectorize
+    for n in prange(N):
+        for a in range(m):
+            ea = E[code[n, a]]
+            dz = zero
+            for d in range(D):
+                dz += ea[d] * z[n, d]
+            cz[n, a] = sign[n, a] * dz
+            for c in range(a + 1):
+                eb = E[code[n, c]]
+                dot = zero
+                for d in range(D):
+                    dot += ea[d] * eb[d]
+                h = sign[n, a] * sign[n, c] * dot
+                H[n, a, c] = h + (ridge if a == c else 0.0)
+                H[n, c, a] = H[n, a, c]
+    return H, cz

@@ -170,3 +170,17 @@ def combine_backward(values, codebook, indices, grad, *, need_values: bool, need
     except Exception as err:  # noqa: BLE001
         disable("combine", err)
         return None
+
+
+def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype):
+    """The round's systems on the CPU from the codes in place: ``(H, Cz)`` with H = CCᵀ + ρI in
+    ``sys_dtype``, or ``None``."""
+    if _chosen(E.unsqueeze(0)) != "cpu":
+        return None
+    try:
+        H, cz = _cpu().gram_rows(_numpy(E.to(sys_dtype)), _numpy(code), _numpy(sign.to(sys_dtype)),
+                                 _numpy(z.to(sys_dtype)), float(ridge), torch.empty(0, dtype=sys_dtype).numpy())
+        return torch.from_numpy(H), torch.from_numpy(cz)
+    except Exception as err:  # noqa: BLE001
+        disable("Gram", err)
+        return None

@@ -143,9 +143,19 @@ def _gradients(zq, z, E, extra, start, bonus: float):
     return G
 
 
-def _restricted_b(C, z, code, sign, extra, start, problem: QPForm):
+def _systems(E, code, sign, z, problem: QPForm, sys_dtype, sys_ridge):
+    """The round's (H, Cz, C): H = CCᵀ + ρI in the systems' dtype, Cz (n, m), and C (n, m, D) on
+    the torch path (``None`` where a compiled kernel made H and Cz from the codes in place)."""
+    compiled = fused.gram(E, code, sign, z, ridge=sys_ridge, sys_dtype=sys_dtype)
+    if compiled is not None:
+        return compiled[0], compiled[1], None
+    C = _code_rows(E, code, sign, problem.signed)
+    return _gram(C.to(sys_dtype), sys_ridge), torch.bmm(C, z.unsqueeze(-1)).squeeze(-1), C
+
+
+def _restricted_b(cz, code, sign, extra, start, problem: QPForm):
     """b on W (n, m): b_j = σ_j(e_{k_j}ᵀz + extra_{k_j}) − α = c_jᵀz + σ_j·extra_{k_j} − α."""
-    b = torch.bmm(C, z.unsqueeze(-1)).squeeze(-1)
+    b = cz
     if extra is not None:
         b.addcmul_(sign, extra.gather(1, code))
     elif problem.start_bonus:
@@ -232,9 +242,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
         cr, sgr, ur, sr, vr, zr = take(code), take(sign), take(u), take(s), take(valid), take(z)
         extra_r = None if extra is None else take(extra)
         start_r = None if start is None else take(start)
-        C = _code_rows(E, cr, sgr, problem.signed)
-        b = _restricted_b(C, zr, cr, sgr, extra_r, start_r, problem).to(sys_dtype)
-        H = _gram(C.to(sys_dtype), sys_ridge)
+        H, cz, C = _systems(E, cr, sgr, zr, problem, sys_dtype, sys_ridge)
+        b = _restricted_b(cz, cr, sgr, extra_r, start_r, problem).to(sys_dtype)
         ur = ur.to(sys_dtype)
         if opts.pg_iters:
             # Projected-gradient warm start on W: finds most of the support cheaply, so the exact
@@ -253,7 +262,10 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
             res = solve_active_set(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
                                    max_support=max_support, max_iter=opts.max_inner, compact=opts.compact)
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
-        zq = torch.bmm(ur.unsqueeze(1), C).squeeze(1)
+        zq = fused.combine(ur * sgr if problem.signed else ur, E, cr) if C is None else None
+        if zq is None:
+            C = _code_rows(E, cr, sgr, problem.signed) if C is None else C
+            zq = torch.bmm(ur.unsqueeze(1), C).squeeze(1)
         score, entering = _violations(_gradients(zq, zr, E, extra_r, start_r, problem.start_bonus), cr, sgr, vr,
                                       problem)
         worst, worst_code = score.topk(n_add, dim=1)
