@@ -172,3 +172,42 @@ def test_combine_kernel_passes_gradcheck():
     idx = torch.randint(0, 9, (5, 3), generator=g)
     assert fused.backend(E.unsqueeze(0)) == "cpu"
     assert torch.autograd.gradcheck(lambda v, C: SparseWeights(idx, v, 9).combine(C), (vals, E))
+
+
+@pytest.mark.parametrize("dtype", [f32, f64])
+@pytest.mark.parametrize("with_target", [False, True])
+def test_certificate_kernel_matches_the_torch_certificate(dtype, with_target, monkeypatch):
+    from scq.solvers.certificate import certify_scq
+
+    g = torch.Generator().manual_seed(13)
+    E = torch.randn(40, 5, generator=g, dtype=dtype)
+    z = torch.randn(25, 5, generator=g, dtype=dtype)
+    target = torch.softmax(torch.randn(25, 40, generator=g, dtype=dtype), -1) if with_target else None
+    exact = scq.solve_scq(z, E, lam=0.3, target=target, method="pgd")
+    # An optimum, a perturbed point and one with a negative weight: small and large residuals alike.
+    noisy = exact + 1e-3 * torch.rand(25, 40, generator=g, dtype=dtype) * (exact > 0)
+    off = exact.clone()
+    off[:, 0] -= 1e-2
+    for p in (exact, noisy, off):
+        monkeypatch.setattr(fused, "ENABLED", False)
+        ref = certify_scq(p, z, E, 0.3, target)
+        monkeypatch.setattr(fused, "ENABLED", True)
+        got = certify_scq(p, z, E, 0.3, target)
+        eps = torch.finfo(dtype).eps
+        # Residual and gap differ by rounding (sums in another order); the error bounds are square
+        # roots of the gap, so at an optimum their rounding is √ε-sized.
+        for r, c, atol in zip(ref, got, (100 * eps, 100 * eps, 30 * eps ** 0.5, 30 * eps ** 0.5)):
+            assert c.dtype == dtype and c.shape == (25,)
+            assert torch.allclose(c, r, rtol=1e-4 if dtype == f32 else 1e-9, atol=atol), (r - c).abs().max()
+    assert got.residual.min() > 1e-3  # the last point is far from optimal, and measured so
+
+
+def test_certificate_kernel_carries_a_nan_to_every_measurement():
+    from scq.solvers.certificate import certify_scq
+
+    z, E = torch.randn(3, 4, dtype=f64), torch.randn(10, 4, dtype=f64)
+    p = scq.solve_scq(z, E, lam=0.3)
+    p[1, 2] = float("nan")
+    cert = certify_scq(p, z, E, 0.3, None)
+    for t in cert:
+        assert torch.isnan(t[1]) and not torch.isnan(t[0]) and not torch.isnan(t[2])

@@ -37,6 +37,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..problems import code_scores, max_code_norm, nearest_code, row_scale
+from .engine import fused
 from .solution import Weights, combine, densify
 
 
@@ -77,14 +78,18 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
     if target is None:  # before g: its scores and their temporary are gone when g is made
         nearest = nearest_code(code_scores(z, codebook), codebook)
     zq = combine(weights, codebook).detach()
-    g = code_scores(zq - z, codebook).add_(p, alpha=lam)
+    g = code_scores(zq - z, codebook)
+    scale = row_scale(z, max_code_norm(codebook), lam * (1 + (1.0 if target is None else target.detach().abs().amax(-1))))
+    # The CPU: every measurement below in one compiled pass per row.
+    compiled = fused.scq_certificate(g, p, nearest if target is None else None,
+                                     None if target is None else target.detach(), lam, scale)
+    if compiled is not None:
+        return Certificate(*compiled)
+    g.add_(p, alpha=lam)
     if target is None:
         g.scatter_add_(1, nearest.unsqueeze(1), torch.full_like(g[:, :1], -lam))
-        target_max = 1.0
     else:
         g.sub_(target.detach(), alpha=lam)
-        target_max = target.detach().abs().amax(-1)
-    scale = row_scale(z, max_code_norm(codebook), lam * (1 + target_max))
     gp = _rowdot(g, p)
     gap = (gp - g.amin(-1)).clamp_min(0)
     mu = g.sub_(gp.unsqueeze(-1))  # g + ν with ν = −gᵀp, in place

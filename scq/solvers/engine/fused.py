@@ -184,3 +184,19 @@ def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype):
     except Exception as err:  # noqa: BLE001
         disable("Gram", err)
         return None
+
+
+def scq_certificate(G, p, nearest, target, lam: float, scale):
+    """The SCQ certificate's per-row pass on the CPU (see
+    :func:`scq.solvers.engine.cpu_kernels.scq_certificate_rows`): four (N,) tensors, or ``None``."""
+    if p.dtype != G.dtype or _chosen(G.unsqueeze(0)) != "cpu":
+        return None
+    try:
+        empty = G.new_zeros(0, 0)
+        out = _cpu().scq_certificate_rows(
+            _numpy(G), _numpy(p), _numpy(nearest if nearest is not None else torch.zeros(0, dtype=torch.long)),
+            _numpy(empty if target is None else target.to(G.dtype)), float(lam), _numpy(scale.to(G.dtype)))
+        return tuple(torch.from_numpy(t) for t in out)
+    except Exception as err:  # noqa: BLE001
+        disable("certificate", err)
+        return None
