@@ -211,3 +211,26 @@ def test_certificate_kernel_carries_a_nan_to_every_measurement():
     cert = certify_scq(p, z, E, 0.3, None)
     for t in cert:
         assert torch.isnan(t[1]) and not torch.isnan(t[0]) and not torch.isnan(t[2])
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("n_add", [1, 5, 30])
+def test_entering_codes_kernel_matches_the_torch_scoring(signed, n_add, monkeypatch):
+    from scq.solvers.engine.working_set import QPForm, _entering
+
+    g = torch.Generator().manual_seed(14)
+    N, K, m = 50, 30, 6
+    G = torch.randn(N, K, generator=g, dtype=f64)
+    code = torch.stack([torch.randperm(K, generator=g)[:m] for _ in range(N)])
+    sign = torch.where(torch.rand(N, m, generator=g) < 0.5, -1.0, 1.0).to(f64)
+    valid = torch.rand(N, m, generator=g) < 0.8
+    form = QPForm(simplex=not signed, signed=signed, ridge=0.1, l1=0.0)
+    monkeypatch.setattr(fused, "ENABLED", False)
+    ref = _entering(G.clone(), code, sign, valid, n_add, form)
+    monkeypatch.setattr(fused, "ENABLED", True)
+    got = _entering(G.clone(), code, sign, valid, n_add, form)
+    assert torch.equal(got[0], ref[0])  # the scores, in descending order
+    finite = torch.isfinite(ref[0])
+    assert torch.equal(got[1][finite], ref[1][finite]) and torch.equal(got[2][finite], ref[2][finite])
+    if n_add == 30:  # every code ranked: those in W (with their sign) last, at -inf
+        assert (~finite).any()

@@ -442,3 +442,48 @@ def scq_certificate_rows(G, p, nearest, target, lam, scale):
         error[n] = min(np.sqrt(2 * gap_n / lam), delta / lam)
         q_error[n] = min(np.sqrt(2 * gap_n), delta / np.sqrt(lam))
     return residual, gap, error, q_error
+
+
+@njit(parallel=True, **_JIT)
+def entering_rows(G, code, sign, valid, n_add, signed):
+    """The ``n_add`` most violating codes of each row outside its working set, from the gradients
+    G (n, K) of ``working_set._gradients``: score −g_k (signed codes: |g_k|, entering with sign
+    −sign(g_k)), codes already in W (with that sign) excluded. One pass over the row with a sorted
+    buffer of ``n_add`` instead of the torch path's scoring passes and top-k.
+    Returns scores (n, n_add) in descending order, their codes and entering signs."""
+    N, K = G.shape
+    m = code.shape[1]
+    out_score = np.empty((N, n_add), dtype=G.dtype)
+    out_code = np.zeros((N, n_add), dtype=np.int64)
+    out_sign = np.ones((N, n_add), dtype=G.dtype)
+    for n in prange(N):
+        score = np.empty(K, dtype=G.dtype)
+        for k in range(K):
+            score[k] = abs(G[n, k]) if signed else -G[n, k]
+        for j in range(m):
+            if valid[n, j]:
+                k = code[n, j]
+                entering = -1.0 if G[n, k] > 0 else 1.0
+                if not signed or entering == sign[n, j]:
+                    score[k] = -np.inf
+        best = out_score[n]
+        best_code = out_code[n]
+        filled = 0
+        for k in range(K):
+            v = score[k]
+            if filled == n_add and not v > best[n_add - 1]:
+                continue
+            pos = filled if filled < n_add else n_add - 1
+            while pos > 0 and v > best[pos - 1]:  # after the equal ones: the lower code first
+                if pos < n_add:
+                    best[pos] = best[pos - 1]
+                    best_code[pos] = best_code[pos - 1]
+                pos -= 1
+            best[pos] = v
+            best_code[pos] = k
+            if filled < n_add:
+                filled += 1
+        if signed:
+            for j in range(n_add):
+                out_sign[n, j] = -1.0 if G[n, best_code[j]] > 0 else 1.0
+    return out_score, out_code, out_sign

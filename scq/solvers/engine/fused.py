@@ -113,9 +113,9 @@ def active_set(H, b, weights, support, valid, dual_tol, *, simplex: bool, max_su
             _numpy(H), _numpy(b), _numpy(weights), _numpy(support), _numpy(valid), _numpy(dual_tol.reshape(N).to(b.dtype)),
             int(max_iter), -1 if max_support is None else int(max_support), bool(simplex),
             16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK)
+        iterations = int(state.max() >> 2) if N else 0  # numpy: no torch scalar read (a sync on other devices)
         state = torch.from_numpy(state)
         done, broken = (state & 1) != 0, (state & 2) != 0
-        iterations = int((state >> 2).max()) if N else 0
         return ActiveSetResult(torch.from_numpy(p), torch.from_numpy(s), torch.from_numpy(nu), done & ~broken,
                                iterations, torch.from_numpy(res), broken)
     except Exception as err:  # noqa: BLE001
@@ -199,4 +199,18 @@ def scq_certificate(G, p, nearest, target, lam: float, scale):
         return tuple(torch.from_numpy(t) for t in out)
     except Exception as err:  # noqa: BLE001
         disable("certificate", err)
+        return None
+
+
+def entering(G, code, sign, valid, n_add: int, *, signed: bool):
+    """The most violating codes outside each row's working set on the CPU (see
+    :func:`scq.solvers.engine.cpu_kernels.entering_rows`): ``(scores, codes, signs)``, or ``None``."""
+    if _chosen(G.unsqueeze(0)) != "cpu":
+        return None
+    try:
+        out = _cpu().entering_rows(_numpy(G), _numpy(code), _numpy(sign.to(G.dtype)), _numpy(valid), int(n_add),
+                                   bool(signed))
+        return tuple(torch.from_numpy(t) for t in out)
+    except Exception as err:  # noqa: BLE001
+        disable("entering-codes", err)
         return None

@@ -163,10 +163,14 @@ def _restricted_b(cz, code, sign, extra, start, problem: QPForm):
     return b.sub_(problem.l1) if problem.l1 else b
 
 
-def _violations(G, code, sign, valid, problem: QPForm):
-    """Score (n, K) of every code outside W (larger = more violating) and its entering sign, from
-    the gradients G of :func:`_gradients` (overwritten). Violation of code k with sign σ:
-    −(σ g_k + α + ν)."""
+def _entering(G, code, sign, valid, n_add: int, problem: QPForm):
+    """The ``n_add`` most violating codes of each row outside W, from the gradients G of
+    :func:`_gradients` (overwritten): their scores (n, n_add), larger = more violating, in
+    descending order, codes and entering signs. Violation of code k with sign σ: −(σ g_k + α + ν),
+    the score is −σ g_k (σ = −sign(g_k) for signed codes)."""
+    compiled = fused.entering(G, code, sign, valid, n_add, signed=problem.signed)
+    if compiled is not None:
+        return compiled
     if problem.signed:
         entering = torch.where(G > 0, -1.0, 1.0).to(G.dtype)
         score = G.abs_()
@@ -178,7 +182,9 @@ def _violations(G, code, sign, valid, problem: QPForm):
         in_w = valid
     mask = torch.where(in_w, float("-inf"), float("inf")).to(score.dtype)
     score.scatter_reduce_(1, code, mask, reduce="amin", include_self=True)
-    return score, entering
+    worst, worst_code = score.topk(n_add, dim=1)
+    new_sign = entering.gather(1, worst_code) if problem.signed else torch.ones_like(worst)
+    return worst, worst_code, new_sign
 
 
 def _start_and_scale(z, E, extra, problem: QPForm):
@@ -215,15 +221,14 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
         code, sign, u = start.unsqueeze(1), torch.ones(N, 1, dtype=dtype, device=device), torch.ones(N, 1, dtype=dtype, device=device)
     valid = torch.ones_like(code, dtype=torch.bool)
     zq = E[start] if start is not None else z.new_zeros(N, D)
-    score, entering = _violations(_gradients(zq, z, E, extra, start, problem.start_bonus), code, sign, valid, problem)
     n_first = m - code.shape[1]
     if n_first > 0:
-        top = score.topk(min(n_first, K), dim=1).indices
+        _, top, top_sign = _entering(_gradients(zq, z, E, extra, start, problem.start_bonus), code, sign, valid,
+                                     min(n_first, K), problem)
         code = torch.cat([code, top], dim=1)
-        sign = torch.cat([sign, entering.gather(1, top) if problem.signed else torch.ones_like(top, dtype=dtype)], dim=1)
+        sign = torch.cat([sign, top_sign], dim=1)
         u = torch.cat([u, u.new_zeros(N, top.shape[1])], dim=1)
         valid = torch.cat([valid, torch.ones_like(top, dtype=torch.bool)], dim=1)
-    del score, entering
     m = code.shape[1]
     s = u > 0
 
@@ -266,11 +271,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
         if zq is None:
             C = _code_rows(E, cr, sgr, problem.signed) if C is None else C
             zq = torch.bmm(ur.unsqueeze(1), C).squeeze(1)
-        score, entering = _violations(_gradients(zq, zr, E, extra_r, start_r, problem.start_bonus), cr, sgr, vr,
-                                      problem)
-        worst, worst_code = score.topk(n_add, dim=1)
-        new_sign = entering.gather(1, worst_code) if problem.signed else torch.ones_like(worst)
-        del score, entering
+        worst, worst_code, new_sign = _entering(_gradients(zq, zr, E, extra_r, start_r, problem.start_bonus), cr, sgr,
+                                                vr, n_add, problem)
         violation = worst - alpha - nu.unsqueeze(1)
         violating = violation > take(dual_tol).unsqueeze(1)
         conv_r = res.converged & ~violating[:, 0]
