@@ -1,23 +1,29 @@
-r"""The engine's per-vector work compiled for the CPU (Numba): FISTA, the active set and the
-backward's support solve, one row per loop trip, rows spread over the threads.
+r"""The engine's per-vector work compiled for the CPU (Numba): FISTA, the active set, the
+backward, and the round's Gram matrices, entering codes, sparse combine and SCQ certificate.
 
 The torch path runs the batch in lockstep: ~130 ops per active-set iteration and ~33 per FISTA
 step, each a parallel region over (N, m, m) tensors, with batched Cholesky on every row's masked
 m×m system whatever its support size. On 2 cores that made ``pgd`` 13–69× ``scq.VQ`` at N = 4096,
 K = 1024, D = 64, and each region waits for every thread, so a busy machine multiplied the cost
-(issue #11). Here each of the three steps is one parallel loop over rows, and a row does only its
-own work: it factors its support (k×k, k = |S|, not m×m), and stops when its own row is done.
+(issue #11). Here a row does only its own work: it factors its support (k×k, k = |S|, not m×m),
+stops when its own row is done, and no (N, m, D) tensor of gathered codes is formed.
 
-The arithmetic is the torch path's, line for line (:func:`scq.solvers.engine.fista.fista`,
-:func:`scq.solvers.engine.active_set._iterate`, :func:`scq.solvers.engine.active_set.support_vjp`;
-the same formulas as the Triton kernels, with Cholesky on the gathered support instead of
-Gauss–Jordan on the masked matrix): the two agree to rounding, checked by tests/test_fused.py.
+Every kernel runs rows ``lo..hi`` into output arrays it is given and releases the GIL:
+:mod:`scq.solvers.engine.fused` splits the rows over a few Python threads (as many as torch's
+intra-op threads). Not Numba's ``parallel=True``: it tripled the compile time (80 s on first use,
+measured) and its OpenMP pool spins while it waits, which costs the most on a busy machine.
+
+The arithmetic is the torch path's, line for line (:func:`scq.solvers.engine.fista.fista_torch`,
+:func:`scq.solvers.engine.active_set._iterate`, ``WorkingSetFunction._backward``, the certificate
+of :func:`scq.solvers.certificate.certify_scq`; the same formulas as the Triton kernels, with
+Cholesky on the gathered support instead of Gauss–Jordan on the masked matrix): the two agree to
+rounding, checked by tests/test_cpu_kernels.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # Numba's defaults raise on x/0; the torch path gives inf/nan there, and so do these. Sums may be
 # reassociated (so that dot products vectorize); nothing assumes finite values (inf, -1e30 are used).
@@ -103,12 +109,12 @@ def _simplex_threshold(v, valid, keep):
     return tau
 
 
-@njit(parallel=True, **_JIT)
-def fista_rows(H, b, u0, valid, step, beta, n_iter, simplex):
-    """``n_iter`` FISTA steps per row: u ← Π_C(y − t(Hy − b)), y ← u + β(u − u_prev)."""
-    N, m = b.shape
-    out = np.empty_like(u0)
-    for n in prange(N):
+@njit(**_JIT)
+def fista_rows(H, b, u0, valid, step, beta, n_iter, simplex, out, lo, hi):
+    """``n_iter`` FISTA steps for rows lo..hi: u ← Π_C(y − t(Hy − b)), y ← u + β(u − u_prev),
+    the last iterate written to ``out``."""
+    m = b.shape[1]
+    for n in range(lo, hi):
         u = u0[n].copy()
         y = u0[n].copy()
         v = np.empty(m, dtype=u0.dtype)
@@ -132,21 +138,17 @@ def fista_rows(H, b, u0, valid, step, beta, n_iter, simplex):
                     y[i] = new + mom * (new - u[i])
                     u[i] = new
         out[n] = u
-    return out
 
 
-@njit(parallel=True, **_JIT)
-def active_set_rows(H, b, p0, s0, valid, tol, max_iter, max_support, simplex, drop_tol, tiny, slack):
-    """The active-set iterations of ``active_set._iterate`` for each row until its own row is done
-    (or ``max_iter``). ``max_support`` < 0: no cap. Returns p, s, ν, the violation left at finish
-    and a state per row: bit 0 done, bit 1 broken down, the rest the iterations it ran."""
-    N, m = b.shape
-    out_p = p0.copy()
-    out_s = s0.copy()
-    out_nu = np.zeros(N, dtype=b.dtype)
-    out_res = np.zeros(N, dtype=b.dtype)
-    state = np.zeros(N, dtype=np.int32)
-    for n in prange(N):
+@njit(**_JIT)
+def active_set_rows(H, b, out_p, out_s, valid, tol, max_iter, max_support, simplex, drop_tol, tiny, slack,
+                    out_nu, out_res, state, lo, hi):
+    """The active-set iterations of ``active_set._iterate`` for rows lo..hi, each until its own
+    row is done (or ``max_iter``), from the feasible start in ``out_p``/``out_s`` (updated in
+    place). ``max_support`` < 0: no cap. Writes ν, the violation left at finish and a state per
+    row: bit 0 done, bit 1 broken down, the rest the iterations it ran."""
+    m = b.shape[1]
+    for n in range(lo, hi):
         p = out_p[n]
         s = out_s[n]
         Hn = H[n]
@@ -246,35 +248,30 @@ def active_set_rows(H, b, p0, s0, valid, tol, max_iter, max_support, simplex, dr
         out_nu[n] = nu
         out_res[n] = residual
         state[n] = (1 if done else 0) + (2 if broken else 0) + 4 * iters
-    return out_p, out_s, out_nu, out_res, state
 
 
-@njit(parallel=True, **_JIT)
-def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, n_blocks):
+@njit(**_JIT)
+def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z, grad_E, lo, hi):
     """The engine's backward (docs/math.md §4–5) on each row's support S, from the codes in place:
     no (N, m, D) tensor is formed and only |S|×|S| systems are factored.
 
     With c_j = σ_j e_{k_j} and H_SS = C_S C_Sᵀ + ρI: v = M g on S (M = H_SS⁻¹, less the rank-one
     term of the simplex's 1ᵀu = 1), ∂z = Σ_j v_j c_j, and code k_j collects
-    σ_j(v_j (z − z_q) − u_j ∂z). Rows are split into ``n_blocks`` contiguous blocks, each adding
-    into its own (K, D) slice of the returned (n_blocks, K, D) ∂E: no two threads write one row.
-    A support that does not factor gives v = 0 (the forward flagged that row as broken down).
-    Returns v (N, m), ∂z (N, D), ∂E blocks."""
-    N, m = u.shape
+    σ_j(v_j (z − z_q) − u_j ∂z), added into ``grad_E`` (K, D): each thread passes its own, so that
+    no two threads write one row. A support that does not factor gives v = 0 (the forward flagged
+    that row as broken down). Rows lo..hi of v (in grad_u's dtype, the systems') and ∂z are
+    written; both come in zeroed."""
+    m = u.shape[1]
     D = z.shape[1]
-    v_out = np.zeros_like(u)
-    grad_z = np.zeros_like(z)
-    grad_E = np.zeros((n_blocks if need_E else 0, E.shape[0], D), dtype=z.dtype)
-    tiny = np.finfo(u.dtype).tiny
-    per_block = (N + n_blocks - 1) // n_blocks
-    for blk in prange(n_blocks):
-        A = np.empty((m, m), dtype=u.dtype)
+    tiny = np.finfo(grad_u.dtype).tiny
+    if True:
+        A = np.empty((m, m), dtype=grad_u.dtype)
         idx = np.empty(m, dtype=np.int64)
-        x = np.empty(m, dtype=u.dtype)
-        y = np.empty(m, dtype=u.dtype)
+        x = np.empty(m, dtype=grad_u.dtype)
+        y = np.empty(m, dtype=grad_u.dtype)
         vc = np.empty(D, dtype=z.dtype)
         r = np.empty(D, dtype=z.dtype)
-        for n in range(blk * per_block, min(N, (blk + 1) * per_block)):
+        for n in range(lo, hi):
             k = 0
             for j in range(m):
                 if s[n, j]:
@@ -317,19 +314,17 @@ def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, n_bloc
             if need_E:
                 for a in range(k):
                     j = idx[a]
-                    row = grad_E[blk, code[n, j]]
+                    row = grad_E[code[n, j]]
                     for d in range(D):
                         row[d] += sign[n, j] * (x[a] * r[d] - u[n, j] * vc[d])
-    return v_out, grad_z, grad_E
 
 
-@njit(parallel=True, **_JIT)
-def combine_rows(values, E, idx):
-    """z_q[n] = Σ_j values[n, j] · E[idx[n, j]], skipping zero weights (padding, codes off the
-    support): no (N, m, D) gather."""
-    N, m = values.shape
-    out = np.zeros((N, E.shape[1]), dtype=E.dtype)
-    for n in prange(N):
+@njit(**_JIT)
+def combine_rows(values, E, idx, out, lo, hi):
+    """z_q[n] = Σ_j values[n, j] · E[idx[n, j]] for rows lo..hi into ``out`` (zeroed), skipping
+    zero weights (padding, codes off the support): no (N, m, D) gather."""
+    m = values.shape[1]
+    for n in range(lo, hi):
         row = out[n]
         for j in range(m):
             w = values[n, j]
@@ -337,21 +332,17 @@ def combine_rows(values, E, idx):
                 e = E[idx[n, j]]
                 for d in range(E.shape[1]):
                     row[d] += w * e[d]
-    return out
 
 
-@njit(parallel=True, **_JIT)
-def combine_backward_rows(values, E, idx, grad, need_values, need_E, n_blocks):
-    """The backward of :func:`combine_rows`: ∂values[n, j] = E[idx[n, j]]·grad[n] (every slot),
-    and E[idx[n, j]] collects values[n, j]·grad[n], rows split into ``n_blocks`` blocks that each
-    add into their own (K, D) slice (no two threads write one row)."""
-    N, m = values.shape
+@njit(**_JIT)
+def combine_backward_rows(values, E, idx, grad, need_values, need_E, grad_values, grad_E, lo, hi):
+    """The backward of :func:`combine_rows` for rows lo..hi: ∂values[n, j] = E[idx[n, j]]·grad[n]
+    (every slot), and E[idx[n, j]] collects values[n, j]·grad[n] in ``grad_E`` (K, D; each
+    thread passes its own, so that no two threads write one row)."""
+    m = values.shape[1]
     D = E.shape[1]
-    grad_values = np.zeros((N if need_values else 0, m), dtype=values.dtype)
-    grad_E = np.zeros((n_blocks if need_E else 0, E.shape[0], D), dtype=E.dtype)
-    per_block = (N + n_blocks - 1) // n_blocks
-    for blk in prange(n_blocks):
-        for n in range(blk * per_block, min(N, (blk + 1) * per_block)):
+    if True:
+        for n in range(lo, hi):
             g = grad[n]
             for j in range(m):
                 k = idx[n, j]
@@ -363,23 +354,20 @@ def combine_backward_rows(values, E, idx, grad, need_values, need_E, n_blocks):
                     grad_values[n, j] = dot
                 w = values[n, j]
                 if need_E and w != 0:
-                    row = grad_E[blk, k]
+                    row = grad_E[k]
                     for d in range(D):
                         row[d] += w * g[d]
-    return grad_values, grad_E
 
 
-@njit(parallel=True, **_JIT)
-def gram_rows(E, code, sign, z, ridge, out_dtype_like):
+@njit(**_JIT)
+def gram_rows(E, code, sign, z, ridge, H, cz, lo, hi):
     """Per row, from the codes in place (no (N, m, D) gather): H = CCᵀ + ρI and Cz, with
-    c_j = σ_j e_{k_j}, summed in E's dtype (the caller passes E in the systems' precision) and
-    written in ``out_dtype_like``'s."""
-    N, m = code.shape
+    c_j = σ_j e_{k_j}, for rows lo..hi, summed in E's dtype (the caller passes E in the systems'
+    precision)."""
+    m = code.shape[1]
     D = E.shape[1]
-    H = np.empty((N, m, m), dtype=out_dtype_like.dtype)
-    cz = np.empty((N, m), dtype=z.dtype)
     zero = E.dtype.type(0)  # sums in E's dtype, so that they vectorize
-    for n in prange(N):
+    for n in range(lo, hi):
         for a in range(m):
             ea = E[code[n, a]]
             dz = zero
@@ -394,22 +382,17 @@ def gram_rows(E, code, sign, z, ridge, out_dtype_like):
                 h = sign[n, a] * sign[n, c] * dot
                 H[n, a, c] = h + (ridge if a == c else 0.0)
                 H[n, c, a] = H[n, a, c]
-    return H, cz
 
 
-@njit(parallel=True, **_JIT)
-def scq_certificate_rows(G, p, nearest, target, lam, scale):
+@njit(**_JIT)
+def scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error, q_error, lo, hi):
     """The SCQ certificate (docs/math.md §7; :func:`scq.solvers.certificate.certify_scq`) in one
     pass over each row instead of a dozen passes over (N, K): from G = E(z_q − z) (N, K), with
     g = G + λ(p − p̃), p̃ the one-hot ``nearest`` code (``target`` empty) or ``target``.
-    Returns residual, objective gap, ‖p − p*‖ bound and ‖z_q − z_q*‖ bound, each (N,)."""
-    N, K = G.shape
-    residual = np.empty(N, dtype=G.dtype)
-    gap = np.empty(N, dtype=G.dtype)
-    error = np.empty(N, dtype=G.dtype)
-    q_error = np.empty(N, dtype=G.dtype)
+    Writes residual, objective gap, ‖p − p*‖ bound and ‖z_q − z_q*‖ bound of rows lo..hi."""
+    K = G.shape[1]
     dense_target = target.shape[0] > 0
-    for n in prange(N):
+    for n in range(lo, hi):
         g = np.empty(K, dtype=G.dtype)
         gp = 0.0
         g_min = np.inf
@@ -441,22 +424,20 @@ def scq_certificate_rows(G, p, nearest, target, lam, scale):
         gap[n] = gap_n
         error[n] = min(np.sqrt(2 * gap_n / lam), delta / lam)
         q_error[n] = min(np.sqrt(2 * gap_n), delta / np.sqrt(lam))
-    return residual, gap, error, q_error
 
 
-@njit(parallel=True, **_JIT)
-def entering_rows(G, code, sign, valid, n_add, signed):
+@njit(**_JIT)
+def entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, lo, hi):
     """The ``n_add`` most violating codes of each row outside its working set, from the gradients
     G (n, K) of ``working_set._gradients``: score −g_k (signed codes: |g_k|, entering with sign
     −sign(g_k)), codes already in W (with that sign) excluded. One pass over the row with a sorted
     buffer of ``n_add`` instead of the torch path's scoring passes and top-k.
-    Returns scores (n, n_add) in descending order, their codes and entering signs."""
-    N, K = G.shape
+    Writes, for rows lo..hi, the scores in descending order, their codes and entering signs
+    (``out_sign`` comes in as ones)."""
+    K = G.shape[1]
     m = code.shape[1]
-    out_score = np.empty((N, n_add), dtype=G.dtype)
-    out_code = np.zeros((N, n_add), dtype=np.int64)
-    out_sign = np.ones((N, n_add), dtype=G.dtype)
-    for n in prange(N):
+    n_add = out_score.shape[1]
+    for n in range(lo, hi):
         score = np.empty(K, dtype=G.dtype)
         for k in range(K):
             score[k] = abs(G[n, k]) if signed else -G[n, k]
@@ -486,4 +467,3 @@ def entering_rows(G, code, sign, valid, n_add, signed):
         if signed:
             for j in range(n_add):
                 out_sign[n, j] = -1.0 if G[n, best_code[j]] > 0 else 1.0
-    return out_score, out_code, out_sign

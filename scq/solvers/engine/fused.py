@@ -7,7 +7,11 @@ and what runs where no kernel applies. Where one does, the same arithmetic runs 
 - CUDA: Triton kernels (:mod:`~scq.solvers.engine.fista_triton`,
   :mod:`~scq.solvers.engine.active_set_triton`), m ≤ ``fista_triton.MAX_SLOTS``; one launch each,
   no host sync. The backward stays torch (a handful of launches, no sync).
-- CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m, the backward too.
+- CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m, the backward, the
+  round's Gram matrices and entering codes, the sparse combine and the SCQ certificate too; the
+  rows are split over as many Python threads as torch has intra-op threads (the kernels release
+  the GIL). Numba compiles them on first use (about 40 s once per machine and dtype set; cached on
+  disk after).
 
 Each entry point returns ``None`` when its caller should take the torch path: no kernel for these
 tensors, kernels switched off (``ENABLED``), or a kernel that failed to compile or run, after which
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import torch
@@ -66,14 +72,42 @@ def _numpy(t: torch.Tensor):
     return t.detach().contiguous().numpy()
 
 
-def _cpu():
-    """The Numba kernels, on as many threads as torch's intra-op pool (one inside ``one_thread``)."""
-    import numba
-
+def _kernels():
     from . import cpu_kernels
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     return cpu_kernels
+
+
+# Below this many rows per thread, one thread does the work: splitting costs more than it saves.
+ROWS_PER_THREAD = 64
+_POOL: "tuple[int, ThreadPoolExecutor] | None" = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():  # a forked child (DataLoader worker) has no threads
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="scq"))
+    return _POOL[1]
+
+
+def _split(N: int) -> "list[tuple[int, int]]":
+    """Row ranges, one per thread: torch's intra-op thread count (1 inside ``threads.one_thread``)."""
+    T = max(1, min(torch.get_num_threads(), N // ROWS_PER_THREAD))
+    edges = [N * t // T for t in range(T + 1)]
+    return [(edges[t], edges[t + 1]) for t in range(T)]
+
+
+def _on_rows(N: int, work) -> int:
+    """``work(t, lo, hi)`` for each row range t, on the pool's threads (inline for one); returns
+    the number of ranges."""
+    ranges = _split(N)
+    if len(ranges) == 1:
+        work(0, 0, N)
+        return 1
+    futures = [_pool().submit(work, t, lo, hi) for t, (lo, hi) in enumerate(ranges)]
+    for f in futures:
+        f.result()  # re-raises a kernel's error here
+    return len(ranges)
 
 
 def fista(H, b, u0, valid, step, beta, *, simplex: bool, n_iter: int) -> Optional[torch.Tensor]:
@@ -85,9 +119,13 @@ def fista(H, b, u0, valid, step, beta, *, simplex: bool, n_iter: int) -> Optiona
         if kind == "triton":
             return fista_triton.fista_fused(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
         N = b.shape[0]
-        out = _cpu().fista_rows(_numpy(H), _numpy(b), _numpy(u0), _numpy(valid), _numpy(step.reshape(N).to(H.dtype)),
-                                _numpy(beta.reshape(N).to(H.dtype)), int(n_iter), bool(simplex))
-        return torch.from_numpy(out)
+        k = _kernels()
+        args = (_numpy(H), _numpy(b), _numpy(u0), _numpy(valid), _numpy(step.reshape(N).to(H.dtype)),
+                _numpy(beta.reshape(N).to(H.dtype)), int(n_iter), bool(simplex))
+        out = torch.empty_like(u0)
+        out_np = out.numpy()
+        _on_rows(N, lambda t, lo, hi: k.fista_rows(*args, out_np, lo, hi))
+        return out
     except Exception as err:  # noqa: BLE001 - any compile/launch failure: the torch path
         disable("FISTA", err)
         return None
@@ -109,15 +147,17 @@ def active_set(H, b, weights, support, valid, dual_tol, *, simplex: bool, max_su
                                           max_support=max_support, max_iter=max_iter)
         finfo = torch.finfo(b.dtype)
         N = b.shape[0]
-        p, s, nu, res, state = _cpu().active_set_rows(
-            _numpy(H), _numpy(b), _numpy(weights), _numpy(support), _numpy(valid), _numpy(dual_tol.reshape(N).to(b.dtype)),
-            int(max_iter), -1 if max_support is None else int(max_support), bool(simplex),
-            16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK)
-        iterations = int(state.max() >> 2) if N else 0  # numpy: no torch scalar read (a sync on other devices)
-        state = torch.from_numpy(state)
+        k = _kernels()
+        p, s = weights.detach().to(b.dtype).clone(), support.clone()
+        nu, res = b.new_zeros(N), b.new_zeros(N)
+        state = torch.zeros(N, dtype=torch.int32)
+        args = (_numpy(H), _numpy(b), p.numpy(), s.numpy(), _numpy(valid), _numpy(dual_tol.reshape(N).to(b.dtype)),
+                int(max_iter), -1 if max_support is None else int(max_support), bool(simplex),
+                16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu.numpy(), res.numpy(), state.numpy())
+        _on_rows(N, lambda t, lo, hi: k.active_set_rows(*args, lo, hi))
+        iterations = int(state.numpy().max() >> 2) if N else 0  # numpy: no torch scalar read
         done, broken = (state & 1) != 0, (state & 2) != 0
-        return ActiveSetResult(torch.from_numpy(p), torch.from_numpy(s), torch.from_numpy(nu), done & ~broken,
-                               iterations, torch.from_numpy(res), broken)
+        return ActiveSetResult(p, s, nu, done & ~broken, iterations, res, broken)
     except Exception as err:  # noqa: BLE001
         disable("active-set", err)
         return None
@@ -130,14 +170,19 @@ def backward(z, E, code, sign, u, support, grad_u, *, ridge: float, simplex: boo
     if _chosen(u.unsqueeze(-1)) != "cpu":
         return None
     try:
-        import numba
-
-        blocks = numba.get_num_threads() if need_E else 1
+        k = _kernels()
+        N = u.shape[0]
+        ranges = len(_split(N))
+        v = torch.zeros(u.shape, dtype=sys_dtype)
+        gz = torch.zeros_like(z)
+        # One (K, D) buffer per row range: no two threads add into one code's row.
+        gE = torch.zeros((ranges if need_E else 1,) + tuple(E.shape), dtype=z.dtype)
         sign = sign if signed else torch.ones_like(u)
-        v, gz, gE = _cpu().backward_rows(_numpy(z), _numpy(E), _numpy(code), _numpy(sign), _numpy(u), _numpy(support),
-                                         _numpy(grad_u.to(sys_dtype)), float(ridge), bool(simplex), bool(need_E),
-                                         int(blocks))
-        return torch.from_numpy(v), torch.from_numpy(gz), torch.from_numpy(gE).sum(0) if need_E else None
+        args = (_numpy(z), _numpy(E), _numpy(code), _numpy(sign), _numpy(u), _numpy(support),
+                _numpy(grad_u.to(sys_dtype)), float(ridge), bool(simplex), bool(need_E), v.numpy(), gz.numpy())
+        gE_np = gE.numpy()
+        _on_rows(N, lambda t, lo, hi: k.backward_rows(*args, gE_np[t if need_E else 0], lo, hi))
+        return v, gz, gE.sum(0) if need_E else None
     except Exception as err:  # noqa: BLE001
         disable("backward", err)
         return None
@@ -148,7 +193,12 @@ def combine(values, codebook, indices) -> Optional[torch.Tensor]:
     if values.dtype != codebook.dtype or _chosen(codebook.unsqueeze(0)) != "cpu":
         return None
     try:
-        return torch.from_numpy(_cpu().combine_rows(_numpy(values), _numpy(codebook), _numpy(indices)))
+        k = _kernels()
+        N = values.shape[0]
+        out = torch.zeros(N, codebook.shape[1], dtype=codebook.dtype)
+        args = (_numpy(values), _numpy(codebook), _numpy(indices), out.numpy())
+        _on_rows(N, lambda t, lo, hi: k.combine_rows(*args, lo, hi))
+        return out
     except Exception as err:  # noqa: BLE001
         disable("combine", err)
         return None
@@ -159,14 +209,16 @@ def combine_backward(values, codebook, indices, grad, *, need_values: bool, need
     if values.dtype != codebook.dtype or _chosen(codebook.unsqueeze(0)) != "cpu":
         return None
     try:
-        import numba
-
-        blocks = numba.get_num_threads() if need_codebook else 1
-        gv, gE = _cpu().combine_backward_rows(_numpy(values), _numpy(codebook), _numpy(indices),
-                                              _numpy(grad.to(codebook.dtype)), bool(need_values),
-                                              bool(need_codebook), int(blocks))
-        return (torch.from_numpy(gv) if need_values else None,
-                torch.from_numpy(gE).sum(0) if need_codebook else None)
+        k = _kernels()
+        N = values.shape[0]
+        ranges = len(_split(N))
+        gv = torch.zeros(values.shape if need_values else (0, values.shape[1]), dtype=values.dtype)
+        gE = torch.zeros((ranges if need_codebook else 1,) + tuple(codebook.shape), dtype=codebook.dtype)
+        args = (_numpy(values), _numpy(codebook), _numpy(indices), _numpy(grad.to(codebook.dtype)),
+                bool(need_values), bool(need_codebook), gv.numpy())
+        gE_np = gE.numpy()
+        _on_rows(N, lambda t, lo, hi: k.combine_backward_rows(*args, gE_np[t if need_codebook else 0], lo, hi))
+        return (gv if need_values else None, gE.sum(0) if need_codebook else None)
     except Exception as err:  # noqa: BLE001
         disable("combine", err)
         return None
@@ -178,9 +230,14 @@ def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype):
     if _chosen(E.unsqueeze(0)) != "cpu":
         return None
     try:
-        H, cz = _cpu().gram_rows(_numpy(E.to(sys_dtype)), _numpy(code), _numpy(sign.to(sys_dtype)),
-                                 _numpy(z.to(sys_dtype)), float(ridge), torch.empty(0, dtype=sys_dtype).numpy())
-        return torch.from_numpy(H), torch.from_numpy(cz)
+        k = _kernels()
+        N, m = code.shape
+        H = torch.empty(N, m, m, dtype=sys_dtype)
+        cz = torch.empty(N, m, dtype=sys_dtype)
+        args = (_numpy(E.to(sys_dtype)), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
+                float(ridge), H.numpy(), cz.numpy())
+        _on_rows(N, lambda t, lo, hi: k.gram_rows(*args, lo, hi))
+        return H, cz
     except Exception as err:  # noqa: BLE001
         disable("Gram", err)
         return None
@@ -192,11 +249,14 @@ def scq_certificate(G, p, nearest, target, lam: float, scale):
     if p.dtype != G.dtype or _chosen(G.unsqueeze(0)) != "cpu":
         return None
     try:
-        empty = G.new_zeros(0, 0)
-        out = _cpu().scq_certificate_rows(
-            _numpy(G), _numpy(p), _numpy(nearest if nearest is not None else torch.zeros(0, dtype=torch.long)),
-            _numpy(empty if target is None else target.to(G.dtype)), float(lam), _numpy(scale.to(G.dtype)))
-        return tuple(torch.from_numpy(t) for t in out)
+        k = _kernels()
+        N = G.shape[0]
+        out = [torch.empty(N, dtype=G.dtype) for _ in range(4)]
+        args = (_numpy(G), _numpy(p), _numpy(nearest if nearest is not None else torch.zeros(0, dtype=torch.long)),
+                _numpy(G.new_zeros(0, 0) if target is None else target.to(G.dtype)), float(lam),
+                _numpy(scale.to(G.dtype))) + tuple(t.numpy() for t in out)
+        _on_rows(N, lambda t, lo, hi: k.scq_certificate_rows(*args, lo, hi))
+        return tuple(out)
     except Exception as err:  # noqa: BLE001
         disable("certificate", err)
         return None
@@ -208,9 +268,15 @@ def entering(G, code, sign, valid, n_add: int, *, signed: bool):
     if _chosen(G.unsqueeze(0)) != "cpu":
         return None
     try:
-        out = _cpu().entering_rows(_numpy(G), _numpy(code), _numpy(sign.to(G.dtype)), _numpy(valid), int(n_add),
-                                   bool(signed))
-        return tuple(torch.from_numpy(t) for t in out)
+        k = _kernels()
+        N = G.shape[0]
+        score = torch.empty(N, n_add, dtype=G.dtype)
+        codes = torch.zeros(N, n_add, dtype=torch.long)
+        signs = torch.ones(N, n_add, dtype=G.dtype)
+        args = (_numpy(G), _numpy(code), _numpy(sign.to(G.dtype)), _numpy(valid), bool(signed), score.numpy(),
+                codes.numpy(), signs.numpy())
+        _on_rows(N, lambda t, lo, hi: k.entering_rows(*args, lo, hi))
+        return score, codes, signs
     except Exception as err:  # noqa: BLE001
         disable("entering-codes", err)
         return None
