@@ -130,7 +130,7 @@ def test_rows_are_split_over_torch_threads_and_give_the_same_answer_as_one_threa
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert fused._split(5000) == [(0, 5000)]
+        assert fused._bounds(5000).tolist() == [0, 5000]
         g = torch.Generator().manual_seed(9)
         E = torch.randn(64, 8, generator=g, dtype=f64)
         x = torch.randn(600, 8, generator=g, dtype=f64)
@@ -143,8 +143,8 @@ def test_rows_are_split_over_torch_threads_and_give_the_same_answer_as_one_threa
 
         one = run()
         torch.set_num_threads(2)
-        assert fused._split(5000) == [(0, 2500), (2500, 5000)]
-        assert fused._split(100) == [(0, 100)]  # too few rows to split
+        assert fused._bounds(5000).tolist() == [0, 2500, 5000]
+        assert fused._bounds(100).tolist() == [0, 100]  # too few rows to split
         two = run()
     finally:
         torch.set_num_threads(before)

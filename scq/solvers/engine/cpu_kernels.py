@@ -8,10 +8,8 @@ K = 1024, D = 64, and each region waits for every thread, so a busy machine mult
 (issue #11). Here a row does only its own work: it factors its support (k×k, k = |S|, not m×m),
 stops when its own row is done, and no (N, m, D) tensor of gathered codes is formed.
 
-Every kernel runs rows ``lo..hi`` into output arrays it is given and releases the GIL:
-:mod:`scq.solvers.engine.fused` splits the rows over a few Python threads (as many as torch's
-intra-op threads). Not Numba's ``parallel=True``: it tripled the compile time (80 s on first use,
-measured) and its OpenMP pool spins while it waits, which costs the most on a busy machine.
+Every kernel runs rows ``lo..hi`` into output arrays it is given; a ``*_par`` launcher at the end
+runs one row range per thread of Numba's pool (:mod:`scq.solvers.engine.fused` picks the ranges).
 
 The arithmetic is the torch path's, line for line (:func:`scq.solvers.engine.fista.fista_torch`,
 :func:`scq.solvers.engine.active_set._iterate`, ``WorkingSetFunction._backward``, the certificate
@@ -23,7 +21,7 @@ rounding, checked by tests/test_cpu_kernels.py.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 # Numba's defaults raise on x/0; the torch path gives inf/nan there, and so do these. Sums may be
 # reassociated (so that dot products vectorize); nothing assumes finite values (inf, -1e30 are used).
@@ -467,3 +465,63 @@ def entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, l
         if signed:
             for j in range(n_add):
                 out_sign[n, j] = -1.0 if G[n, best_code[j]] > 0 else 1.0
+
+
+# The parallel launchers: one row range per thread of Numba's pool (``bounds``: the ranges'
+# edges). Their loop body is one call, so that Numba's parallel compilation stays cheap (the
+# kernels above compile once, serially: 20 s on first use instead of 80 s with the whole
+# kernels under ``parallel=True``). Numba's OpenMP pool, not Python threads: beside torch's own
+# pool, whose idle threads spin, Python threads measured 1.4× slower (they barely overlapped).
+
+
+@njit(parallel=True, **_JIT)
+def fista_par(H, b, u0, valid, step, beta, n_iter, simplex, out, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        fista_rows(H, b, u0, valid, step, beta, n_iter, simplex, out, bounds[t], bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def active_set_par(H, b, out_p, out_s, valid, tol, max_iter, max_support, simplex, drop_tol, tiny, slack,
+                   out_nu, out_res, state, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        active_set_rows(H, b, out_p, out_s, valid, tol, max_iter, max_support, simplex, drop_tol, tiny, slack,
+                        out_nu, out_res, state, bounds[t], bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def backward_par(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z, grad_E, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z,
+                      grad_E[t], bounds[t], bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def combine_par(values, E, idx, out, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        combine_rows(values, E, idx, out, bounds[t], bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def combine_backward_par(values, E, idx, grad, need_values, need_E, grad_values, grad_E, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        combine_backward_rows(values, E, idx, grad, need_values, need_E, grad_values, grad_E[t],
+                              bounds[t], bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def gram_par(E, code, sign, z, ridge, H, cz, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        gram_rows(E, code, sign, z, ridge, H, cz, bounds[t], bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def scq_certificate_par(G, p, nearest, target, lam, scale, residual, gap, error, q_error, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error, q_error, bounds[t],
+                             bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def entering_par(G, code, sign, valid, signed, out_score, out_code, out_sign, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, bounds[t], bounds[t + 1])

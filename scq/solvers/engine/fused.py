@@ -9,9 +9,8 @@ and what runs where no kernel applies. Where one does, the same arithmetic runs 
   no host sync. The backward stays torch (a handful of launches, no sync).
 - CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m, the backward, the
   round's Gram matrices and entering codes, the sparse combine and the SCQ certificate too; the
-  rows are split over as many Python threads as torch has intra-op threads (the kernels release
-  the GIL). Numba compiles them on first use (about 40 s once per machine and dtype set; cached on
-  disk after).
+  rows are split into as many ranges as torch has intra-op threads, one per thread of Numba's
+  pool. Numba compiles them on first use (about 20–30 s once per machine; cached on disk after).
 
 Each entry point returns ``None`` when its caller should take the torch path: no kernel for these
 tensors, kernels switched off (``ENABLED``), or a kernel that failed to compile or run, after which
@@ -22,11 +21,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
+import numpy as np
 import torch
 
 from . import fista_triton
@@ -80,34 +78,16 @@ def _kernels():
 
 # Below this many rows per thread, one thread does the work: splitting costs more than it saves.
 ROWS_PER_THREAD = 64
-_POOL: "tuple[int, ThreadPoolExecutor] | None" = None
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None or _POOL[0] != os.getpid():  # a forked child (DataLoader worker) has no threads
-        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="scq"))
-    return _POOL[1]
+def _bounds(N: int) -> np.ndarray:
+    """Edges of the row ranges, one range per thread: torch's intra-op thread count (1 inside
+    ``threads.one_thread``), and Numba's pool set to match."""
+    import numba
 
-
-def _split(N: int) -> "list[tuple[int, int]]":
-    """Row ranges, one per thread: torch's intra-op thread count (1 inside ``threads.one_thread``)."""
-    T = max(1, min(torch.get_num_threads(), N // ROWS_PER_THREAD))
-    edges = [N * t // T for t in range(T + 1)]
-    return [(edges[t], edges[t + 1]) for t in range(T)]
-
-
-def _on_rows(N: int, work) -> int:
-    """``work(t, lo, hi)`` for each row range t, on the pool's threads (inline for one); returns
-    the number of ranges."""
-    ranges = _split(N)
-    if len(ranges) == 1:
-        work(0, 0, N)
-        return 1
-    futures = [_pool().submit(work, t, lo, hi) for t, (lo, hi) in enumerate(ranges)]
-    for f in futures:
-        f.result()  # re-raises a kernel's error here
-    return len(ranges)
+    T = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, N // ROWS_PER_THREAD))
+    numba.set_num_threads(T)
+    return np.array([N * t // T for t in range(T + 1)], dtype=np.int64)
 
 
 def fista(H, b, u0, valid, step, beta, *, simplex: bool, n_iter: int) -> Optional[torch.Tensor]:
@@ -124,7 +104,7 @@ def fista(H, b, u0, valid, step, beta, *, simplex: bool, n_iter: int) -> Optiona
                 _numpy(beta.reshape(N).to(H.dtype)), int(n_iter), bool(simplex))
         out = torch.empty_like(u0)
         out_np = out.numpy()
-        _on_rows(N, lambda t, lo, hi: k.fista_rows(*args, out_np, lo, hi))
+        k.fista_par(*args, out_np, _bounds(N))
         return out
     except Exception as err:  # noqa: BLE001 - any compile/launch failure: the torch path
         disable("FISTA", err)
@@ -154,7 +134,7 @@ def active_set(H, b, weights, support, valid, dual_tol, *, simplex: bool, max_su
         args = (_numpy(H), _numpy(b), p.numpy(), s.numpy(), _numpy(valid), _numpy(dual_tol.reshape(N).to(b.dtype)),
                 int(max_iter), -1 if max_support is None else int(max_support), bool(simplex),
                 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu.numpy(), res.numpy(), state.numpy())
-        _on_rows(N, lambda t, lo, hi: k.active_set_rows(*args, lo, hi))
+        k.active_set_par(*args, _bounds(N))
         iterations = int(state.numpy().max() >> 2) if N else 0  # numpy: no torch scalar read
         done, broken = (state & 1) != 0, (state & 2) != 0
         return ActiveSetResult(p, s, nu, done & ~broken, iterations, res, broken)
@@ -172,16 +152,16 @@ def backward(z, E, code, sign, u, support, grad_u, *, ridge: float, simplex: boo
     try:
         k = _kernels()
         N = u.shape[0]
-        ranges = len(_split(N))
+        bounds = _bounds(N)
+        ranges = len(bounds) - 1
         v = torch.zeros(u.shape, dtype=sys_dtype)
         gz = torch.zeros_like(z)
         # One (K, D) buffer per row range: no two threads add into one code's row.
-        gE = torch.zeros((ranges if need_E else 1,) + tuple(E.shape), dtype=z.dtype)
+        gE = torch.zeros((ranges,) + tuple(E.shape) if need_E else (ranges, 0, 0), dtype=z.dtype)
         sign = sign if signed else torch.ones_like(u)
         args = (_numpy(z), _numpy(E), _numpy(code), _numpy(sign), _numpy(u), _numpy(support),
                 _numpy(grad_u.to(sys_dtype)), float(ridge), bool(simplex), bool(need_E), v.numpy(), gz.numpy())
-        gE_np = gE.numpy()
-        _on_rows(N, lambda t, lo, hi: k.backward_rows(*args, gE_np[t if need_E else 0], lo, hi))
+        k.backward_par(*args, gE.numpy(), bounds)
         return v, gz, gE.sum(0) if need_E else None
     except Exception as err:  # noqa: BLE001
         disable("backward", err)
@@ -197,7 +177,7 @@ def combine(values, codebook, indices) -> Optional[torch.Tensor]:
         N = values.shape[0]
         out = torch.zeros(N, codebook.shape[1], dtype=codebook.dtype)
         args = (_numpy(values), _numpy(codebook), _numpy(indices), out.numpy())
-        _on_rows(N, lambda t, lo, hi: k.combine_rows(*args, lo, hi))
+        k.combine_par(*args, _bounds(N))
         return out
     except Exception as err:  # noqa: BLE001
         disable("combine", err)
@@ -211,13 +191,13 @@ def combine_backward(values, codebook, indices, grad, *, need_values: bool, need
     try:
         k = _kernels()
         N = values.shape[0]
-        ranges = len(_split(N))
+        bounds = _bounds(N)
+        ranges = len(bounds) - 1
         gv = torch.zeros(values.shape if need_values else (0, values.shape[1]), dtype=values.dtype)
-        gE = torch.zeros((ranges if need_codebook else 1,) + tuple(codebook.shape), dtype=codebook.dtype)
+        gE = torch.zeros((ranges,) + tuple(codebook.shape) if need_codebook else (ranges, 0, 0), dtype=codebook.dtype)
         args = (_numpy(values), _numpy(codebook), _numpy(indices), _numpy(grad.to(codebook.dtype)),
                 bool(need_values), bool(need_codebook), gv.numpy())
-        gE_np = gE.numpy()
-        _on_rows(N, lambda t, lo, hi: k.combine_backward_rows(*args, gE_np[t if need_codebook else 0], lo, hi))
+        k.combine_backward_par(*args, gE.numpy(), bounds)
         return (gv if need_values else None, gE.sum(0) if need_codebook else None)
     except Exception as err:  # noqa: BLE001
         disable("combine", err)
@@ -236,7 +216,7 @@ def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype):
         cz = torch.empty(N, m, dtype=sys_dtype)
         args = (_numpy(E.to(sys_dtype)), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
                 float(ridge), H.numpy(), cz.numpy())
-        _on_rows(N, lambda t, lo, hi: k.gram_rows(*args, lo, hi))
+        k.gram_par(*args, _bounds(N))
         return H, cz
     except Exception as err:  # noqa: BLE001
         disable("Gram", err)
@@ -255,7 +235,7 @@ def scq_certificate(G, p, nearest, target, lam: float, scale):
         args = (_numpy(G), _numpy(p), _numpy(nearest if nearest is not None else torch.zeros(0, dtype=torch.long)),
                 _numpy(G.new_zeros(0, 0) if target is None else target.to(G.dtype)), float(lam),
                 _numpy(scale.to(G.dtype))) + tuple(t.numpy() for t in out)
-        _on_rows(N, lambda t, lo, hi: k.scq_certificate_rows(*args, lo, hi))
+        k.scq_certificate_par(*args, _bounds(N))
         return tuple(out)
     except Exception as err:  # noqa: BLE001
         disable("certificate", err)
@@ -275,7 +255,7 @@ def entering(G, code, sign, valid, n_add: int, *, signed: bool):
         signs = torch.ones(N, n_add, dtype=G.dtype)
         args = (_numpy(G), _numpy(code), _numpy(sign.to(G.dtype)), _numpy(valid), bool(signed), score.numpy(),
                 codes.numpy(), signs.numpy())
-        _on_rows(N, lambda t, lo, hi: k.entering_rows(*args, lo, hi))
+        k.entering_par(*args, _bounds(N))
         return score, codes, signs
     except Exception as err:  # noqa: BLE001
         disable("entering-codes", err)
