@@ -94,3 +94,19 @@ def count_syncs(fn) -> int:
     finally:
         torch.Tensor.tolist = tolist
     return _Count.syncs
+
+
+def small_qps(N: int, m: int, dtype: torch.dtype, simplex: bool, seed: int, b_scale: float = 1.0, rank: int = 6):
+    """Random small QPs as the engine builds them, for the kernel tests: H = CCᵀ + 0.1·I (N, m, m),
+    a linear term b, valid slots (slot 0 always: the start code) and a feasible start (slot 0 for
+    the simplex, 0 otherwise). Returns H, b, valid, u0."""
+    g = torch.Generator().manual_seed(seed)
+    C = torch.randn(N, m, rank, dtype=dtype, generator=g)
+    H = C @ C.transpose(1, 2) + 0.1 * torch.eye(m, dtype=dtype)
+    b = b_scale * torch.randn(N, m, dtype=dtype, generator=g)
+    valid = torch.rand(N, m, generator=g) < 0.85
+    valid[:, 0] = True
+    u0 = torch.zeros(N, m, dtype=dtype)
+    if simplex:
+        u0[:, 0] = 1
+    return H, b, valid, u0

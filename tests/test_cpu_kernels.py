@@ -9,24 +9,11 @@ from scq.solvers.engine import active_set as A
 from scq.solvers.engine import fista as F
 from scq.solvers.engine import fused
 
+from .helpers import small_qps
+
 pytestmark = pytest.mark.skipif(not fused.cpu_available(), reason="needs numba")
 
 f32, f64 = torch.float32, torch.float64
-
-
-def _problem(N, m, dtype, simplex, seed, b_scale=1.0, rank=6):
-    """Random small QPs as the engine builds them: H = CCᵀ + 0.1·I, slot 0 always valid (the start
-    code), the start point feasible (slot 0 for the simplex, 0 otherwise)."""
-    g = torch.Generator().manual_seed(seed)
-    C = torch.randn(N, m, rank, dtype=dtype, generator=g)
-    H = C @ C.transpose(1, 2) + 0.1 * torch.eye(m, dtype=dtype)
-    b = b_scale * torch.randn(N, m, dtype=dtype, generator=g)
-    valid = torch.rand(N, m, generator=g) < 0.85
-    valid[:, 0] = True
-    u0 = torch.zeros(N, m, dtype=dtype)
-    if simplex:
-        u0[:, 0] = 1
-    return H, b, valid, u0
 
 
 def _tol(dtype):
@@ -37,7 +24,7 @@ def _tol(dtype):
     (50, 3, 6, f32, True), (40, 19, 10, f64, True), (20, 64, 3, f32, True), (10, 90, 4, f64, True),
     (50, 3, 6, f64, False), (40, 19, 10, f32, False), (10, 90, 4, f64, False)])
 def test_fista_kernel_matches_the_torch_loop(N, m, n_iter, dtype, simplex):
-    H, b, valid, u0 = _problem(N, m, dtype, simplex, seed=m + n_iter)
+    H, b, valid, u0 = small_qps(N, m, dtype, simplex, seed=m + n_iter)
     ref = F.fista_torch(H, b, u0, valid, simplex=simplex, ridge=0.1, n_iter=n_iter)
     step, beta = F.step_and_momentum(H, 0.1)
     got = fused.fista(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
@@ -53,7 +40,7 @@ def test_fista_kernel_matches_the_torch_loop(N, m, n_iter, dtype, simplex):
     (60, 5, True, None, f64), (60, 12, True, None, f64), (60, 12, True, None, f32), (30, 40, True, None, f64),
     (60, 12, False, None, f64), (60, 9, False, 4, f32), (30, 40, False, 6, f64)])
 def test_active_set_kernel_matches_the_torch_solve(N, m, simplex, cap, dtype):
-    H, b, valid, u0 = _problem(N, m, dtype, simplex, seed=m, b_scale=3.0)
+    H, b, valid, u0 = small_qps(N, m, dtype, simplex, seed=m, b_scale=3.0)
     tol = torch.full((N,), 1e-5 if dtype == f32 else 1e-10, dtype=dtype)
     ref = A.solve_active_set(H, b, u0, u0 > 0, valid, tol, simplex=simplex, max_support=cap, compact=False)
     got = fused.active_set(H, b, u0, u0 > 0, valid, tol, simplex=simplex, max_support=cap, max_iter=100)
@@ -79,7 +66,7 @@ def test_active_set_kernel_flags_a_singular_support_as_broken_down():
 
 
 def test_active_set_kernel_stops_at_max_iter_unconverged():
-    H, b, valid, u0 = _problem(8, 30, f64, True, seed=3, b_scale=3.0)
+    H, b, valid, u0 = small_qps(8, 30, f64, True, seed=3, b_scale=3.0)
     tol = torch.full((8,), 1e-10, dtype=f64)
     got = fused.active_set(H, b, u0, u0 > 0, valid, tol, simplex=True, max_support=None, max_iter=1)
     assert got.iterations == 1 and not got.converged.all()

@@ -29,23 +29,9 @@ def _interpreted(script: str) -> list:
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
-# Random small QPs as the engine builds them: H = CCᵀ + 0.1·I (N, m, m), a linear term b, slot 0
-# always valid (the start code), the start point feasible (slot 0 for the simplex, 0 otherwise).
-_PROBLEM = textwrap.dedent("""
-    import torch
+# Random small QPs as the engine builds them (tests/helpers.small_qps), for the subprocess.
+_PROBLEM = "from tests.helpers import small_qps as problem\n"
 
-    def problem(N, m, dtype, simplex, seed, b_scale=1.0):
-        g = torch.Generator().manual_seed(seed)
-        C = torch.randn(N, m, 6, dtype=dtype, generator=g)
-        H = C @ C.transpose(1, 2) + 0.1 * torch.eye(m, dtype=dtype)
-        b = b_scale * torch.randn(N, m, dtype=dtype, generator=g)
-        valid = torch.rand(N, m, generator=g) < 0.85
-        valid[:, 0] = True
-        u0 = torch.zeros(N, m, dtype=dtype)
-        if simplex:
-            u0[:, 0] = 1
-        return H, b, valid, u0
-""")
 
 _CASES = textwrap.dedent("""
     import json, torch

@@ -64,6 +64,27 @@ def _cho_solve(L, k, x):
 
 
 @njit(**_JIT)
+def _solve_on_simplex(A, k, x, y, shift, floor):
+    """From the Cholesky factor A of H_SS (k×k), in place: x ← H_SS⁻¹x − c·H_SS⁻¹1 with
+    c = (1ᵀH_SS⁻¹x − shift)/max(1ᵀH_SS⁻¹1, floor). With ``shift`` 1 that is the equality solution
+    under 1ᵀp = 1 and c = ν (the active set); with 0, the backward's v = M g (docs/math.md §4).
+    ``y`` is scratch. Returns c."""
+    _cho_solve(A, k, x)
+    for a in range(k):
+        y[a] = 1.0
+    _cho_solve(A, k, y)
+    sx = 0.0
+    sy = 0.0
+    for a in range(k):
+        sx += x[a]
+        sy += y[a]
+    c = (sx - shift) / max(sy, floor)
+    for a in range(k):
+        x[a] -= c * y[a]
+    return c
+
+
+@njit(**_JIT)
 def _factor_support(H, s, idx, A):
     """Gather the support's rows and columns of H into A and factor them; returns (k, ok)."""
     k = 0
@@ -178,20 +199,14 @@ def active_set_rows(H, b, out_p, out_s, valid, tol, max_iter, max_support, simpl
                 break
             for a in range(k):
                 x[a] = b[n, idx[a]]
-                y[a] = 1.0
-            _cho_solve(A, k, x)
             nu_eq = 0.0
             if simplex:
-                _cho_solve(A, k, y)
-                sx = 0.0
-                sy = 0.0
-                for a in range(k):
-                    sx += x[a]
-                    sy += y[a]
-                nu_eq = (sx - 1.0) / sy
+                nu_eq = _solve_on_simplex(A, k, x, y, 1.0, -np.inf)
+            else:
+                _cho_solve(A, k, x)
             p_eq[:] = 0.0
             for a in range(k):
-                p_eq[idx[a]] = x[a] - nu_eq * y[a] if simplex else x[a]
+                p_eq[idx[a]] = x[a]
             # 2. Ratio test: the largest step α ≤ 1 towards p_eq that keeps p ≥ 0.
             alpha = 1.0
             moved = 0.0
@@ -287,18 +302,10 @@ def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out,
                 continue
             for a in range(k):
                 x[a] = grad_u[n, idx[a]]
-                y[a] = 1.0
-            _cho_solve(A, k, x)
             if simplex:
-                _cho_solve(A, k, y)
-                sx = 0.0
-                sy = 0.0
-                for a in range(k):
-                    sx += x[a]
-                    sy += y[a]
-                c1 = sx / max(sy, tiny)
-                for a in range(k):
-                    x[a] -= c1 * y[a]
+                _solve_on_simplex(A, k, x, y, 0.0, tiny)
+            else:
+                _cho_solve(A, k, x)
             vc[:] = 0.0
             r[:] = z[n]
             for a in range(k):
