@@ -14,6 +14,11 @@ import torch
 from .engine import fused
 
 
+def gather_rows(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``codebook[indices]`` (..., D) by index_select: ~3× faster than advanced indexing on the CPU."""
+    return codebook.index_select(0, indices.reshape(-1)).view(*indices.shape, codebook.shape[1])
+
+
 class _Combine(torch.autograd.Function):
     """z_q[n] = Σ_j values[n, j] · codebook[indices[n, j]].
 
@@ -27,8 +32,7 @@ class _Combine(torch.autograd.Function):
         out = fused.combine(values, codebook, indices)  # the CPU: compiled, no (N, m, D) gather
         if out is not None:
             return out
-        rows = codebook.index_select(0, indices.reshape(-1)).view(*indices.shape, codebook.shape[1])
-        return torch.bmm(values.unsqueeze(1), rows).squeeze(1)
+        return torch.bmm(values.unsqueeze(1), gather_rows(codebook, indices)).squeeze(1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -40,7 +44,7 @@ class _Combine(torch.autograd.Function):
             return compiled[0], compiled[1], None
         grad_values = grad_codebook = None
         if ctx.needs_input_grad[0]:
-            grad_values = torch.bmm(codebook[indices], grad.unsqueeze(-1)).squeeze(-1)
+            grad_values = torch.bmm(gather_rows(codebook, indices), grad.unsqueeze(-1)).squeeze(-1)
         if ctx.needs_input_grad[1]:
             contrib = values.unsqueeze(-1) * grad.unsqueeze(1)
             grad_codebook = torch.zeros_like(codebook).index_add_(

@@ -277,51 +277,50 @@ def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out,
     m = u.shape[1]
     D = z.shape[1]
     tiny = np.finfo(grad_u.dtype).tiny
-    if True:
-        A = np.empty((m, m), dtype=grad_u.dtype)
-        idx = np.empty(m, dtype=np.int64)
-        x = np.empty(m, dtype=grad_u.dtype)
-        y = np.empty(m, dtype=grad_u.dtype)
-        vc = np.empty(D, dtype=z.dtype)
-        r = np.empty(D, dtype=z.dtype)
-        for n in range(lo, hi):
-            k = 0
-            for j in range(m):
-                if s[n, j]:
-                    idx[k] = j
-                    k += 1
-            for a in range(k):
-                ea = E[code[n, idx[a]]]
-                for c in range(a + 1):
-                    eb = E[code[n, idx[c]]]
-                    dot = 0.0
-                    for d in range(D):
-                        dot += ea[d] * eb[d]
-                    A[a, c] = sign[n, idx[a]] * sign[n, idx[c]] * dot + (ridge if a == c else 0.0)
-            if not _cholesky(A, k):
-                continue
-            for a in range(k):
-                x[a] = grad_u[n, idx[a]]
-            if simplex:
-                _solve_on_simplex(A, k, x, y, 0.0, tiny)
-            else:
-                _cho_solve(A, k, x)
-            vc[:] = 0.0
-            r[:] = z[n]
+    A = np.empty((m, m), dtype=grad_u.dtype)
+    idx = np.empty(m, dtype=np.int64)
+    x = np.empty(m, dtype=grad_u.dtype)
+    y = np.empty(m, dtype=grad_u.dtype)
+    vc = np.empty(D, dtype=z.dtype)
+    r = np.empty(D, dtype=z.dtype)
+    for n in range(lo, hi):
+        k = 0
+        for j in range(m):
+            if s[n, j]:
+                idx[k] = j
+                k += 1
+        for a in range(k):
+            ea = E[code[n, idx[a]]]
+            for c in range(a + 1):
+                eb = E[code[n, idx[c]]]
+                dot = 0.0
+                for d in range(D):
+                    dot += ea[d] * eb[d]
+                A[a, c] = sign[n, idx[a]] * sign[n, idx[c]] * dot + (ridge if a == c else 0.0)
+        if not _cholesky(A, k):
+            continue
+        for a in range(k):
+            x[a] = grad_u[n, idx[a]]
+        if simplex:
+            _solve_on_simplex(A, k, x, y, 0.0, tiny)
+        else:
+            _cho_solve(A, k, x)
+        vc[:] = 0.0
+        r[:] = z[n]
+        for a in range(k):
+            j = idx[a]
+            v_out[n, j] = x[a]
+            e = E[code[n, j]]
+            for d in range(D):
+                vc[d] += x[a] * sign[n, j] * e[d]
+                r[d] -= u[n, j] * sign[n, j] * e[d]
+        grad_z[n] = vc
+        if need_E:
             for a in range(k):
                 j = idx[a]
-                v_out[n, j] = x[a]
-                e = E[code[n, j]]
+                row = grad_E[code[n, j]]
                 for d in range(D):
-                    vc[d] += x[a] * sign[n, j] * e[d]
-                    r[d] -= u[n, j] * sign[n, j] * e[d]
-            grad_z[n] = vc
-            if need_E:
-                for a in range(k):
-                    j = idx[a]
-                    row = grad_E[code[n, j]]
-                    for d in range(D):
-                        row[d] += sign[n, j] * (x[a] * r[d] - u[n, j] * vc[d])
+                    row[d] += sign[n, j] * (x[a] * r[d] - u[n, j] * vc[d])
 
 
 @njit(**_JIT)
@@ -346,22 +345,21 @@ def combine_backward_rows(values, E, idx, grad, need_values, need_E, grad_values
     thread passes its own, so that no two threads write one row)."""
     m = values.shape[1]
     D = E.shape[1]
-    if True:
-        for n in range(lo, hi):
-            g = grad[n]
-            for j in range(m):
-                k = idx[n, j]
-                if need_values:
-                    e = E[k]
-                    dot = 0.0
-                    for d in range(D):
-                        dot += e[d] * g[d]
-                    grad_values[n, j] = dot
-                w = values[n, j]
-                if need_E and w != 0:
-                    row = grad_E[k]
-                    for d in range(D):
-                        row[d] += w * g[d]
+    for n in range(lo, hi):
+        g = grad[n]
+        for j in range(m):
+            k = idx[n, j]
+            if need_values:
+                e = E[k]
+                dot = 0.0
+                for d in range(D):
+                    dot += e[d] * g[d]
+                grad_values[n, j] = dot
+            w = values[n, j]
+            if need_E and w != 0:
+                row = grad_E[k]
+                for d in range(D):
+                    row[d] += w * g[d]
 
 
 @njit(**_JIT)
@@ -476,7 +474,7 @@ def entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, l
 
 # The parallel launchers: one row range per thread of Numba's pool (``bounds``: the ranges'
 # edges). Their loop body is one call, so that Numba's parallel compilation stays cheap (the
-# kernels above compile once, serially: 20 s on first use instead of 80 s with the whole
+# kernels above compile once, serially: 54 s on first use instead of 79 s with the whole
 # kernels under ``parallel=True``). Numba's OpenMP pool, not Python threads: beside torch's own
 # pool, whose idle threads spin, Python threads measured 1.4× slower (they barely overlapped).
 

@@ -10,7 +10,8 @@ and what runs where no kernel applies. Where one does, the same arithmetic runs 
 - CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m, the backward, the
   round's Gram matrices and entering codes, the sparse combine and the SCQ certificate too; the
   rows are split into as many ranges as torch has intra-op threads, one per thread of Numba's
-  pool. Numba compiles them on first use (about 20–30 s once per machine; cached on disk after).
+  pool. Numba compiles them on first use (54 s measured on 2 cores, once per machine; cached on
+  disk after).
 
 Each entry point returns ``None`` when its caller should take the torch path: no kernel for these
 tensors, kernels switched off (``ENABLED``), or a kernel that failed to compile or run, after which
@@ -42,7 +43,8 @@ def cpu_available() -> bool:
 
 
 def backend(H: torch.Tensor) -> Optional[str]:
-    """``"triton"``, ``"cpu"`` or ``None`` (the torch path) for systems ``H`` (N, m, m)."""
+    """``"triton"``, ``"cpu"`` or ``None`` (the torch path) for systems ``H`` (N, m, m) (on the CPU
+    only the device and dtype count: any tensor of the call may be asked about)."""
     if not ENABLED or H.dtype not in (torch.float32, torch.float64):
         return None
     if H.is_cuda:
@@ -90,25 +92,38 @@ def _bounds(N: int) -> np.ndarray:
     return np.array([N * t // T for t in range(T + 1)], dtype=np.int64)
 
 
+def _attempt(kernel: str, body):
+    """``body()``, or ``None`` after a failure (warned once; every later call takes the torch path)."""
+    try:
+        return body()
+    except Exception as err:  # noqa: BLE001 - any compile/launch failure: the torch path
+        disable(kernel, err)
+        return None
+
+
+def _on_cpu(kernel: str, tensors, body):
+    """``body(kernels)`` where the CPU kernels serve ``tensors`` (CPU, one float dtype, kernels on),
+    else ``None``: the caller's torch path."""
+    first = tensors[0]
+    if _chosen(first) != "cpu" or any(t.dtype != first.dtype for t in tensors[1:]):
+        return None
+    return _attempt(kernel, lambda: body(_kernels()))
+
+
 def fista(H, b, u0, valid, step, beta, *, simplex: bool, n_iter: int) -> Optional[torch.Tensor]:
     """FISTA's ``n_iter`` steps per row (see :func:`scq.solvers.engine.fista.fista`), or ``None``."""
-    kind = _chosen(H)
-    if kind is None:
-        return None
-    try:
-        if kind == "triton":
-            return fista_triton.fista_fused(H, b, u0, valid, step, beta, simplex=simplex, n_iter=n_iter)
+    if _chosen(H) == "triton":
+        return _attempt("FISTA", lambda: fista_triton.fista_fused(H, b, u0, valid, step, beta, simplex=simplex,
+                                                                  n_iter=n_iter))
+
+    def run(k):
         N = b.shape[0]
-        k = _kernels()
-        args = (_numpy(H), _numpy(b), _numpy(u0), _numpy(valid), _numpy(step.reshape(N).to(H.dtype)),
-                _numpy(beta.reshape(N).to(H.dtype)), int(n_iter), bool(simplex))
         out = torch.empty_like(u0)
-        out_np = out.numpy()
-        k.fista_par(*args, out_np, _bounds(N))
+        k.fista_par(_numpy(H), _numpy(b), _numpy(u0), _numpy(valid), _numpy(step.reshape(N).to(H.dtype)),
+                    _numpy(beta.reshape(N).to(H.dtype)), int(n_iter), bool(simplex), out.numpy(), _bounds(N))
         return out
-    except Exception as err:  # noqa: BLE001 - any compile/launch failure: the torch path
-        disable("FISTA", err)
-        return None
+
+    return _on_cpu("FISTA", (H,), run)
 
 
 def active_set(H, b, weights, support, valid, dual_tol, *, simplex: bool, max_support: Optional[int],
@@ -116,147 +131,120 @@ def active_set(H, b, weights, support, valid, dual_tol, *, simplex: bool, max_su
     """The active-set solve of :func:`scq.solvers.engine.active_set.solve_active_set`, each row run
     until its own row is done, or ``None``. ``iterations``: the most any row ran (a 0-d tensor on
     CUDA, so that reading it costs no sync of its own)."""
-    kind = _chosen(H)
-    if kind is None:
-        return None
-    try:
-        if kind == "triton":
-            from .active_set_triton import solve_active_set_fused
+    if _chosen(H) == "triton":
+        from .active_set_triton import solve_active_set_fused
 
-            return solve_active_set_fused(H, b, weights, support, valid, dual_tol, simplex=simplex,
-                                          max_support=max_support, max_iter=max_iter)
+        return _attempt("active-set", lambda: solve_active_set_fused(
+            H, b, weights, support, valid, dual_tol, simplex=simplex, max_support=max_support, max_iter=max_iter))
+
+    def run(k):
         finfo = torch.finfo(b.dtype)
         N = b.shape[0]
-        k = _kernels()
         p, s = weights.detach().to(b.dtype).clone(), support.clone()
         nu, res = b.new_zeros(N), b.new_zeros(N)
         state = torch.zeros(N, dtype=torch.int32)
-        args = (_numpy(H), _numpy(b), p.numpy(), s.numpy(), _numpy(valid), _numpy(dual_tol.reshape(N).to(b.dtype)),
-                int(max_iter), -1 if max_support is None else int(max_support), bool(simplex),
-                16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu.numpy(), res.numpy(), state.numpy())
-        k.active_set_par(*args, _bounds(N))
+        k.active_set_par(_numpy(H), _numpy(b), p.numpy(), s.numpy(), _numpy(valid),
+                         _numpy(dual_tol.reshape(N).to(b.dtype)), int(max_iter),
+                         -1 if max_support is None else int(max_support), bool(simplex), 16 * finfo.eps, finfo.tiny,
+                         DEGENERATE_SLACK, nu.numpy(), res.numpy(), state.numpy(), _bounds(N))
         iterations = int(state.numpy().max() >> 2) if N else 0  # numpy: no torch scalar read
         done, broken = (state & 1) != 0, (state & 2) != 0
         return ActiveSetResult(p, s, nu, done & ~broken, iterations, res, broken)
-    except Exception as err:  # noqa: BLE001
-        disable("active-set", err)
-        return None
+
+    return _on_cpu("active-set", (H,), run)
+
+
+def _per_range_buffers(bounds: np.ndarray, shape, need: bool, dtype) -> torch.Tensor:
+    """One zeroed ``shape`` buffer per row range (no two threads add into one code's row), summed
+    by the caller; empty ones when the gradient is not needed."""
+    return torch.zeros((len(bounds) - 1,) + (tuple(shape) if need else (0, 0)), dtype=dtype)
 
 
 def backward(z, E, code, sign, u, support, grad_u, *, ridge: float, simplex: bool, signed: bool, need_E: bool,
              sys_dtype: torch.dtype):
     """The engine's backward on the CPU (:func:`scq.solvers.engine.cpu_kernels.backward_rows`):
     ``(v, ∂z, ∂E or None)``, or ``None`` (the torch path)."""
-    if _chosen(u.unsqueeze(-1)) != "cpu":
-        return None
-    try:
-        k = _kernels()
-        N = u.shape[0]
-        bounds = _bounds(N)
-        ranges = len(bounds) - 1
+
+    def run(k):
+        bounds = _bounds(u.shape[0])
         v = torch.zeros(u.shape, dtype=sys_dtype)
         gz = torch.zeros_like(z)
-        # One (K, D) buffer per row range: no two threads add into one code's row.
-        gE = torch.zeros((ranges,) + tuple(E.shape) if need_E else (ranges, 0, 0), dtype=z.dtype)
-        sign = sign if signed else torch.ones_like(u)
-        args = (_numpy(z), _numpy(E), _numpy(code), _numpy(sign), _numpy(u), _numpy(support),
-                _numpy(grad_u.to(sys_dtype)), float(ridge), bool(simplex), bool(need_E), v.numpy(), gz.numpy())
-        k.backward_par(*args, gE.numpy(), bounds)
+        gE = _per_range_buffers(bounds, E.shape, need_E, z.dtype)
+        k.backward_par(_numpy(z), _numpy(E), _numpy(code), _numpy(sign if signed else torch.ones_like(u)), _numpy(u),
+                       _numpy(support), _numpy(grad_u.to(sys_dtype)), float(ridge), bool(simplex), bool(need_E),
+                       v.numpy(), gz.numpy(), gE.numpy(), bounds)
         return v, gz, gE.sum(0) if need_E else None
-    except Exception as err:  # noqa: BLE001
-        disable("backward", err)
-        return None
+
+    return _on_cpu("backward", (z, E, u), run)
 
 
 def combine(values, codebook, indices) -> Optional[torch.Tensor]:
     """Σ_j values[n, j]·codebook[indices[n, j]] (N, D) on the CPU, skipping zero weights, or ``None``."""
-    if values.dtype != codebook.dtype or _chosen(codebook.unsqueeze(0)) != "cpu":
-        return None
-    try:
-        k = _kernels()
-        N = values.shape[0]
-        out = torch.zeros(N, codebook.shape[1], dtype=codebook.dtype)
-        args = (_numpy(values), _numpy(codebook), _numpy(indices), out.numpy())
-        k.combine_par(*args, _bounds(N))
+
+    def run(k):
+        out = torch.zeros(values.shape[0], codebook.shape[1], dtype=codebook.dtype)
+        k.combine_par(_numpy(values), _numpy(codebook), _numpy(indices), out.numpy(), _bounds(values.shape[0]))
         return out
-    except Exception as err:  # noqa: BLE001
-        disable("combine", err)
-        return None
+
+    return _on_cpu("combine", (codebook, values), run)
 
 
 def combine_backward(values, codebook, indices, grad, *, need_values: bool, need_codebook: bool):
     """The backward of :func:`combine`: ``(∂values or None, ∂codebook or None)``, or ``None``."""
-    if values.dtype != codebook.dtype or _chosen(codebook.unsqueeze(0)) != "cpu":
-        return None
-    try:
-        k = _kernels()
-        N = values.shape[0]
-        bounds = _bounds(N)
-        ranges = len(bounds) - 1
+
+    def run(k):
+        bounds = _bounds(values.shape[0])
         gv = torch.zeros(values.shape if need_values else (0, values.shape[1]), dtype=values.dtype)
-        gE = torch.zeros((ranges,) + tuple(codebook.shape) if need_codebook else (ranges, 0, 0), dtype=codebook.dtype)
-        args = (_numpy(values), _numpy(codebook), _numpy(indices), _numpy(grad.to(codebook.dtype)),
-                bool(need_values), bool(need_codebook), gv.numpy())
-        k.combine_backward_par(*args, gE.numpy(), bounds)
-        return (gv if need_values else None, gE.sum(0) if need_codebook else None)
-    except Exception as err:  # noqa: BLE001
-        disable("combine", err)
-        return None
+        gE = _per_range_buffers(bounds, codebook.shape, need_codebook, codebook.dtype)
+        k.combine_backward_par(_numpy(values), _numpy(codebook), _numpy(indices), _numpy(grad.to(codebook.dtype)),
+                               bool(need_values), bool(need_codebook), gv.numpy(), gE.numpy(), bounds)
+        return gv if need_values else None, gE.sum(0) if need_codebook else None
+
+    return _on_cpu("combine", (codebook, values), run)
 
 
 def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype):
     """The round's systems on the CPU from the codes in place: ``(H, Cz)`` with H = CCᵀ + ρI in
     ``sys_dtype``, or ``None``."""
-    if _chosen(E.unsqueeze(0)) != "cpu":
-        return None
-    try:
-        k = _kernels()
+
+    def run(k):
         N, m = code.shape
         H = torch.empty(N, m, m, dtype=sys_dtype)
         cz = torch.empty(N, m, dtype=sys_dtype)
-        args = (_numpy(E.to(sys_dtype)), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
-                float(ridge), H.numpy(), cz.numpy())
-        k.gram_par(*args, _bounds(N))
+        k.gram_par(_numpy(E.to(sys_dtype)), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
+                   float(ridge), H.numpy(), cz.numpy(), _bounds(N))
         return H, cz
-    except Exception as err:  # noqa: BLE001
-        disable("Gram", err)
-        return None
+
+    return _on_cpu("Gram", (E,), run)
 
 
 def scq_certificate(G, p, nearest, target, lam: float, scale):
     """The SCQ certificate's per-row pass on the CPU (see
     :func:`scq.solvers.engine.cpu_kernels.scq_certificate_rows`): four (N,) tensors, or ``None``."""
-    if p.dtype != G.dtype or _chosen(G.unsqueeze(0)) != "cpu":
-        return None
-    try:
-        k = _kernels()
+
+    def run(k):
         N = G.shape[0]
         out = [torch.empty(N, dtype=G.dtype) for _ in range(4)]
-        args = (_numpy(G), _numpy(p), _numpy(nearest if nearest is not None else torch.zeros(0, dtype=torch.long)),
-                _numpy(G.new_zeros(0, 0) if target is None else target.to(G.dtype)), float(lam),
-                _numpy(scale.to(G.dtype))) + tuple(t.numpy() for t in out)
-        k.scq_certificate_par(*args, _bounds(N))
+        k.scq_certificate_par(_numpy(G), _numpy(p),
+                              _numpy(nearest if nearest is not None else torch.zeros(0, dtype=torch.long)),
+                              _numpy(G.new_zeros(0, 0) if target is None else target.to(G.dtype)), float(lam),
+                              _numpy(scale.to(G.dtype)), *(t.numpy() for t in out), _bounds(N))
         return tuple(out)
-    except Exception as err:  # noqa: BLE001
-        disable("certificate", err)
-        return None
+
+    return _on_cpu("certificate", (G, p), run)
 
 
 def entering(G, code, sign, valid, n_add: int, *, signed: bool):
     """The most violating codes outside each row's working set on the CPU (see
     :func:`scq.solvers.engine.cpu_kernels.entering_rows`): ``(scores, codes, signs)``, or ``None``."""
-    if _chosen(G.unsqueeze(0)) != "cpu":
-        return None
-    try:
-        k = _kernels()
+
+    def run(k):
         N = G.shape[0]
         score = torch.empty(N, n_add, dtype=G.dtype)
         codes = torch.zeros(N, n_add, dtype=torch.long)
         signs = torch.ones(N, n_add, dtype=G.dtype)
-        args = (_numpy(G), _numpy(code), _numpy(sign.to(G.dtype)), _numpy(valid), bool(signed), score.numpy(),
-                codes.numpy(), signs.numpy())
-        k.entering_par(*args, _bounds(N))
+        k.entering_par(_numpy(G), _numpy(code), _numpy(sign.to(G.dtype)), _numpy(valid), bool(signed), score.numpy(),
+                       codes.numpy(), signs.numpy(), _bounds(N))
         return score, codes, signs
-    except Exception as err:  # noqa: BLE001
-        disable("entering-codes", err)
-        return None
+
+    return _on_cpu("entering-codes", (G,), run)
