@@ -135,6 +135,37 @@ def test_module_inputs(cls):
         q([[0.0] * 4])
 
 
+@pytest.mark.parametrize("make", [lambda: scq.SCQ(4, 8), lambda: scq.SVQ(4, 8, solver="lasso", alpha=0.3)],
+                         ids=["scq", "svq-lasso"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_module_inputs_checked_after_a_failed_certificate(make, bad):
+    # Past the first training forward (and in eval) the certified modules do not check x up front
+    # (a host sync per forward): the certificate fails on NaN and the error still names x.
+    q = make()
+    x = torch.randn(6, 4)
+    q(x)
+    for train in (True, False):
+        q.train(train)
+        x_bad = x.clone()
+        x_bad[2, 1] = bad
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            q(x_bad)
+        assert torch.isfinite(q.codebook).all()
+        assert q.last_info is not None and q.last_info.converged  # the last good forward's info
+
+
+def test_inputs_are_checked_before_they_can_reach_the_codebook():
+    # A training forward that writes codes from the batch (k-means init, dead-code revival) checks
+    # x first: NaN never reaches the codebook.
+    for q in (scq.SCQ(4, 8, kmeans_init=True), scq.SCQ(4, 8, dead_code_threshold=1.0)):
+        if q.cluster_size is not None:
+            q(torch.randn(16, 4))  # past the first forward: revival may still write codes from x
+        before = q.codebook.detach().clone()
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            q(torch.full((16, 4), math.nan))
+        assert torch.equal(q.codebook.detach(), before)
+
+
 def test_failed_cone_solve_is_reported(monkeypatch, zE):
     from scq.solvers import exact
 

@@ -67,6 +67,8 @@ class SCQ(Quantizer):
         self.strict = bool(strict)
         self.last_info: SolverInfo | None = None
 
+    _certified_forward = True  # every forward goes through dispatch.solve
+
     # λ and the method are checked when set (here is the edge), not on every forward.
     @property
     def lam(self) -> float:
@@ -87,7 +89,7 @@ class SCQ(Quantizer):
     def _quantize(self, vectors: torch.Tensor, codebook: torch.Tensor, book: int) -> _Quantized:
         with torch.autocast(device_type=vectors.device.type, enabled=False):
             solution, weights, info = solve(SCQProblem(self.lam), self._method, vectors, codebook,
-                                            self.solver_options, strict=self.strict)
+                                            self.solver_options, strict=self.strict, name="x")
             quantized = combine(solution, codebook)
             loss = commitment_loss(vectors, quantized, self.beta)
         # With one codebook per head, last_info is the certificate of the worst head.

@@ -119,6 +119,10 @@ class SVQ(Quantizer):
         return nn.Sequential(*layers)
 
     @property
+    def _certified_forward(self) -> bool:  # the lasso goes through dispatch.solve; the MLP does not
+        return self.solver != "mlp"
+
+    @property
     def freeze_projection(self) -> bool:
         return self.solver == "mlp" and not any(p.requires_grad for p in self.mlp.parameters())
 
@@ -144,7 +148,8 @@ class SVQ(Quantizer):
         else:
             with torch.autocast(device_type=vectors.device.type, enabled=False):
                 solution, weights, info = solve(LassoProblem(self.alpha, self.nonneg), self._lasso_method,
-                                                vectors, codebook, self.solver_options, strict=self.strict)
+                                                vectors, codebook, self.solver_options, strict=self.strict,
+                                                name="x")
                 quantized = combine(solution, codebook)
             if self.return_weights != "dense":
                 weights = solution

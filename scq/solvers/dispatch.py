@@ -81,7 +81,7 @@ def check_method(table: MethodTable, method: str, options: dict) -> Method:
 
 
 def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, options: dict, *,
-          strict: bool = False) -> "tuple[Weights, torch.Tensor, SolverInfo]":
+          strict: bool = False, name: str = "z") -> "tuple[Weights, torch.Tensor, SolverInfo]":
     """Run ``method`` on validated 2-D inputs and certify its answer.
 
     Returns the method's weights (dense or :class:`SparseWeights`, for ``combine``), the same
@@ -90,6 +90,10 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
     ``converged`` is ``residual <= tol`` (``tol`` from the options, else the method's default).
     A method that claims exactness and fails its certificate raises a RuntimeWarning; with
     ``strict=True`` any uncertified answer raises a RuntimeError instead. One host sync.
+
+    Non-finite ``z`` (called ``name`` in the error) or codebook values fail the solve or its
+    certificate (NaN reaches the residual), and only then are they looked for: a ValueError names
+    the argument. Callers need not check finiteness up front, a host sync per call.
     """
     tol = options.get("tol")
     tol = method.default_tol(z.dtype) if tol is None else float(tol)
@@ -105,7 +109,7 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
             try:
                 out = problem.call(method, z, codebook, options)
             except Exception as err:
-                _check_codebook(codebook, err)
+                _check_finite(z, codebook, name, err)
                 raise
             weights, info = out if isinstance(out, tuple) else (out, SolverInfo(method.name))
             dense = densify(weights)
@@ -117,14 +121,17 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
     info.converged = bool(worst[0] <= tol)
     info.extra.update(residuals=cert.residual, converged_mask=mask, error_bounds=cert.error_bound)
     if not info.converged:
-        _check_codebook(codebook)  # a NaN codebook fails the certificate (or the solve) first
+        _check_finite(z, codebook, name)  # NaN inputs fail the certificate (or the solve) first
         _report(method, info, int(z.shape[0]), strict)
     return weights, dense, info
 
 
-def _check_codebook(codebook: torch.Tensor, err: "Exception | None" = None) -> None:
-    """Modules do not check their own codebook on every forward (a host sync each time): where a
-    solve failed, or its certificate did, name the likely cause, at no cost to calls that succeed."""
+def _check_finite(z: torch.Tensor, codebook: torch.Tensor, name: str, err: "Exception | None" = None) -> None:
+    """Modules check neither their inputs nor their codebook on every forward (a host sync each
+    time): where a solve failed, or its certificate did, name the likely cause, at no cost to calls
+    that succeed."""
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError(f"{name} contains NaN or Inf values") from err
     if not bool(torch.isfinite(codebook).all()):
         raise ValueError("codebook contains NaN or Inf values (check the training step that wrote it)") from err
 

@@ -47,12 +47,14 @@ def solve_lasso_pgd(
     float64, 1e-6·max‖e‖² in float32; it moves the solution by ~ρ‖w‖/α). ``ridge=0`` is the plain
     lasso: the active set then holds at most D codes at a time."""
     opts = make_options(z.dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact, pg_iters)
+    e_max_sq = None
     if ridge is None:
-        ridge = DEFAULT_RIDGE.get(z.dtype, 1e-6) * float((codebook.detach() ** 2).sum(-1).max())
+        e_max_sq = float((codebook.detach() ** 2).sum(-1).max())  # the engine needs it too: read once
+        ridge = DEFAULT_RIDGE.get(z.dtype, 1e-6) * e_max_sq
     ridge = v.check_nonnegative("ridge", ridge)
     form = QPForm(simplex=False, signed=not nonneg, ridge=ridge, l1=alpha)
     diagnostics: dict = {}
-    u, code, sign = solve(z, codebook, None, form, opts, diagnostics)
+    u, code, sign = solve(z, codebook, None, form, opts, diagnostics, e_max_sq)
     info = SolverInfo("pgd", iterations=diagnostics.pop("iterations"), extra=diagnostics)
     info.extra.update(ridge=ridge, hint=lambda: engine_hint(diagnostics, opts))
     return SparseWeights(code, u * sign, codebook.shape[0]), info

@@ -197,19 +197,25 @@ def _start_and_scale(z, E, extra, problem: QPForm):
     return start, scale, e_max
 
 
-def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
+def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_max_sq: Optional[float] = None):
     N, D = z.shape
     K = E.shape[0]
     dtype, device = z.dtype, z.device
     start, scale, e_max = _start_and_scale(z, E, extra, problem)
-    e_max_sq = float(e_max) ** 2  # one host sync per call: it picks the systems' precision
-    sys_dtype = system_dtype(dtype, problem.ridge, e_max_sq)
+    # The systems' precision depends on max‖e‖², a device value. With a ridge, round 1 runs in the
+    # input's dtype and reads max‖e‖² with its own counts (no sync of its own); where the systems
+    # needed float64 after all (float32 inputs, ρ tiny against ‖e‖²), round 1 runs again, from the
+    # start, in float64. Without a ridge the systems' jitter needs the value first: one sync more
+    # (unless the caller has read it already, as the lasso's default ridge does).
+    if e_max_sq is None and problem.ridge <= 0:
+        e_max_sq = float(e_max) ** 2
+    sys_dtype = dtype if e_max_sq is None else system_dtype(dtype, problem.ridge, e_max_sq)
     alpha = problem.l1
     dual_tol = opts.tol / DEGENERATE_SLACK * scale
     # Without a ridge, H_SS is singular past D codes (the lasso's |S| ≤ D): codes then enter one at
     # a time, and the systems get a rounding-level jitter so that a momentary D + 1 still factors.
     max_support = None if problem.ridge > 0 else D
-    sys_ridge = _system_ridge(problem.ridge, e_max_sq)
+    sys_ridge = problem.ridge if e_max_sq is None else _system_ridge(problem.ridge, e_max_sq)
     m = min(opts.working_set, K * (2 if problem.signed else 1))
     n_add = min(opts.add_per_round, K)
 
@@ -231,6 +237,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
         valid = torch.cat([valid, torch.ones_like(top, dtype=torch.bool)], dim=1)
     m = code.shape[1]
     s = u > 0
+    first = (code, sign, u.clone(), s.clone(), valid, m)  # where a round 1 in the wrong precision starts again
 
     converged = torch.zeros(N, dtype=torch.bool, device=device)
     broken = torch.zeros(N, dtype=torch.bool, device=device)
@@ -287,11 +294,20 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict):
         # and how wide must W grow?
         # (The fused solve's iteration count is a tensor: it is read here too, not by a sync of its own.)
         fused_count = torch.is_tensor(res.iterations)
-        counts = [(~finished).sum(), violating[:, -1].any().long(), (n_support + violating.sum(1)).max()]
-        counts += [res.iterations.to(counts[0].dtype)] if fused_count else []
-        counts = torch.stack(counts).tolist()
-        n_left, saturated, need = counts[:3]
-        inner_total += counts[3] if fused_count else res.iterations
+        counts = [(~finished).sum(), violating[:, -1].any(), (n_support + violating.sum(1)).max()]
+        counts += [res.iterations] if fused_count else []
+        counts += [e_max.square()] if e_max_sq is None else []
+        counts = torch.stack([c.to(torch.float64) for c in counts]).tolist()  # exact below 2⁵³
+        n_left, saturated, need = (int(c) for c in counts[:3])
+        inner_total += int(counts[3]) if fused_count else res.iterations
+        if e_max_sq is None:
+            e_max_sq = counts[-1]
+            wanted = system_dtype(dtype, problem.ridge, e_max_sq)
+            if wanted != sys_dtype and rounds < opts.max_rounds:
+                sys_dtype = wanted
+                code, sign, u, s, valid, m = first
+                rows = None
+                continue
         all_finished = n_left == 0
         if all_finished or rounds == opts.max_rounds:
             break
@@ -337,8 +353,8 @@ class WorkingSetFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, E, extra, problem, opts, diagnostics):
-        code, sign, u, s = _forward(z, E, extra, problem, opts, diagnostics)
+    def forward(ctx, z, E, extra, problem, opts, diagnostics, e_max_sq):
+        code, sign, u, s = _forward(z, E, extra, problem, opts, diagnostics, e_max_sq)
         ctx.one_thread = wants_one_thread(z, E.shape[0])  # as the forward ran (dispatch.solve)
         ctx.save_for_backward(z, E, code, sign, u, s)
         ctx.problem = problem
@@ -380,15 +396,16 @@ class WorkingSetFunction(torch.autograd.Function):
             # b_j = σ_j (Ez + extra)_{k_j}
             grad_B = torch.zeros(z.shape[0], E.shape[0], dtype=z.dtype, device=z.device)
             grad_B.scatter_add_(1, code, sign * v)
-        return VC if need_z else None, grad_E if need_E else None, grad_B, None, None, None
+        return VC if need_z else None, grad_E if need_E else None, grad_B, None, None, None, None
 
 
 def solve(z: torch.Tensor, E: torch.Tensor, extra: Optional[torch.Tensor], problem: QPForm, opts: Options,
-          diagnostics: dict):
+          diagnostics: dict, e_max_sq: Optional[float] = None):
     """Run the engine on b = Ez + ``extra`` (N, K) (``None``: see ``QPForm.start_bonus``).
+    ``e_max_sq``: max‖e‖², where the caller has read it already (else read with round 1's counts).
 
     Returns ``(u, code, sign)``, each (N, m): the solution is Σ_j u_j·sign_j·e_{code_j}.
     Differentiable w.r.t. ``z``, ``E`` and ``extra`` (through ``u``). Fills ``diagnostics`` with
     the engine's counters (iterations, rounds, working-set size, support sizes, broken-down rows).
     """
-    return WorkingSetFunction.apply(z, E, extra, problem, opts, diagnostics)
+    return WorkingSetFunction.apply(z, E, extra, problem, opts, diagnostics, e_max_sq)
