@@ -235,3 +235,39 @@ def test_entering_codes_kernel_matches_the_torch_scoring(signed, n_add, monkeypa
     assert torch.equal(got[1][finite], ref[1][finite]) and torch.equal(got[2][finite], ref[2][finite])
     if n_add == 30:  # every code ranked: those in W (with their sign) last, at -inf
         assert (~finite).any()
+
+
+@pytest.mark.parametrize("dtype", [f32, f64])
+@pytest.mark.parametrize("signed", [False, True])
+def test_gram_kernel_reuses_the_last_rounds_products_exactly(dtype, signed):
+    # Three rounds as the engine runs them: W keeps some codes, takes in others, a row subset
+    # continues, and W grows. Each round's H and Cz must equal the products computed from scratch
+    # (the torch path's), whatever the cache held.
+    from scq.solvers.engine.working_set import _code_rows, _gram
+
+    g = torch.Generator().manual_seed(21)
+    N, K, D = 40, 30, 7
+    E = torch.randn(K, D, generator=g, dtype=dtype)
+    z = torch.randn(N, D, generator=g, dtype=dtype)
+    cache = fused.GramCache(N, dtype)
+    code = torch.stack([torch.randperm(K, generator=g)[:6] for _ in range(N)])
+    rows = None
+    for step, m in enumerate((6, 6, 9)):
+        if step:  # keep a random half of each row's codes (shuffled), draw the rest anew
+            n = code.shape[0]
+            kept = torch.stack([code[i, torch.randperm(code.shape[1], generator=g)] for i in range(n)])[:, :m // 2]
+            code = torch.cat([kept, torch.randint(0, K, (n, m - m // 2), generator=g)], 1)
+        n = code.shape[0]
+        sign = torch.where(torch.rand(n, m, generator=g) < 0.5, -1.0, 1.0).to(dtype) if signed else \
+            torch.ones(n, m, dtype=dtype)
+        zr = z if rows is None else z[rows]
+        H, cz = fused.gram(E, code, sign, zr, ridge=0.3, sys_dtype=dtype, cache=cache, rows=rows)
+        C = _code_rows(E, code, sign, True)
+        tol = 1e-5 if dtype == f32 else 1e-12
+        torch.testing.assert_close(H, _gram(C, 0.3), atol=tol, rtol=tol)
+        torch.testing.assert_close(cz, torch.bmm(C, zr.unsqueeze(-1)).squeeze(-1), atol=tol, rtol=tol)
+        if step == 0:  # a third of the rows finish; the others go on, as the engine's compaction
+            rows = torch.arange(0, N, 3)
+            code = code[rows]
+        if step == 1:
+            assert cache.code.shape == (N, 6) and torch.equal(cache.code[rows], code)

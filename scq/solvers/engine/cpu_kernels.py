@@ -363,26 +363,58 @@ def combine_backward_rows(values, E, idx, grad, need_values, need_E, grad_values
 
 
 @njit(**_JIT)
-def gram_rows(E, code, sign, z, ridge, H, cz, lo, hi):
+def gram_rows(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code, H, cz, lo,
+              hi):
     """Per row, from the codes in place (no (N, m, D) gather): H = CCᵀ + ρI and Cz, with
     c_j = σ_j e_{k_j}, for rows lo..hi, summed in E's dtype (the caller passes E in the systems'
-    precision)."""
+    precision).
+
+    Rounds change a few codes of W: the products e_aᵀe_b and e_aᵀz of codes a row had in the last
+    round are taken from a per-row cache instead of recomputed (a round then costs O(new·m·D),
+    not O(m²·D)). The cache is read at ``old_*`` (rows of the whole batch, ``rows[i]`` for row i;
+    ``old_code`` −1 where empty) and written at ``new_*`` (may be the same arrays: a row is read
+    whole before it is written)."""
     m = code.shape[1]
+    m_old = old_code.shape[1]
     D = E.shape[1]
     zero = E.dtype.type(0)  # sums in E's dtype, so that they vectorize
+    old = np.empty(m, dtype=np.int64)
     for n in range(lo, hi):
+        r = rows[n]
+        for a in range(m):  # where each code sat in the cache, −1 if it is new to the row
+            old[a] = -1
+            for j in range(m_old):
+                if old_code[r, j] == code[n, a]:
+                    old[a] = j
+                    break
         for a in range(m):
             ea = E[code[n, a]]
-            dz = zero
-            for d in range(D):
-                dz += ea[d] * z[n, d]
-            cz[n, a] = sign[n, a] * dz
-            for c in range(a + 1):
-                eb = E[code[n, c]]
-                dot = zero
+            if old[a] >= 0:
+                cz[n, a] = old_ez[r, old[a]]
+            else:
+                dz = zero
                 for d in range(D):
-                    dot += ea[d] * eb[d]
-                h = sign[n, a] * sign[n, c] * dot
+                    dz += ea[d] * z[n, d]
+                cz[n, a] = dz
+            for c in range(a + 1):
+                if old[a] >= 0 and old[c] >= 0:
+                    H[n, a, c] = old_gram[r, old[a], old[c]]
+                else:
+                    eb = E[code[n, c]]
+                    dot = zero
+                    for d in range(D):
+                        dot += ea[d] * eb[d]
+                    H[n, a, c] = dot
+        for a in range(m):  # the cache holds the unsigned products, without the ridge
+            new_code[r, a] = code[n, a]
+            new_ez[r, a] = cz[n, a]
+            for c in range(a + 1):
+                new_gram[r, a, c] = H[n, a, c]
+                new_gram[r, c, a] = H[n, a, c]
+        for a in range(m):
+            cz[n, a] *= sign[n, a]
+            for c in range(a + 1):
+                h = sign[n, a] * sign[n, c] * H[n, a, c]
                 H[n, a, c] = h + (ridge if a == c else 0.0)
                 H[n, c, a] = H[n, a, c]
 
@@ -514,9 +546,10 @@ def combine_backward_par(values, E, idx, grad, need_values, need_E, grad_values,
 
 
 @njit(parallel=True, **_JIT)
-def gram_par(E, code, sign, z, ridge, H, cz, bounds):
+def gram_par(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code, H, cz, bounds):
     for t in prange(bounds.shape[0] - 1):
-        gram_rows(E, code, sign, z, ridge, H, cz, bounds[t], bounds[t + 1])
+        gram_rows(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code, H, cz,
+                  bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)

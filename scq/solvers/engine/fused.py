@@ -203,16 +203,44 @@ def combine_backward(values, codebook, indices, grad, *, need_values: bool, need
     return _on_cpu("combine", (codebook, values), run)
 
 
-def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype):
+class GramCache:
+    """The products e_aᵀe_b and e_aᵀz of each row's last working set (the whole batch's rows), so
+    that the next round's Gram matrices compute only the codes that entered: see
+    :func:`scq.solvers.engine.cpu_kernels.gram_rows`. Empty until the first round."""
+
+    def __init__(self, N: int, dtype: torch.dtype):
+        self.N, self.dtype = N, dtype
+        self.gram = torch.zeros(N, 0, 0, dtype=dtype)
+        self.ez = torch.zeros(N, 0, dtype=dtype)
+        self.code = torch.full((N, 0), -1, dtype=torch.long)
+
+    def slots(self, m: int) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+        """Where this round writes: the same buffers, or wider ones when W grew (rows not written
+        this round are finished and never read again)."""
+        if self.code.shape[1] == m:
+            return self.gram, self.ez, self.code
+        return (torch.empty(self.N, m, m, dtype=self.dtype), torch.empty(self.N, m, dtype=self.dtype),
+                torch.full((self.N, m), -1, dtype=torch.long))
+
+
+def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype, cache: Optional[GramCache] = None,
+         rows: Optional[torch.Tensor] = None):
     """The round's systems on the CPU from the codes in place: ``(H, Cz)`` with H = CCᵀ + ρI in
-    ``sys_dtype``, or ``None``."""
+    ``sys_dtype``, or ``None``. With a ``cache`` (of ``sys_dtype``), the products of codes each
+    row (``rows``: their indices in the cache's batch, ``None``: all) had in the last round are
+    reused, and this round's are kept for the next."""
 
     def run(k):
         N, m = code.shape
         H = torch.empty(N, m, m, dtype=sys_dtype)
         cz = torch.empty(N, m, dtype=sys_dtype)
+        c = cache if cache is not None else GramCache(N, sys_dtype)
+        where = torch.arange(N) if rows is None else rows
+        new = c.slots(m)
         k.gram_par(_numpy(E.to(sys_dtype)), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
-                   float(ridge), H.numpy(), cz.numpy(), _bounds(N))
+                   float(ridge), _numpy(where), _numpy(c.gram), _numpy(c.ez), _numpy(c.code),
+                   *(t.numpy() for t in new), H.numpy(), cz.numpy(), _bounds(N))
+        c.gram, c.ez, c.code = new
         return H, cz
 
     return _on_cpu("Gram", (E,), run)

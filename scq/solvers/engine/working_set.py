@@ -143,10 +143,11 @@ def _gradients(zq, z, E, extra, start, bonus: float):
     return G
 
 
-def _systems(E, code, sign, z, problem: QPForm, sys_dtype, sys_ridge):
+def _systems(E, code, sign, z, problem: QPForm, sys_dtype, sys_ridge, cache, rows):
     """The round's (H, Cz, C): H = CCᵀ + ρI in the systems' dtype, Cz (n, m), and C (n, m, D) on
-    the torch path (``None`` where a compiled kernel made H and Cz from the codes in place)."""
-    compiled = fused.gram(E, code, sign, z, ridge=sys_ridge, sys_dtype=sys_dtype)
+    the torch path (``None`` where a compiled kernel made H and Cz from the codes in place, reusing
+    the products of the codes each row kept from the last round: ``cache``)."""
+    compiled = fused.gram(E, code, sign, z, ridge=sys_ridge, sys_dtype=sys_dtype, cache=cache, rows=rows)
     if compiled is not None:
         return compiled[0], compiled[1], None
     C = _code_rows(E, code, sign, problem.signed)
@@ -238,6 +239,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     m = code.shape[1]
     s = u > 0
     first = (code, sign, u.clone(), s.clone(), valid, m)  # where a round 1 in the wrong precision starts again
+    gram_cache = fused.GramCache(N, sys_dtype)
 
     converged = torch.zeros(N, dtype=torch.bool, device=device)
     broken = torch.zeros(N, dtype=torch.bool, device=device)
@@ -254,7 +256,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         cr, sgr, ur, sr, vr, zr = take(code), take(sign), take(u), take(s), take(valid), take(z)
         extra_r = None if extra is None else take(extra)
         start_r = None if start is None else take(start)
-        H, cz, C = _systems(E, cr, sgr, zr, problem, sys_dtype, sys_ridge)
+        H, cz, C = _systems(E, cr, sgr, zr, problem, sys_dtype, sys_ridge, gram_cache, rows)
         b = _restricted_b(cz, cr, sgr, extra_r, start_r, problem).to(sys_dtype)
         ur = ur.to(sys_dtype)
         if opts.pg_iters:
@@ -306,6 +308,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
             if wanted != sys_dtype and rounds < opts.max_rounds:
                 sys_dtype = wanted
                 code, sign, u, s, valid, m = first
+                gram_cache = fused.GramCache(N, sys_dtype)
                 rows = None
                 continue
         all_finished = n_left == 0
