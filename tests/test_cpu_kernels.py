@@ -36,6 +36,35 @@ def test_fista_kernel_matches_the_torch_loop(N, m, n_iter, dtype, simplex):
         assert (got.sum(-1) - 1).abs().max() < _tol(dtype) * 10
 
 
+@pytest.mark.parametrize("dtype", [f32, f64])
+def test_fista_kernel_ends_on_nan_and_on_ties(dtype):
+    # The simplex threshold stops when its set stops shrinking: a NaN (which empties the set) or
+    # values tied at the threshold must end it, not loop (run in a thread, to fail rather than hang).
+    import threading
+
+    N, m = 6, 8
+    H = torch.eye(m, dtype=dtype).expand(N, m, m).contiguous()
+    b = torch.ones(N, m, dtype=dtype)  # every slot tied
+    b[1, 3] = float("nan")
+    b[2] = torch.tensor([1e-7 * i for i in range(m)], dtype=dtype)  # near-ties
+    b[3, :4] = float("inf")
+    valid = torch.ones(N, m, dtype=torch.bool)
+    valid[4, 2:] = False
+    u0 = torch.zeros(N, m, dtype=dtype)
+    u0[:, 0] = 1
+    step, beta = F.step_and_momentum(H, 0.1)
+    out = []
+    worker = threading.Thread(target=lambda: out.append(fused.fista(H, b, u0, valid, step, beta, simplex=True,
+                                                                    n_iter=20)), daemon=True)
+    worker.start()
+    worker.join(timeout=120)  # a cold Numba cache compiles first
+    assert not worker.is_alive() and out, "the simplex threshold did not end"
+    rows = [0, 2, 4, 5]  # the finite ones (the torch path's sort-based threshold fails on NaN)
+    ref = F.fista_torch(H[rows], b[rows], u0[rows], valid[rows], simplex=True, ridge=0.1, n_iter=20)
+    assert (out[0][rows] - ref).abs().max() <= _tol(dtype) * 10
+    assert (out[0][0] - 1 / m).abs().max() <= _tol(dtype) * 10  # ties share the mass evenly
+
+
 @pytest.mark.parametrize("N,m,simplex,cap,dtype", [
     (60, 5, True, None, f64), (60, 12, True, None, f64), (60, 12, True, None, f32), (30, 40, True, None, f64),
     (60, 12, False, None, f64), (60, 9, False, 4, f32), (30, 40, False, 6, f64)])

@@ -99,168 +99,190 @@ def _factor_support(H, s, idx, A):
 
 
 @njit(**_JIT)
-def _simplex_threshold(v, valid, keep):
-    """τ with Σ_i max(v_i − τ, 0) = 1 over the valid slots (the simplex projection is max(v − τ, 0)).
+def _simplex_threshold(v, n_valid):
+    """τ with Σ_i max(v_i − τ, 0) = 1 (the simplex projection is max(v − τ, 0)); slots that are
+    not valid come in at −1e30 (below any τ), ``n_valid`` is how many are.
 
     Michelot's algorithm: τ = (Σ_S v − 1)/|S| over a shrinking set S, dropping v_i ≤ τ until none
-    is left to drop (at most m passes, a few in practice, no sort). The same τ as the sort-based
-    formula of :func:`scq.simplex.simplex_threshold` up to rounding."""
-    m = v.shape[0]
-    total = 0.0
-    size = 0
+    is left to drop (a few passes, no sort). τ only grows, so S after each pass is {v > τ}: every
+    pass is one branch-free sweep that vectorizes (keeping the set slot by slot made FISTA 2.4×
+    slower). The same τ as the sort-based formula of :func:`scq.simplex.simplex_threshold` up to
+    rounding."""
+    zero = v.dtype.type(0)
+    one = v.dtype.type(1)
+    if n_valid == 0:
+        return zero  # nothing to project: every slot ends at 0
+    total = zero
+    for i in range(v.shape[0]):
+        total += v[i] if v[i] > -1e29 else zero
+    size = n_valid
+    tau = (total - one) / size
+    while True:
+        total = zero
+        count = 0
+        for i in range(v.shape[0]):
+            above = v[i] > tau
+            total += v[i] if above else zero
+            count += above
+        # Done when nothing is dropped. S only shrinks (at most m passes): a slot that rounding
+        # would let back in, or a NaN that empties S, ends the loop too.
+        if count >= size or count == 0:
+            return tau
+        size = count
+        tau = (total - one) / size
+
+
+@njit(**_JIT)
+def _fista_row(H, b, u, valid, t, mom, n_iter, simplex, y, v):
+    """``n_iter`` FISTA steps on one row, in place on ``u``: u ← Π_C(y − t(Hy − b)),
+    y ← u + β(u − u_prev). ``y``, ``v`` are scratch. Branch-free sweeps in the input's dtype, so
+    that they vectorize."""
+    m = b.shape[0]
+    zero = u.dtype.type(0)
+    low = u.dtype.type(-1e30)  # an invalid slot, below any threshold: it projects to 0
+    n_valid = 0
     for i in range(m):
-        keep[i] = valid[i]
-        if keep[i]:
-            total += v[i]
-            size += 1
-    tau = (total - 1.0) / size
-    changed = True
-    while changed:
-        changed = False
+        n_valid += valid[i]
+    y[:] = u
+    for _ in range(n_iter):
         for i in range(m):
-            if keep[i] and v[i] <= tau:
-                keep[i] = False
-                total -= v[i]
-                size -= 1
-                changed = True
-        if changed:
-            tau = (total - 1.0) / size
-    return tau
+            g = -b[i]
+            Hi = H[i]
+            for j in range(m):
+                g += Hi[j] * y[j]
+            v[i] = y[i] - t * g if valid[i] else low
+        tau = _simplex_threshold(v, n_valid) if simplex else zero
+        for i in range(m):
+            new = max(v[i] - tau, zero)
+            y[i] = new + mom * (new - u[i])
+            u[i] = new
+
+
+@njit(**_JIT)
+def _step_and_momentum(H, ridge):
+    """FISTA's step 1/L (L = max_i Σ_j |H_ij|, Gershgorin's bound on λ_max) and momentum
+    β = (√L − √ρ)/(√L + √ρ), as :func:`scq.solvers.engine.fista.step_and_momentum`."""
+    L = 0.0
+    for i in range(H.shape[0]):
+        row = 0.0
+        for j in range(H.shape[1]):
+            row += abs(H[i, j])
+        L = max(L, row)
+    return 1.0 / L, (np.sqrt(L) - np.sqrt(ridge)) / (np.sqrt(L) + np.sqrt(ridge))
 
 
 @njit(**_JIT)
 def fista_rows(H, b, u0, valid, step, beta, n_iter, simplex, out, lo, hi):
-    """``n_iter`` FISTA steps for rows lo..hi: u ← Π_C(y − t(Hy − b)), y ← u + β(u − u_prev),
-    the last iterate written to ``out``."""
+    """``n_iter`` FISTA steps for rows lo..hi from ``u0``, the last iterate written to ``out``."""
     m = b.shape[1]
+    y = np.empty(m, dtype=u0.dtype)
+    v = np.empty(m, dtype=u0.dtype)
     for n in range(lo, hi):
-        u = u0[n].copy()
-        y = u0[n].copy()
-        v = np.empty(m, dtype=u0.dtype)
-        keep = np.empty(m, dtype=np.bool_)
-        t, mom = step[n], beta[n]
-        for _ in range(n_iter):
-            for i in range(m):
-                g = -b[n, i]
+        out[n] = u0[n]
+        _fista_row(H[n], b[n], out[n], valid[n], step[n], beta[n], n_iter, simplex, y, v)
+
+
+@njit(**_JIT)
+def _active_set_row(H, b, p, s, valid, dual_tol, max_iter, max_support, simplex, drop_tol, tiny, slack, A, idx, x, y,
+                    p_eq, p_new, ratio, blocking, s_new, violation):
+    """The active-set iterations of ``active_set._iterate`` on one row until it is done (or
+    ``max_iter``), from the feasible start ``p``/``s`` (updated in place); the rest is scratch.
+    Returns ν, the violation left at finish and the row's state: bit 0 done, bit 1 broken down,
+    the rest the iterations it ran."""
+    m = b.shape[0]
+    nu = 0.0
+    residual = 0.0
+    done = False
+    broken = False
+    single_add = False
+    progress = True
+    iters = 0
+    while iters < max_iter and not done:
+        iters += 1
+        # 1. The equality solution on S: H_SS x = b_S, H_SS y = 1, ν = (1ᵀx − 1)/(1ᵀy).
+        k, ok = _factor_support(H, s, idx, A)
+        if not ok:  # not numerically positive definite: frozen at the last feasible iterate
+            broken = True
+            done = True
+            break
+        for a in range(k):
+            x[a] = b[idx[a]]
+        nu_eq = 0.0
+        if simplex:
+            nu_eq = _solve_on_simplex(A, k, x, y, 1.0, -np.inf)
+        else:
+            _cho_solve(A, k, x)
+        p_eq[:] = 0.0
+        for a in range(k):
+            p_eq[idx[a]] = x[a]
+        # 2. Ratio test: the largest step α ≤ 1 towards p_eq that keeps p ≥ 0.
+        alpha = 1.0
+        moved = 0.0
+        for i in range(m):
+            blocking[i] = s[i] and p_eq[i] < -drop_tol
+            ratio[i] = p[i] / max(p[i] - p_eq[i], tiny) if blocking[i] else 2.0
+            alpha = min(alpha, ratio[i])
+            moved = max(moved, abs(p_eq[i] - p[i]))
+        at_opt = alpha >= 1.0
+        progress_new = progress or (alpha > 0 and moved > drop_tol)
+        n_in = 0
+        for i in range(m):
+            v = p_eq[i] if at_opt else p[i] + alpha * (p_eq[i] - p[i])
+            hit = blocking[i] and ratio[i] <= alpha
+            gone = at_opt and v <= drop_tol
+            s_new[i] = s[i] and not hit and not gone
+            p_new[i] = max(v, 0.0) if s_new[i] else 0.0
+            n_in += s_new[i]
+        # 3. Multipliers μ = Hp − b + ν off the support, and the codes to add.
+        worst = -np.inf
+        worst_slot = 0
+        for i in range(m):
+            viol = 0.0
+            if valid[i] and not s_new[i]:
+                mu = nu_eq - b[i]
                 for j in range(m):
-                    g += H[n, i, j] * y[j]
-                v[i] = y[i] - t * g
-            if simplex:
-                tau = _simplex_threshold(v, valid[n], keep)
-                for i in range(m):
-                    new = max(v[i] - tau, 0.0) if valid[n, i] else 0.0
-                    y[i] = new + mom * (new - u[i])
-                    u[i] = new
-            else:
-                for i in range(m):
-                    new = max(v[i], 0.0) if valid[n, i] else 0.0
-                    y[i] = new + mom * (new - u[i])
-                    u[i] = new
-        out[n] = u
+                    mu += H[i, j] * p_new[j]
+                viol = -mu
+            violation[i] = viol
+            if viol > worst:
+                worst = viol
+                worst_slot = i
+        has_violation = worst > dual_tol
+        stalled = at_opt and has_violation and not progress_new
+        degenerate = stalled and single_add and worst <= slack * dual_tol
+        finished = at_opt and (not has_violation or degenerate)
+        single_add = single_add or stalled
+        n_adds = 0
+        if at_opt:
+            for i in range(m):
+                n_adds += violation[i] > dual_tol
+        one_at_a_time = single_add or (max_support >= 0 and n_in + n_adds > max_support)
+        for i in range(m):
+            add = at_opt and violation[i] > dual_tol and (not one_at_a_time or i == worst_slot)
+            s[i] = s_new[i] or add
+            p[i] = p_new[i]
+        progress = progress_new and n_adds == 0
+        nu = nu_eq
+        if finished:
+            residual = max(worst, 0.0)
+            done = True
+    return nu, residual, (1 if done else 0) + (2 if broken else 0) + 4 * iters
 
 
 @njit(**_JIT)
 def active_set_rows(H, b, out_p, out_s, valid, tol, max_iter, max_support, simplex, drop_tol, tiny, slack,
                     out_nu, out_res, state, lo, hi):
-    """The active-set iterations of ``active_set._iterate`` for rows lo..hi, each until its own
-    row is done (or ``max_iter``), from the feasible start in ``out_p``/``out_s`` (updated in
-    place). ``max_support`` < 0: no cap. Writes ν, the violation left at finish and a state per
-    row: bit 0 done, bit 1 broken down, the rest the iterations it ran."""
+    """:func:`_active_set_row` for rows lo..hi (``max_support`` < 0: no cap), from the feasible
+    start in ``out_p``/``out_s`` (updated in place); writes ν, the violation left and the state."""
     m = b.shape[1]
+    A = np.empty((m, m), dtype=b.dtype)
+    idx = np.empty(m, dtype=np.int64)
+    work = np.empty((6, m), dtype=b.dtype)
+    flags = np.empty((2, m), dtype=np.bool_)
     for n in range(lo, hi):
-        p = out_p[n]
-        s = out_s[n]
-        Hn = H[n]
-        dual_tol = tol[n]
-        A = np.empty((m, m), dtype=b.dtype)
-        idx = np.empty(m, dtype=np.int64)
-        x = np.empty(m, dtype=b.dtype)
-        y = np.empty(m, dtype=b.dtype)
-        p_eq = np.empty(m, dtype=b.dtype)
-        p_new = np.empty(m, dtype=b.dtype)
-        ratio = np.empty(m, dtype=b.dtype)
-        blocking = np.zeros(m, dtype=np.bool_)
-        s_new = np.zeros(m, dtype=np.bool_)
-        violation = np.empty(m, dtype=b.dtype)
-        nu = 0.0
-        residual = 0.0
-        done = False
-        broken = False
-        single_add = False
-        progress = True
-        iters = 0
-        while iters < max_iter and not done:
-            iters += 1
-            # 1. The equality solution on S: H_SS x = b_S, H_SS y = 1, ν = (1ᵀx − 1)/(1ᵀy).
-            k, ok = _factor_support(Hn, s, idx, A)
-            if not ok:  # not numerically positive definite: frozen at the last feasible iterate
-                broken = True
-                done = True
-                break
-            for a in range(k):
-                x[a] = b[n, idx[a]]
-            nu_eq = 0.0
-            if simplex:
-                nu_eq = _solve_on_simplex(A, k, x, y, 1.0, -np.inf)
-            else:
-                _cho_solve(A, k, x)
-            p_eq[:] = 0.0
-            for a in range(k):
-                p_eq[idx[a]] = x[a]
-            # 2. Ratio test: the largest step α ≤ 1 towards p_eq that keeps p ≥ 0.
-            alpha = 1.0
-            moved = 0.0
-            for i in range(m):
-                blocking[i] = s[i] and p_eq[i] < -drop_tol
-                ratio[i] = p[i] / max(p[i] - p_eq[i], tiny) if blocking[i] else 2.0
-                alpha = min(alpha, ratio[i])
-                moved = max(moved, abs(p_eq[i] - p[i]))
-            at_opt = alpha >= 1.0
-            progress_new = progress or (alpha > 0 and moved > drop_tol)
-            n_in = 0
-            for i in range(m):
-                v = p_eq[i] if at_opt else p[i] + alpha * (p_eq[i] - p[i])
-                hit = blocking[i] and ratio[i] <= alpha
-                gone = at_opt and v <= drop_tol
-                s_new[i] = s[i] and not hit and not gone
-                p_new[i] = max(v, 0.0) if s_new[i] else 0.0
-                n_in += s_new[i]
-            # 3. Multipliers μ = Hp − b + ν off the support, and the codes to add.
-            worst = -np.inf
-            worst_slot = 0
-            for i in range(m):
-                viol = 0.0
-                if valid[n, i] and not s_new[i]:
-                    mu = nu_eq - b[n, i]
-                    for j in range(m):
-                        mu += Hn[i, j] * p_new[j]
-                    viol = -mu
-                violation[i] = viol
-                if viol > worst:
-                    worst = viol
-                    worst_slot = i
-            has_violation = worst > dual_tol
-            stalled = at_opt and has_violation and not progress_new
-            degenerate = stalled and single_add and worst <= slack * dual_tol
-            finished = at_opt and (not has_violation or degenerate)
-            single_add = single_add or stalled
-            n_adds = 0
-            if at_opt:
-                for i in range(m):
-                    n_adds += violation[i] > dual_tol
-            one_at_a_time = single_add or (max_support >= 0 and n_in + n_adds > max_support)
-            for i in range(m):
-                add = at_opt and violation[i] > dual_tol and (not one_at_a_time or i == worst_slot)
-                s[i] = s_new[i] or add
-                p[i] = p_new[i]
-            progress = progress_new and n_adds == 0
-            nu = nu_eq
-            if finished:
-                residual = max(worst, 0.0)
-                done = True
-        out_nu[n] = nu
-        out_res[n] = residual
-        state[n] = (1 if done else 0) + (2 if broken else 0) + 4 * iters
+        out_nu[n], out_res[n], state[n] = _active_set_row(
+            H[n], b[n], out_p[n], out_s[n], valid[n], tol[n], max_iter, max_support, simplex, drop_tol, tiny, slack,
+            A, idx, work[0], work[1], work[2], work[3], work[4], flags[0], flags[1], work[5])
 
 
 @njit(**_JIT)
@@ -363,6 +385,54 @@ def combine_backward_rows(values, E, idx, grad, need_values, need_E, grad_values
 
 
 @njit(**_JIT)
+def _gram_row(E, code, sign, z, ridge, r, old_gram, old_ez, old_code, new_gram, new_ez, new_code, H, cz, old):
+    """One row's H = CCᵀ + ρI and Cz (c_j = σ_j e_{k_j}), from the codes in place, summed in E's
+    dtype; products the row's codes had in the last round come from the cache (row ``r`` of
+    ``old_*``; see :func:`gram_rows`), and this round's are written to row ``r`` of ``new_*``.
+    ``old`` is scratch."""
+    m = code.shape[0]
+    m_old = old_code.shape[1]
+    D = E.shape[1]
+    zero = E.dtype.type(0)  # sums in E's dtype, so that they vectorize
+    for a in range(m):  # where each code sat in the cache, −1 if it is new to the row
+        old[a] = -1
+        for j in range(m_old):
+            if old_code[r, j] == code[a]:
+                old[a] = j
+                break
+    for a in range(m):
+        ea = E[code[a]]
+        if old[a] >= 0:
+            cz[a] = old_ez[r, old[a]]
+        else:
+            dz = zero
+            for d in range(D):
+                dz += ea[d] * z[d]
+            cz[a] = dz
+        for c in range(a + 1):
+            if old[a] >= 0 and old[c] >= 0:
+                H[a, c] = old_gram[r, old[a], old[c]]
+            else:
+                eb = E[code[c]]
+                dot = zero
+                for d in range(D):
+                    dot += ea[d] * eb[d]
+                H[a, c] = dot
+    for a in range(m):  # the cache holds the unsigned products, without the ridge
+        new_code[r, a] = code[a]
+        new_ez[r, a] = cz[a]
+        for c in range(a + 1):
+            new_gram[r, a, c] = H[a, c]
+            new_gram[r, c, a] = H[a, c]
+    for a in range(m):
+        cz[a] *= sign[a]
+        for c in range(a + 1):
+            h = sign[a] * sign[c] * H[a, c]
+            H[a, c] = h + (ridge if a == c else 0.0)
+            H[c, a] = H[a, c]
+
+
+@njit(**_JIT)
 def gram_rows(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code, H, cz, lo,
               hi):
     """Per row, from the codes in place (no (N, m, D) gather): H = CCᵀ + ρI and Cz, with
@@ -374,49 +444,53 @@ def gram_rows(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gra
     not O(m²·D)). The cache is read at ``old_*`` (rows of the whole batch, ``rows[i]`` for row i;
     ``old_code`` −1 where empty) and written at ``new_*`` (may be the same arrays: a row is read
     whole before it is written)."""
-    m = code.shape[1]
-    m_old = old_code.shape[1]
-    D = E.shape[1]
-    zero = E.dtype.type(0)  # sums in E's dtype, so that they vectorize
-    old = np.empty(m, dtype=np.int64)
+    old = np.empty(code.shape[1], dtype=np.int64)
     for n in range(lo, hi):
-        r = rows[n]
-        for a in range(m):  # where each code sat in the cache, −1 if it is new to the row
-            old[a] = -1
-            for j in range(m_old):
-                if old_code[r, j] == code[n, a]:
-                    old[a] = j
-                    break
+        _gram_row(E, code[n], sign[n], z[n], ridge, rows[n], old_gram, old_ez, old_code, new_gram, new_ez, new_code,
+                  H[n], cz[n], old)
+
+
+@njit(**_JIT)
+def round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code,
+               u, s, valid, tol, n_iter, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res, state, zq, lo,
+               hi):
+    """One certificate round's work on W for rows lo..hi, each row start to end in one pass, its
+    m×m system never leaving the thread: the Gram matrix (:func:`_gram_row`, with the cache), b =
+    Cz + ``linear``, ``n_iter`` FISTA steps (then S = {u > 0}; with none, S comes in ``s``), the
+    active set (:func:`_active_set_row`; ``u``, ``s`` updated in place), and z_q = Σ_j u_j c_j
+    from ``E_out`` (E in the inputs' dtype) into ``zq`` (zeroed). The same arithmetic as
+    :func:`gram_rows`, :func:`fista_rows`, :func:`active_set_rows` and :func:`combine_rows` run
+    one after the other, without writing H to memory between them."""
+    m = code.shape[1]
+    D = E.shape[1]
+    H = np.empty((m, m), dtype=E.dtype)
+    b = np.empty(m, dtype=E.dtype)
+    old = np.empty(m, dtype=np.int64)
+    A = np.empty((m, m), dtype=E.dtype)
+    idx = np.empty(m, dtype=np.int64)
+    work = np.empty((6, m), dtype=E.dtype)
+    flags = np.empty((2, m), dtype=np.bool_)
+    for n in range(lo, hi):
+        _gram_row(E, code[n], sign[n], z[n], ridge, rows[n], old_gram, old_ez, old_code, new_gram, new_ez, new_code,
+                  H, b, old)
         for a in range(m):
-            ea = E[code[n, a]]
-            if old[a] >= 0:
-                cz[n, a] = old_ez[r, old[a]]
-            else:
-                dz = zero
+            b[a] += linear[n, a]
+        un, sn = u[n], s[n]
+        if n_iter > 0:
+            t, mom = _step_and_momentum(H, ridge)
+            _fista_row(H, b, un, valid[n], t, mom, n_iter, simplex, work[0], work[1])
+            for a in range(m):
+                sn[a] = un[a] > 0
+        out_nu[n], out_res[n], state[n] = _active_set_row(
+            H, b, un, sn, valid[n], tol[n], max_iter, -1, simplex, drop_tol, tiny, slack,
+            A, idx, work[0], work[1], work[2], work[3], work[4], flags[0], flags[1], work[5])
+        row = zq[n]
+        for a in range(m):
+            w = un[a] * sign[n, a]
+            if w != 0:
+                e = E_out[code[n, a]]
                 for d in range(D):
-                    dz += ea[d] * z[n, d]
-                cz[n, a] = dz
-            for c in range(a + 1):
-                if old[a] >= 0 and old[c] >= 0:
-                    H[n, a, c] = old_gram[r, old[a], old[c]]
-                else:
-                    eb = E[code[n, c]]
-                    dot = zero
-                    for d in range(D):
-                        dot += ea[d] * eb[d]
-                    H[n, a, c] = dot
-        for a in range(m):  # the cache holds the unsigned products, without the ridge
-            new_code[r, a] = code[n, a]
-            new_ez[r, a] = cz[n, a]
-            for c in range(a + 1):
-                new_gram[r, a, c] = H[n, a, c]
-                new_gram[r, c, a] = H[n, a, c]
-        for a in range(m):
-            cz[n, a] *= sign[n, a]
-            for c in range(a + 1):
-                h = sign[n, a] * sign[n, c] * H[n, a, c]
-                H[n, a, c] = h + (ridge if a == c else 0.0)
-                H[n, c, a] = H[n, a, c]
+                    row[d] += w * e[d]
 
 
 @njit(**_JIT)
@@ -543,6 +617,15 @@ def combine_backward_par(values, E, idx, grad, need_values, need_E, grad_values,
     for t in prange(bounds.shape[0] - 1):
         combine_backward_rows(values, E, idx, grad, need_values, need_E, grad_values, grad_E[t],
                               bounds[t], bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def round_par(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code,
+              u, s, valid, tol, n_iter, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res, state, zq, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez,
+                   new_code, u, s, valid, tol, n_iter, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res,
+                   state, zq, bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)

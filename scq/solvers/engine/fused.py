@@ -246,6 +246,39 @@ def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype, cache: Optio
     return _on_cpu("Gram", (E,), run)
 
 
+def solve_round(E, code, sign, z, linear, weights, support, valid, dual_tol, cache: GramCache,
+                rows: Optional[torch.Tensor], *, ridge: float, sys_dtype: torch.dtype, simplex: bool, pg_iters: int,
+                max_iter: int):
+    """A certificate round's work on W on the CPU, each row in one pass
+    (:func:`scq.solvers.engine.cpu_kernels.round_rows`): the Gram matrix (reusing ``cache``),
+    b = Cz + ``linear``, FISTA's warm start, the active set and z_q. Returns
+    ``(ActiveSetResult, z_q)`` or ``None`` (the caller's step-by-step path). No cap on the support
+    size (the caller takes the step-by-step path where there is one)."""
+
+    def run(k):
+        finfo = torch.finfo(sys_dtype)
+        N, m = code.shape
+        u = weights.detach().to(sys_dtype).clone()
+        s = support.clone()
+        nu, res = torch.zeros(N, dtype=sys_dtype), torch.zeros(N, dtype=sys_dtype)
+        state = torch.zeros(N, dtype=torch.int32)
+        zq = torch.zeros(N, E.shape[1], dtype=E.dtype)
+        where = torch.arange(N) if rows is None else rows
+        new = cache.slots(m)
+        k.round_par(_numpy(E.to(sys_dtype)), _numpy(E), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
+                    _numpy(linear.to(sys_dtype)), float(ridge), _numpy(where), _numpy(cache.gram), _numpy(cache.ez),
+                    _numpy(cache.code), *(t.numpy() for t in new), u.numpy(), s.numpy(), _numpy(valid),
+                    _numpy(dual_tol.reshape(N).to(sys_dtype)), int(pg_iters), bool(simplex), int(max_iter),
+                    16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu.numpy(), res.numpy(), state.numpy(), zq.numpy(),
+                    _bounds(N))
+        cache.gram, cache.ez, cache.code = new
+        iterations = int(state.numpy().max() >> 2) if N else 0  # numpy: no torch scalar read
+        done, broken = (state & 1) != 0, (state & 2) != 0
+        return ActiveSetResult(u, s, nu, done & ~broken, iterations, res, broken), zq
+
+    return _on_cpu("round", (E, z), run)
+
+
 def scq_certificate(G, p, nearest, target, lam: float, scale):
     """The SCQ certificate's per-row pass on the CPU (see
     :func:`scq.solvers.engine.cpu_kernels.scq_certificate_rows`): four (N,) tensors, or ``None``."""

@@ -154,14 +154,55 @@ def _systems(E, code, sign, z, problem: QPForm, sys_dtype, sys_ridge, cache, row
     return _gram(C.to(sys_dtype), sys_ridge), torch.bmm(C, z.unsqueeze(-1)).squeeze(-1), C
 
 
-def _restricted_b(cz, code, sign, extra, start, problem: QPForm):
-    """b on W (n, m): b_j = σ_j(e_{k_j}ᵀz + extra_{k_j}) − α = c_jᵀz + σ_j·extra_{k_j} − α."""
-    b = cz
+def _linear_on_w(code, sign, extra, start, problem: QPForm, dtype):
+    """b − Cz on W (n, m): b_j = σ_j(e_{k_j}ᵀz + extra_{k_j}) − α, so the term σ_j·extra_{k_j} − α
+    (``extra`` None: λ at the nearest code ``start`` for SCQ's default target)."""
     if extra is not None:
-        b.addcmul_(sign, extra.gather(1, code))
+        lin = sign * extra.gather(1, code)
     elif problem.start_bonus:
-        b.add_((code == start.unsqueeze(1)).to(b.dtype), alpha=problem.start_bonus)
-    return b.sub_(problem.l1) if problem.l1 else b
+        lin = (code == start.unsqueeze(1)).to(dtype) * problem.start_bonus
+    else:
+        lin = torch.zeros(code.shape, dtype=dtype, device=code.device)
+    return lin - problem.l1 if problem.l1 else lin
+
+
+def _solve_on_w(E, code, sign, z, linear, u, s, valid, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge,
+                max_support, cache, rows):
+    """The round's work on W: the systems, FISTA's warm start and the exact active-set solve, then
+    z_q. Returns (ActiveSetResult in the systems' dtype, z_q (n, D)). On the CPU one kernel runs it
+    all, row by row (no cap on the support); else step by step, each step compiled where a kernel
+    applies."""
+    if max_support is None:
+        compiled = fused.solve_round(E, code, sign, z, linear, u, s, valid, dual_tol, cache, rows, ridge=sys_ridge,
+                                     sys_dtype=sys_dtype, simplex=problem.simplex, pg_iters=opts.pg_iters,
+                                     max_iter=opts.max_inner)
+        if compiled is not None:
+            return compiled
+    H, cz, C = _systems(E, code, sign, z, problem, sys_dtype, sys_ridge, cache, rows)
+    b = (cz + linear).to(sys_dtype)
+    u = u.to(sys_dtype)
+    if opts.pg_iters:
+        # Projected-gradient warm start on W: finds most of the support cheaply, so the exact
+        # active-set polish below needs few (costly) equality solves.
+        u = fista(H, b, u, valid, simplex=problem.simplex, ridge=sys_ridge, n_iter=opts.pg_iters)
+        if max_support is not None and code.shape[1] > max_support and not problem.simplex:
+            # Keep the warm start's D largest weights: still feasible (u ≥ 0), and the
+            # active set then never faces a support system it cannot factor.
+            top = u.topk(max_support, dim=1).indices
+            u = u * torch.zeros_like(s).scatter_(1, top, True)
+        s = u > 0
+    # Compiled where a kernel applies: every row runs until its own row is done, in one call.
+    res = fused.active_set(H, b, u, s, valid, dual_tol.to(sys_dtype), simplex=problem.simplex,
+                           max_support=max_support, max_iter=opts.max_inner)
+    if res is None:
+        res = solve_active_set(H, b, u, s, valid, dual_tol.to(sys_dtype), simplex=problem.simplex,
+                               max_support=max_support, max_iter=opts.max_inner, compact=opts.compact)
+    w = res.weights.to(E.dtype)
+    zq = fused.combine(w * sign if problem.signed else w, E, code) if C is None else None
+    if zq is None:
+        C = _code_rows(E, code, sign, problem.signed) if C is None else C
+        zq = torch.bmm(w.unsqueeze(1), C).squeeze(1)
+    return res, zq
 
 
 def _entering(G, code, sign, valid, n_add: int, problem: QPForm):
@@ -256,30 +297,10 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         cr, sgr, ur, sr, vr, zr = take(code), take(sign), take(u), take(s), take(valid), take(z)
         extra_r = None if extra is None else take(extra)
         start_r = None if start is None else take(start)
-        H, cz, C = _systems(E, cr, sgr, zr, problem, sys_dtype, sys_ridge, gram_cache, rows)
-        b = _restricted_b(cz, cr, sgr, extra_r, start_r, problem).to(sys_dtype)
-        ur = ur.to(sys_dtype)
-        if opts.pg_iters:
-            # Projected-gradient warm start on W: finds most of the support cheaply, so the exact
-            # active-set polish below needs few (costly) equality solves.
-            ur = fista(H, b, ur, vr, simplex=problem.simplex, ridge=sys_ridge, n_iter=opts.pg_iters)
-            if max_support is not None and m > max_support and not problem.simplex:
-                # Keep the warm start's D largest weights: still feasible (u ≥ 0), and the
-                # active set then never faces a support system it cannot factor.
-                top = ur.topk(max_support, dim=1).indices
-                ur = ur * torch.zeros_like(sr).scatter_(1, top, True)
-            sr = ur > 0
-        # Compiled where a kernel applies: every row runs until its own row is done, in one call.
-        res = fused.active_set(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
-                               max_support=max_support, max_iter=opts.max_inner)
-        if res is None:
-            res = solve_active_set(H, b, ur, sr, vr, take(dual_tol).to(sys_dtype), simplex=problem.simplex,
-                                   max_support=max_support, max_iter=opts.max_inner, compact=opts.compact)
+        linear = _linear_on_w(cr, sgr, extra_r, start_r, problem, dtype)
+        res, zq = _solve_on_w(E, cr, sgr, zr, linear, ur, sr, vr, take(dual_tol), problem, opts, sys_dtype, sys_ridge,
+                              max_support, gram_cache, rows)
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
-        zq = fused.combine(ur * sgr if problem.signed else ur, E, cr) if C is None else None
-        if zq is None:
-            C = _code_rows(E, cr, sgr, problem.signed) if C is None else C
-            zq = torch.bmm(ur.unsqueeze(1), C).squeeze(1)
         worst, worst_code, new_sign = _entering(_gradients(zq, zr, E, extra_r, start_r, problem.start_bonus), cr, sgr,
                                                 vr, n_add, problem)
         violation = worst - alpha - nu.unsqueeze(1)
