@@ -448,6 +448,8 @@ def _gram_row(E, code, sign, z, ridge, r, old_gram, old_ez, old_code, new_gram, 
                 dot += ea[d] * eb[d]
             H[max(a, c), min(a, c)] = dot
             t += 1
+    for a in range(m, new_code.shape[1]):  # slots beyond this row's codes hold none
+        new_code[r, a] = -1
     for a in range(m):  # the cache holds the unsigned products, without the ridge
         new_code[r, a] = code[a]
         new_ez[r, a] = cz[a]
@@ -485,8 +487,8 @@ def gram_rows(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gra
 def round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code,
                u, s, valid, tol, n_iter, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res, state, zq, lo,
                hi):
-    """One certificate round's work on W for rows lo..hi, each row start to end in one pass, its
-    m×m system never leaving the thread: the Gram matrix (:func:`_gram_row`, with the cache), b =
+    """One certificate round's work on W for rows lo..hi, each row start to end in one pass, on its
+    valid slots only (k×k, not m×m), its system never leaving the thread: the Gram matrix (:func:`_gram_row`, with the cache), b =
     Cz + ``linear``, ``n_iter`` FISTA steps (then S = {u > 0}; with none, S comes in ``s``), the
     active set (:func:`_active_set_row`; ``u``, ``s`` updated in place), and z_q = Σ_j u_j c_j
     from ``E_out`` (E in the inputs' dtype) into ``zq`` (zeroed). The same arithmetic as
@@ -494,33 +496,52 @@ def round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, o
     one after the other, without writing H to memory between them."""
     m = code.shape[1]
     D = E.shape[1]
-    H = np.empty((m, m), dtype=E.dtype)
-    b = np.empty(m, dtype=E.dtype)
+    H_flat = np.empty(m * m, dtype=E.dtype)
+    A = np.empty((m, m), dtype=E.dtype)
+    slots = np.empty(m, dtype=np.int64)
+    row_code = np.empty(m, dtype=np.int64)
+    row_sign = np.empty(m, dtype=E.dtype)
+    all_valid = np.ones(m, dtype=np.bool_)
     old = np.empty(m, dtype=np.int64)
     targets = np.empty(m, dtype=np.int64)
-    A = np.empty((m, m), dtype=E.dtype)
     idx = np.empty(m, dtype=np.int64)
-    work = np.empty((6, m), dtype=E.dtype)
-    flags = np.empty((2, m), dtype=np.bool_)
+    work = np.empty((9, m), dtype=E.dtype)
+    flags = np.empty((3, m), dtype=np.bool_)
     for n in range(lo, hi):
-        _gram_row(E, code[n], sign[n], z[n], ridge, rows[n], old_gram, old_ez, old_code, new_gram, new_ez, new_code,
-                  H, b, old, targets)
+        # The row's valid slots only (W is as wide as its widest row: the others are padding).
+        k = 0
         for a in range(m):
-            b[a] += linear[n, a]
-        un, sn = u[n], s[n]
+            if valid[n, a]:
+                slots[k] = a
+                row_code[k] = code[n, a]
+                row_sign[k] = sign[n, a]
+                k += 1
+        H = H_flat[:k * k].reshape((k, k))
+        b, un, sn = work[6, :k], work[7, :k], flags[2, :k]
+        _gram_row(E, row_code[:k], row_sign[:k], z[n], ridge, rows[n], old_gram, old_ez, old_code, new_gram, new_ez,
+                  new_code, H, b, old, targets)
+        for a in range(k):
+            b[a] += linear[n, slots[a]]
+            un[a] = u[n, slots[a]]
+            sn[a] = s[n, slots[a]]
         if n_iter > 0:
             t, mom = _step_and_momentum(H, ridge)
-            _fista_row(H, b, un, valid[n], t, mom, n_iter, simplex, work[0], work[1])
-            for a in range(m):
+            _fista_row(H, b, un, all_valid[:k], t, mom, n_iter, simplex, work[0, :k], work[1, :k])
+            for a in range(k):
                 sn[a] = un[a] > 0
         out_nu[n], out_res[n], state[n] = _active_set_row(
-            H, b, un, sn, valid[n], tol[n], max_iter, -1, simplex, drop_tol, tiny, slack,
-            A, idx, work[0], work[1], work[2], work[3], work[4], flags[0], flags[1], work[5])
+            H, b, un, sn, all_valid[:k], tol[n], max_iter, -1, simplex, drop_tol, tiny, slack, A, idx, work[0, :k],
+            work[1, :k], work[2, :k], work[3, :k], work[4, :k], flags[0, :k], flags[1, :k], work[5, :k])
+        for a in range(m):  # padding slots end at 0, off the support
+            u[n, a] = 0
+            s[n, a] = False
         row = zq[n]
-        for a in range(m):
-            w = un[a] * sign[n, a]
+        for a in range(k):
+            u[n, slots[a]] = un[a]
+            s[n, slots[a]] = sn[a]
+            w = un[a] * row_sign[a]
             if w != 0:
-                e = E_out[code[n, a]]
+                e = E_out[row_code[a]]
                 for d in range(D):
                     row[d] += w * e[d]
 
