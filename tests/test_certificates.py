@@ -276,3 +276,18 @@ def test_float16_module_inputs():
     q = scq.SCQ(8, 32, lam=1e-6)
     out = q(x)
     assert out.quantized.dtype == torch.float16 and q.last_info.converged
+
+
+def test_pgd_hands_its_nearest_codes_to_the_certificate():
+    # The engine's start is p̃'s code (problems.nearest_code): the certificate takes it instead of a
+    # GEMM of its own, and measures the same.
+    z, E = problem(N=30, K=40, D=5, seed=12)
+    p, info = scq.solve_scq(z, E, 0.2, method="pgd", return_info=True)
+    assert torch.equal(info.extra["nearest"], scq.problems.nearest_codes(z, E))
+    own = certify_scq(p, z, E, 0.2, None)
+    handed = certify_scq(p, z, E, 0.2, None, nearest=info.extra["nearest"])
+    for a, b in zip(own, handed):
+        assert torch.equal(a, b)
+    assert float(own.residual.max()) == info.residual
+    wrong = certify_scq(p, z, E, 0.2, None, nearest=(info.extra["nearest"] + 1) % 40)
+    assert float(wrong.residual.max()) > 1e-3  # the codes handed on are the ones measured against

@@ -67,15 +67,17 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: float,
-                target: Optional[torch.Tensor], dense: Optional[torch.Tensor] = None) -> Certificate:
+                target: Optional[torch.Tensor], dense: Optional[torch.Tensor] = None,
+                nearest: Optional[torch.Tensor] = None) -> Certificate:
     """The SCQ certificate of ``weights`` for inputs ``z (N, D)``; ``target`` ``None`` means the
-    one-hot nearest code, found exactly as the methods find it. ``dense``: the weights already
-    densified, if the caller has them."""
+    one-hot nearest code, found exactly as the methods find it (``nearest`` (N,): those codes,
+    where the method has them already, found by the same formula: one GEMM less). ``dense``: the
+    weights already densified, if the caller has them."""
     # Written for memory: at most two (N, K) buffers beside p (g, which becomes μ in place, and
     # one scratch), since at K = 16384 each is a gigabyte per 16384 vectors.
     z, codebook = z.detach(), codebook.detach()
     p = (densify(weights) if dense is None else dense).detach()
-    if target is None:  # before g: its scores and their temporary are gone when g is made
+    if target is None and nearest is None:  # before g: its scores and their temporary are gone when g is made
         nearest = nearest_code(code_scores(z, codebook), codebook)
     zq = combine(weights, codebook).detach()
     g = code_scores(zq - z, codebook)

@@ -54,7 +54,9 @@ class SCQProblem:
         return method.fn(z, codebook, self.lam, self.target, **options)
 
     def certify(self, weights, dense, z, codebook, info: SolverInfo) -> Certificate:
-        return certify_scq(weights, z, codebook, self.lam, self.target, dense=dense)
+        # A method that found the nearest codes (p̃'s) with problems.nearest_code hands them on.
+        nearest = info.extra.get("nearest") if self.target is None else None
+        return certify_scq(weights, z, codebook, self.lam, self.target, dense=dense, nearest=nearest)
 
 
 @dataclass(frozen=True)
