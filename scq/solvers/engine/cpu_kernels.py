@@ -133,10 +133,11 @@ def _simplex_threshold(v, n_valid):
 
 
 @njit(**_JIT)
-def _fista_row(H, b, u, valid, t, mom, n_iter, simplex, y, v):
+def _fista_row(H, b, u, valid, t, mom, n_iter, simplex, patience, y, v):
     """``n_iter`` FISTA steps on one row, in place on ``u``: u ← Π_C(y − t(Hy − b)),
-    y ← u + β(u − u_prev). ``y``, ``v`` are scratch. Branch-free sweeps in the input's dtype, so
-    that they vectorize."""
+    y ← u + β(u − u_prev); ``patience`` > 0: fewer, once the support {u > 0} has not changed for
+    that many steps (finding it is the warm start's job; the active set polishes the weights).
+    ``y``, ``v`` are scratch. Branch-free sweeps in the input's dtype, so that they vectorize."""
     m = b.shape[0]
     zero = u.dtype.type(0)
     low = u.dtype.type(-1e30)  # an invalid slot, below any threshold: it projects to 0
@@ -144,6 +145,7 @@ def _fista_row(H, b, u, valid, t, mom, n_iter, simplex, y, v):
     for i in range(m):
         n_valid += valid[i]
     y[:] = u
+    steady = 0
     for _ in range(n_iter):
         for i in range(m):
             g = -b[i]
@@ -152,10 +154,15 @@ def _fista_row(H, b, u, valid, t, mom, n_iter, simplex, y, v):
                 g += Hi[j] * y[j]
             v[i] = y[i] - t * g if valid[i] else low
         tau = _simplex_threshold(v, n_valid) if simplex else zero
+        changed = 0
         for i in range(m):
             new = max(v[i] - tau, zero)
+            changed += (new > zero) != (u[i] > zero)
             y[i] = new + mom * (new - u[i])
             u[i] = new
+        steady = steady + 1 if changed == 0 else 0
+        if patience > 0 and steady >= patience:
+            break
 
 
 @njit(**_JIT)
@@ -179,7 +186,7 @@ def fista_rows(H, b, u0, valid, step, beta, n_iter, simplex, out, lo, hi):
     v = np.empty(m, dtype=u0.dtype)
     for n in range(lo, hi):
         out[n] = u0[n]
-        _fista_row(H[n], b[n], out[n], valid[n], step[n], beta[n], n_iter, simplex, y, v)
+        _fista_row(H[n], b[n], out[n], valid[n], step[n], beta[n], n_iter, simplex, 0, y, v)
 
 
 @njit(**_JIT)
@@ -485,8 +492,8 @@ def gram_rows(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gra
 
 @njit(**_JIT)
 def round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code,
-               u, s, valid, tol, n_iter, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res, state, zq, lo,
-               hi):
+               u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res, state, zq,
+               lo, hi):
     """One certificate round's work on W for rows lo..hi, each row start to end in one pass, on its
     valid slots only (k×k, not m×m), its system never leaving the thread: the Gram matrix (:func:`_gram_row`, with the cache), b =
     Cz + ``linear``, ``n_iter`` FISTA steps (then S = {u > 0}; with none, S comes in ``s``), the
@@ -526,7 +533,7 @@ def round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, o
             sn[a] = s[n, slots[a]]
         if n_iter > 0:
             t, mom = _step_and_momentum(H, ridge)
-            _fista_row(H, b, un, all_valid[:k], t, mom, n_iter, simplex, work[0, :k], work[1, :k])
+            _fista_row(H, b, un, all_valid[:k], t, mom, n_iter, simplex, patience, work[0, :k], work[1, :k])
             for a in range(k):
                 sn[a] = un[a] > 0
         out_nu[n], out_res[n], state[n] = _active_set_row(
@@ -674,11 +681,12 @@ def combine_backward_par(values, E, idx, grad, need_values, need_E, grad_values,
 
 @njit(parallel=True, **_JIT)
 def round_par(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code,
-              u, s, valid, tol, n_iter, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res, state, zq, bounds):
+              u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res, state, zq,
+              bounds):
     for t in prange(bounds.shape[0] - 1):
         round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez,
-                   new_code, u, s, valid, tol, n_iter, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res,
-                   state, zq, bounds[t], bounds[t + 1])
+                   new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu,
+                   out_res, state, zq, bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)

@@ -246,6 +246,11 @@ def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype, cache: Optio
     return _on_cpu("Gram", (E,), run)
 
 
+# The round kernel's warm start stops once the support has held this many FISTA steps (0: never
+# early). Finding the support is its job; the active set polishes the weights either way.
+FISTA_PATIENCE = 3
+
+
 def solve_round(E, code, sign, z, linear, weights, support, valid, dual_tol, cache: GramCache,
                 rows: Optional[torch.Tensor], *, ridge: float, sys_dtype: torch.dtype, simplex: bool, pg_iters: int,
                 max_iter: int):
@@ -268,7 +273,8 @@ def solve_round(E, code, sign, z, linear, weights, support, valid, dual_tol, cac
         k.round_par(_numpy(E.to(sys_dtype)), _numpy(E), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
                     _numpy(linear.to(sys_dtype)), float(ridge), _numpy(where), _numpy(cache.gram), _numpy(cache.ez),
                     _numpy(cache.code), *(t.numpy() for t in new), u.numpy(), s.numpy(), _numpy(valid),
-                    _numpy(dual_tol.reshape(N).to(sys_dtype)), int(pg_iters), bool(simplex), int(max_iter),
+                    _numpy(dual_tol.reshape(N).to(sys_dtype)), int(pg_iters), int(FISTA_PATIENCE), bool(simplex),
+                    int(max_iter),
                     16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu.numpy(), res.numpy(), state.numpy(), zq.numpy(),
                     _bounds(N))
         cache.gram, cache.ez, cache.code = new
