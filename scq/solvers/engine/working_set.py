@@ -381,7 +381,8 @@ class WorkingSetFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, E, extra, problem, opts, diagnostics, e_max_sq):
         code, sign, u, s = _forward(z, E, extra, problem, opts, diagnostics, e_max_sq)
-        ctx.one_thread = wants_one_thread(z, E.shape[0])  # as the forward ran (dispatch.solve)
+        # As the forward ran (dispatch.solve: the engine's methods are registered ``compiled``).
+        ctx.one_thread = wants_one_thread(z, E.shape[0], compiled=fused.backend(z) == "cpu")
         ctx.save_for_backward(z, E, code, sign, u, s)
         ctx.problem = problem
         ctx.systems = diagnostics["systems"]  # (dtype, ridge) of the forward's support systems
