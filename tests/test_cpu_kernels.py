@@ -301,26 +301,3 @@ def test_gram_kernel_reuses_the_last_rounds_products_exactly(dtype, signed):
         if step == 1:
             assert cache.code.shape == (N, 6) and torch.equal(cache.code[rows], code)
 
-
-@pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs an intra-op pool of 2 threads or more")
-def test_small_batches_keep_the_pool_only_for_compiled_methods():
-    # The one-thread rule for small batches (scq/solvers/threads.py) is for many tiny torch ops;
-    # the compiled engine's few parallel loops keep the pool (idle 57 → 35 ms at N = 256, K = 1024).
-    from scq.solvers.registry import SCQ_METHODS
-
-    seen = {}
-    for compiled in (False, True):
-        @scq.register_method(f"_threads_{compiled}", exact=False, compiled=compiled)
-        def probe(z, codebook, lam, target, _c=compiled):
-            seen[_c] = torch.get_num_threads()
-            return scq.solve_scq(z, codebook, lam, method="relaxed")
-
-    try:
-        z, E = torch.randn(64, 4, dtype=f64), torch.randn(16, 4, dtype=f64)  # N·K far below the rule's size
-        for compiled in (False, True):
-            scq.solve_scq(z, E, 0.3, method=f"_threads_{compiled}")
-    finally:
-        for compiled in (False, True):
-            SCQ_METHODS.unregister(f"_threads_{compiled}")
-    assert seen[False] == 1 and seen[True] == torch.get_num_threads() > 1
-    assert SCQ_METHODS.get("pgd").compiled and not SCQ_METHODS.get("relaxed").compiled

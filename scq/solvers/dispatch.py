@@ -19,7 +19,6 @@ import torch
 
 from .. import _validation as v
 from .certificate import Certificate, certify_lasso, certify_scq
-from .engine import fused
 from .registry import LASSO_METHODS, SCQ_METHODS, Method, MethodTable, SolverInfo, check_options
 from .solution import Weights, densify
 from .threads import one_thread, wants_one_thread
@@ -108,8 +107,7 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
             return weights, weights, SolverInfo(method.name, residual=0.0, converged=True, tol=tol, objective_gap=0.0,
                                        error_bound=0.0, quantized_error_bound=0.0)
         # Small batches run on one thread: see threads.py (robust beside other busy processes).
-        compiled = method.compiled and fused.backend(z) == "cpu"
-        with one_thread(wants_one_thread(z, codebook.shape[0], compiled)):
+        with one_thread(wants_one_thread(z, codebook.shape[0])):
             try:
                 out = problem.call(method, z, codebook, options)
             except Exception as err:

@@ -26,7 +26,7 @@ DEFAULT_RIDGE = {torch.float64: 1e-10, torch.float32: 1e-6}
 
 
 @register_method("pgd", "FISTA + exact active set on signed codes, working set grown from the KKT certificate; "
-                        "CPU/CUDA, KKT backward", problem="lasso", compiled=True)
+                        "CPU/CUDA, KKT backward", problem="lasso")
 def solve_lasso_pgd(
     z: torch.Tensor,
     codebook: torch.Tensor,

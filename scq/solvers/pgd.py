@@ -24,7 +24,7 @@ from .solution import SparseWeights
 
 
 @register_method("pgd", "projected gradient (FISTA) + exact active-set polish on a working set grown from the KKT "
-                        "certificate; exact, CPU/CUDA, KKT backward", compiled=True)
+                        "certificate; exact, CPU/CUDA, KKT backward")
 def solve_pgd(
     z: torch.Tensor,
     codebook: torch.Tensor,

@@ -75,10 +75,6 @@ class Method:
     doc: str
     exact: bool = True
     tol: Optional[float] = None  # default certificate tolerance, if looser than the dtype's
-    # Its CPU work runs in the compiled kernels of scq.solvers.engine.fused where they are
-    # available: a few large parallel loops, which keep the thread pool at any batch size
-    # (scq/solvers/threads.py).
-    compiled: bool = False
 
     def default_tol(self, dtype: torch.dtype) -> float:
         return max(default_tol(dtype), self.tol or 0.0)
@@ -92,19 +88,18 @@ class MethodTable:
         self.caller = caller  # how errors name the entry point, e.g. "solve_scq"
         self._methods: dict[str, Method] = {}
 
-    def register(self, name: str, doc: str = "", *, exact: bool = True, tol: Optional[float] = None,
-                 compiled: bool = False) -> Callable[[Callable], Callable]:
+    def register(self, name: str, doc: str = "", *, exact: bool = True,
+                 tol: Optional[float] = None) -> Callable[[Callable], Callable]:
         """Decorator adding ``fn`` under ``name``, with a one-line description. ``exact``: the
         method claims the exact solution (a failed certificate warns); ``tol``: its default
-        certificate tolerance where looser than the dtype's (e.g. a cone solver's accuracy);
-        ``compiled``: its CPU work runs in the engine's compiled kernels (see :class:`Method`)."""
+        certificate tolerance where looser than the dtype's (e.g. a cone solver's accuracy)."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"method name must be a non-empty str, got {name!r}")
 
         def decorator(fn: Callable) -> Callable:
             if name in self._methods:
                 raise ValueError(f"a {self.problem} method named {name!r} is already registered")
-            self._methods[name] = Method(name, fn, doc, bool(exact), tol, bool(compiled))
+            self._methods[name] = Method(name, fn, doc, bool(exact), tol)
             return fn
 
         return decorator
@@ -137,10 +132,10 @@ def _table(problem: str) -> MethodTable:
 
 
 def register_method(name: str, doc: str = "", *, exact: bool = True, tol: Optional[float] = None,
-                    problem: str = "scq", compiled: bool = False) -> Callable[[Callable], Callable]:
+                    problem: str = "scq") -> Callable[[Callable], Callable]:
     """Decorator registering an SCQ method (or, with ``problem="lasso"``, a lasso method); see
     :meth:`MethodTable.register`."""
-    return _table(problem).register(name, doc, exact=exact, tol=tol, compiled=compiled)
+    return _table(problem).register(name, doc, exact=exact, tol=tol)
 
 
 def get_method(name: str, problem: str = "scq") -> Method:

@@ -9,9 +9,10 @@ solve at N = 512, K = 128 slowed by 8–24× beside two small torch jobs (issue 
 the pool anyway (idle on 2 cores: the same time at N = 512, K = 128), so the whole solve,
 certificate and backward included, runs on one thread. Larger batches keep the pool (one thread
 cost up to 45% idle at N = 1024, K = 1024 and 24% at N = 4096) and stay exposed to contention
-(5–8× measured). Where the solver's per-vector work runs in compiled kernels (``pgd`` and the
-lasso with Numba: tens of ops per call, not thousands) the rule does not apply. On CUDA nothing
-changes.
+(5–8× measured). With the compiled CPU kernels (tens of ops per call) the rule still pays: at
+N = 512, K = 128 on the pool `pgd` took the same time idle but slowed 31× beside two torch jobs,
+against 3.1× on one thread (benchmarks/results/contention.md); at N = 256, K = 1024 the pool
+would save ~40% idle. On CUDA nothing changes.
 """
 
 from __future__ import annotations
@@ -23,13 +24,9 @@ import torch
 ONE_THREAD_UP_TO = 1 << 18  # N·K, elements of the batch's largest (N, K) tensors
 
 
-def wants_one_thread(z: torch.Tensor, num_codes: int, compiled: bool = False) -> bool:
-    """Whether a solve of ``z`` (N, D) over ``num_codes`` codes should run on one thread.
-    ``compiled``: the solve's CPU work runs in the compiled kernels (the working-set engine with
-    Numba): a few large parallel loops, which gain from the pool at any size (idle on 2 cores,
-    N = 256, K = 1024: 57 → 35 ms) and were no more exposed beside busy processes (N = 512,
-    K = 128 beside two torch jobs: 4.7× on one thread, 4.4× on the pool)."""
-    return z.device.type == "cpu" and not compiled and z.shape[0] * num_codes <= ONE_THREAD_UP_TO
+def wants_one_thread(z: torch.Tensor, num_codes: int) -> bool:
+    """Whether a solve of ``z`` (N, D) over ``num_codes`` codes should run on one thread."""
+    return z.device.type == "cpu" and z.shape[0] * num_codes <= ONE_THREAD_UP_TO
 
 
 @contextmanager

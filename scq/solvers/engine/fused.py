@@ -7,11 +7,12 @@ and what runs where no kernel applies. Where one does, the same arithmetic runs 
 - CUDA: Triton kernels (:mod:`~scq.solvers.engine.fista_triton`,
   :mod:`~scq.solvers.engine.active_set_triton`), m ≤ ``fista_triton.MAX_SLOTS``; one launch each,
   no host sync. The backward stays torch (a handful of launches, no sync).
-- CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m, the backward, the
-  round's Gram matrices and entering codes, the sparse combine and the SCQ certificate too; the
-  rows are split into as many ranges as torch has intra-op threads, one per thread of Numba's
-  pool. Numba compiles them on first use (54 s measured on 2 cores, once per machine; cached on
-  disk after).
+- CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m: a round's whole
+  work on W in one loop (:func:`solve_round`: Gram matrix with :class:`GramCache`, FISTA, active
+  set, z_q), the entering codes, the backward, the sparse combine and the SCQ certificate, and
+  each step alone (the step-by-step path, used where the support is capped); the rows are split
+  into as many ranges as torch has intra-op threads, one per thread of Numba's pool. Numba
+  compiles them on first use (about a minute on 2 cores, once per machine; cached on disk after).
 
 Each entry point returns ``None`` when its caller should take the torch path: no kernel for these
 tensors, kernels switched off (``ENABLED``), or a kernel that failed to compile or run, after which

@@ -20,10 +20,12 @@ neighbourhoods (the support is mostly *not* among the nearest codes):
    μ_k = σ(g_k) + α + ν. If none is below −tol, u is optimal; otherwise the most violating codes
    replace W's zero-weight slots (W grows if needed) and step 2 resumes from the current point.
 
-Cost per round: two N×K×D GEMMs and small (N, m, m) systems; no K×K matrix is ever formed. One
-host sync per round. The warm start and the active set run compiled where
-:mod:`~scq.solvers.engine.fused` has a kernel (Triton on CUDA: one launch each, no sync; Numba on
-the CPU: one parallel loop over rows each); the torch path, the kernels' reference, adds a sync per
+Cost per round: one N×K×D GEMM (the gradients of step 3) and small systems on W; no K×K matrix is
+ever formed. One host sync per round. Where :mod:`~scq.solvers.engine.fused` has kernels the work
+on W runs compiled: on the CPU (Numba) one parallel loop over rows does a row's whole round (its
+Gram matrix from the products it kept from the last round, FISTA, the active set on its valid
+slots, z_q), and another picks the entering codes; on CUDA (Triton) the warm start and the active
+set are one launch each, with no sync. The torch path, the kernels' reference, adds a sync per
 ``check_every`` inner iterations. The backward solves the KKT system on the support (docs/math.md
 §4, §5): exact gradients at the forward's memory, no unrolling.
 """
@@ -381,8 +383,7 @@ class WorkingSetFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, E, extra, problem, opts, diagnostics, e_max_sq):
         code, sign, u, s = _forward(z, E, extra, problem, opts, diagnostics, e_max_sq)
-        # As the forward ran (dispatch.solve: the engine's methods are registered ``compiled``).
-        ctx.one_thread = wants_one_thread(z, E.shape[0], compiled=fused.backend(z) == "cpu")
+        ctx.one_thread = wants_one_thread(z, E.shape[0])  # as the forward ran (dispatch.solve)
         ctx.save_for_backward(z, E, code, sign, u, s)
         ctx.problem = problem
         ctx.systems = diagnostics["systems"]  # (dtype, ridge) of the forward's support systems
