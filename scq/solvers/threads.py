@@ -12,11 +12,13 @@ cost up to 45% idle at N = 1024, K = 1024 and 24% at N = 4096) and stay exposed 
 (5–8× measured). With the compiled CPU kernels (tens of ops per call) the rule still pays: at
 N = 512, K = 128 on the pool `pgd` took the same time idle but slowed 31× beside two torch jobs,
 against 3.1× on one thread (benchmarks/results/contention.md); at N = 256, K = 1024 the pool
-would save ~40% idle. On CUDA nothing changes.
+would save ~40% idle. Larger batches run on one thread too while the machine is oversubscribed
+(its load average, :func:`machine_is_busy`). On CUDA nothing changes.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -24,9 +26,28 @@ import torch
 ONE_THREAD_UP_TO = 1 << 18  # N·K, elements of the batch's largest (N, K) tensors
 
 
+# A machine whose 1-minute load average reaches its core count plus this is oversubscribed: other
+# processes hold the cores, and every parallel region waits for a descheduled thread. At N = 4096,
+# K = 1024 beside two torch jobs on 2 cores `pgd` took 3.1 s on the pool against 0.63 s on one
+# thread (0.15 and 0.24 s idle; benchmarks/results/contention.md).
+BUSY_LOAD_MARGIN = 1.0
+
+
+def machine_is_busy() -> bool:
+    """Whether the machine's load average says other processes are taking the cores."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return False
+    return load >= (os.cpu_count() or 1) + BUSY_LOAD_MARGIN
+
+
 def wants_one_thread(z: torch.Tensor, num_codes: int) -> bool:
-    """Whether a solve of ``z`` (N, D) over ``num_codes`` codes should run on one thread."""
-    return z.device.type == "cpu" and z.shape[0] * num_codes <= ONE_THREAD_UP_TO
+    """Whether a solve of ``z`` (N, D) over ``num_codes`` codes should run on one thread: a small
+    batch, or any batch on a busy machine."""
+    if z.device.type != "cpu":
+        return False
+    return z.shape[0] * num_codes <= ONE_THREAD_UP_TO or machine_is_busy()
 
 
 @contextmanager
