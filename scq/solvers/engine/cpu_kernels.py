@@ -495,10 +495,11 @@ def round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, o
                u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res, state, zq,
                lo, hi):
     """One certificate round's work on W for rows lo..hi, each row start to end in one pass, on its
-    valid slots only (k×k, not m×m), its system never leaving the thread: the Gram matrix (:func:`_gram_row`, with the cache), b =
-    Cz + ``linear``, ``n_iter`` FISTA steps (then S = {u > 0}; with none, S comes in ``s``), the
-    active set (:func:`_active_set_row`; ``u``, ``s`` updated in place), and z_q = Σ_j u_j c_j
-    from ``E_out`` (E in the inputs' dtype) into ``zq`` (zeroed). The same arithmetic as
+    valid slots only (k×k, not m×m), its system never leaving the thread: the Gram matrix
+    (:func:`_gram_row`, with the cache), b = Cz + ``linear``, ``n_iter`` FISTA steps (then
+    S = {u > 0}; with none, S comes in ``s``), the active set (:func:`_active_set_row`; ``u``,
+    ``s`` updated in place), and z_q = Σ_j u_j c_j from ``E_out`` (E in the inputs' dtype) into
+    ``zq`` (zeroed). The same arithmetic as
     :func:`gram_rows`, :func:`fista_rows`, :func:`active_set_rows` and :func:`combine_rows` run
     one after the other, without writing H to memory between them."""
     m = code.shape[1]

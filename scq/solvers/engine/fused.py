@@ -271,8 +271,8 @@ def solve_round(E, code, sign, z, linear, weights, support, valid, dual_tol, cac
         zq = torch.zeros(N, E.shape[1], dtype=E.dtype)
         where = torch.arange(N) if rows is None else rows
         new = cache.slots(m)
-        k.round_par(_numpy(E.to(sys_dtype)), _numpy(E), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
-                    _numpy(linear.to(sys_dtype)), float(ridge), _numpy(where), _numpy(cache.gram), _numpy(cache.ez),
+        k.round_par(_numpy(E.to(sys_dtype)), _numpy(E), _numpy(code), _numpy(sign.to(sys_dtype)),
+                    _numpy(z.to(sys_dtype)), _numpy(linear.to(sys_dtype)), float(ridge), _numpy(where), _numpy(cache.gram), _numpy(cache.ez),
                     _numpy(cache.code), *(t.numpy() for t in new), u.numpy(), s.numpy(), _numpy(valid),
                     _numpy(dual_tol.reshape(N).to(sys_dtype)), int(pg_iters), int(FISTA_PATIENCE), bool(simplex),
                     int(max_iter),
