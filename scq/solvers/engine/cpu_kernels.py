@@ -513,7 +513,7 @@ def round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, o
     old = np.empty(m, dtype=np.int64)
     targets = np.empty(m, dtype=np.int64)
     idx = np.empty(m, dtype=np.int64)
-    work = np.empty((9, m), dtype=E.dtype)
+    work = np.empty((8, m), dtype=E.dtype)
     flags = np.empty((3, m), dtype=np.bool_)
     for n in range(lo, hi):
         # The row's valid slots only (W is as wide as its widest row: the others are padding).

@@ -223,6 +223,14 @@ class GramCache:
         return (torch.empty(self.N, m, m, dtype=self.dtype), torch.empty(self.N, m, dtype=self.dtype),
                 torch.full((self.N, m), -1, dtype=torch.long))
 
+    def exchange(self, n: int, m: int, rows: Optional[torch.Tensor], launch) -> None:
+        """``launch(rows, old gram, ez, code, new gram, ez, code)`` as a kernel takes them (``rows``:
+        the cache row of each of the ``n`` rows, ``None``: all), then keep what it wrote."""
+        new = self.slots(m)
+        where = torch.arange(n) if rows is None else rows
+        launch(*(_numpy(t) for t in (where, self.gram, self.ez, self.code)), *(t.numpy() for t in new))
+        self.gram, self.ez, self.code = new
+
 
 def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype, cache: Optional[GramCache] = None,
          rows: Optional[torch.Tensor] = None):
@@ -236,12 +244,9 @@ def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype, cache: Optio
         H = torch.empty(N, m, m, dtype=sys_dtype)
         cz = torch.empty(N, m, dtype=sys_dtype)
         c = cache if cache is not None else GramCache(N, sys_dtype)
-        where = torch.arange(N) if rows is None else rows
-        new = c.slots(m)
-        k.gram_par(_numpy(E.to(sys_dtype)), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
-                   float(ridge), _numpy(where), _numpy(c.gram), _numpy(c.ez), _numpy(c.code),
-                   *(t.numpy() for t in new), H.numpy(), cz.numpy(), _bounds(N))
-        c.gram, c.ez, c.code = new
+        c.exchange(N, m, rows, lambda *cached: k.gram_par(
+            _numpy(E.to(sys_dtype)), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)), float(ridge),
+            *cached, H.numpy(), cz.numpy(), _bounds(N)))
         return H, cz
 
     return _on_cpu("Gram", (E,), run)
@@ -269,16 +274,12 @@ def solve_round(E, code, sign, z, linear, weights, support, valid, dual_tol, cac
         nu, res = torch.zeros(N, dtype=sys_dtype), torch.zeros(N, dtype=sys_dtype)
         state = torch.zeros(N, dtype=torch.int32)
         zq = torch.zeros(N, E.shape[1], dtype=E.dtype)
-        where = torch.arange(N) if rows is None else rows
-        new = cache.slots(m)
-        k.round_par(_numpy(E.to(sys_dtype)), _numpy(E), _numpy(code), _numpy(sign.to(sys_dtype)),
-                    _numpy(z.to(sys_dtype)), _numpy(linear.to(sys_dtype)), float(ridge), _numpy(where), _numpy(cache.gram), _numpy(cache.ez),
-                    _numpy(cache.code), *(t.numpy() for t in new), u.numpy(), s.numpy(), _numpy(valid),
-                    _numpy(dual_tol.reshape(N).to(sys_dtype)), int(pg_iters), int(FISTA_PATIENCE), bool(simplex),
-                    int(max_iter),
-                    16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu.numpy(), res.numpy(), state.numpy(), zq.numpy(),
-                    _bounds(N))
-        cache.gram, cache.ez, cache.code = new
+        cache.exchange(N, m, rows, lambda *cached: k.round_par(
+            _numpy(E.to(sys_dtype)), _numpy(E), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
+            _numpy(linear.to(sys_dtype)), float(ridge), *cached, u.numpy(), s.numpy(), _numpy(valid),
+            _numpy(dual_tol.reshape(N).to(sys_dtype)), int(pg_iters), int(FISTA_PATIENCE), bool(simplex), int(max_iter),
+            16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu.numpy(), res.numpy(), state.numpy(), zq.numpy(),
+            _bounds(N)))
         iterations = int(state.numpy().max() >> 2) if N else 0  # numpy: no torch scalar read
         done, broken = (state & 1) != 0, (state & 2) != 0
         return ActiveSetResult(u, s, nu, done & ~broken, iterations, res, broken), zq

@@ -281,7 +281,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         valid = torch.cat([valid, torch.ones_like(top, dtype=torch.bool)], dim=1)
     m = code.shape[1]
     s = u > 0
-    first = (code, sign, u.clone(), s.clone(), valid, m)  # where a round 1 in the wrong precision starts again
+    # Where round 1 starts again if it ran in the wrong precision (only float32 inputs can).
+    first = (code, sign, u.clone(), s.clone(), valid, m) if e_max_sq is None and dtype == torch.float32 else None
     gram_cache = fused.GramCache(N, sys_dtype)
 
     converged = torch.zeros(N, dtype=torch.bool, device=device)
@@ -328,7 +329,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         if e_max_sq is None:
             e_max_sq = counts[-1]
             wanted = system_dtype(dtype, problem.ridge, e_max_sq)
-            if wanted != sys_dtype and rounds < opts.max_rounds:
+            if wanted != sys_dtype and first is not None and rounds < opts.max_rounds:
                 sys_dtype = wanted
                 code, sign, u, s, valid, m = first
                 gram_cache = fused.GramCache(N, sys_dtype)
