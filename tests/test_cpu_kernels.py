@@ -302,24 +302,3 @@ def test_gram_kernel_reuses_the_last_rounds_products_exactly(dtype, signed):
             code = code[rows]
         if step == 1:
             assert cache.code.shape == (N, 6) and torch.equal(cache.code[rows], code)
-
-
-
-def test_large_batches_take_one_thread_on_an_oversubscribed_machine(monkeypatch):
-    # Beside two busy torch jobs on 2 cores, pgd at N = 4096, K = 1024 took 3.1 s on the pool and
-    # 0.63 s on one thread: the load average decides for large batches; small ones always take one.
-    from scq.solvers import threads
-
-    z = torch.zeros(4096, 8)
-    cores = os.cpu_count() or 1
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (cores + 2.0, 0.0, 0.0))
-    assert threads.machine_is_busy() and threads.wants_one_thread(z, 1024)
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
-    assert not threads.machine_is_busy() and not threads.wants_one_thread(z, 1024)
-    assert threads.wants_one_thread(z[:64], 1024)  # small: one thread whatever the load
-
-    def unavailable():
-        raise OSError("no load average here")
-
-    monkeypatch.setattr(threads.os, "getloadavg", unavailable)
-    assert not threads.machine_is_busy()

@@ -19,6 +19,7 @@ from .. import _validation as v
 from .. import distributed as dist_utils
 from ..kmeans import kmeans, sample_rows
 from ..solvers.solution import SparseWeights, densify, reshape_weights, stack_weights, to_sparse
+from ..solvers.threads import BackwardScope, wants_one_thread
 from .init import INITS, check_init, init_codebook_
 
 __all__ = ["QuantizerOutput", "Quantizer", "commitment_loss", "INITS", "init_codebook_"]
@@ -285,10 +286,17 @@ class Quantizer(nn.Module):
         if self.training:
             self._maintain_codebook(vecs.detach())
         books = self._codebook(flat.dtype)
-        parts = [self._quantize(rows, books[b], b) for b, rows in enumerate(self._per_codebook(vecs))]
-        if self.training and self.cluster_size is not None:
-            self._track_usage(parts)
-        return self._assemble(parts, flat.shape[0], batch_shape, x)
+        # Solves of small batches, or on a busy machine, run on one thread, forward and backward
+        # alike, with the ops around them (see scq/solvers/threads.py).
+        scope = BackwardScope(self._certified_forward and wants_one_thread(flat, self.codebook_size))
+        with scope.forward():
+            vecs, books = scope.inputs(vecs, books)
+            parts = [self._quantize(rows, books[b], b) for b, rows in enumerate(self._per_codebook(vecs))]
+            if self.training and self.cluster_size is not None:
+                self._track_usage(parts)
+            out = self._assemble(parts, flat.shape[0], batch_shape, x)
+        quantized, loss = scope.outputs(out.quantized, out.loss)
+        return out._replace(quantized=quantized, loss=loss)
 
     def _quantize(self, vectors: torch.Tensor, codebook: torch.Tensor, book: int) -> _Quantized:
         raise NotImplementedError

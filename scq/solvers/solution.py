@@ -12,6 +12,7 @@ from typing import NamedTuple, Union
 import torch
 
 from .engine import fused
+from .threads import one_thread
 
 
 def gather_rows(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -29,6 +30,7 @@ class _Combine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, codebook, indices):
         ctx.save_for_backward(values, codebook, indices)
+        ctx.one_thread = codebook.device.type == "cpu" and torch.get_num_threads() == 1  # the backward runs alike
         out = fused.combine(values, codebook, indices)  # the CPU: compiled, no (N, m, D) gather
         if out is not None:
             return out
@@ -37,6 +39,11 @@ class _Combine(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
+        with one_thread(ctx.one_thread):
+            return _Combine._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         values, codebook, indices = ctx.saved_tensors
         compiled = fused.combine_backward(values, codebook, indices, grad, need_values=ctx.needs_input_grad[0],
                                           need_codebook=ctx.needs_input_grad[1])

@@ -41,7 +41,7 @@ from ...problems import code_scores, max_code_norm, nearest_code, row_scale
 from . import fused
 from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_vjp
 from ..solution import gather_rows
-from ..threads import one_thread, wants_one_thread
+from ..threads import one_thread
 from .fista import fista
 
 
@@ -384,7 +384,8 @@ class WorkingSetFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, E, extra, problem, opts, diagnostics, e_max_sq):
         code, sign, u, s = _forward(z, E, extra, problem, opts, diagnostics, e_max_sq)
-        ctx.one_thread = wants_one_thread(z, E.shape[0])  # as the forward ran (dispatch.solve)
+        # The backward runs as the forward did (dispatch.solve decided; the load may change since).
+        ctx.one_thread = z.device.type == "cpu" and torch.get_num_threads() == 1
         ctx.save_for_backward(z, E, code, sign, u, s)
         ctx.problem = problem
         ctx.systems = diagnostics["systems"]  # (dtype, ridge) of the forward's support systems

@@ -1,0 +1,180 @@
+"""The thread rule (scq/solvers/threads.py): one intra-op thread for small batches and on a busy
+machine, for a module's forward and its backward alike."""
+
+import gc
+import os
+
+import pytest
+import torch
+
+import scq
+from scq.solvers import threads
+
+
+@pytest.fixture
+def two_threads():
+    """A pool of two threads for the test (one thread would make the scope's checks vacuous)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_large_batches_take_one_thread_on_an_oversubscribed_machine(monkeypatch):
+    # Beside two busy torch jobs on 2 cores, pgd at N = 4096, K = 1024 took 3.1 s on the pool and
+    # 0.63 s on one thread: the load decides for large batches; small ones always take one.
+    z = torch.zeros(4096, 8)
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(threads, "runnable_threads", lambda: None)  # the load average alone
+    monkeypatch.setattr(threads, "_last_busy_sample", float("-inf"))
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (cores + 2.0, 0.0, 0.0))
+    assert threads.machine_is_busy() and threads.wants_one_thread(z, 1024)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert not threads.machine_is_busy() and not threads.wants_one_thread(z, 1024)
+    assert threads.wants_one_thread(z[:64], 1024)  # small: one thread whatever the load
+
+    def unavailable():
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(threads.os, "getloadavg", unavailable)
+    assert not threads.machine_is_busy()
+
+
+def test_the_run_queue_says_busy_at_once_and_the_verdict_holds(monkeypatch):
+    # The load average lags by a minute; the threads runnable now do not. A sample with more
+    # runnable threads than cores means busy, for BUSY_HOLD_S seconds after it.
+    cores = os.cpu_count() or 1
+    clock = [1000.0]
+    queue = [cores + 3]
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(threads, "runnable_threads", lambda: queue[0])
+    monkeypatch.setattr(threads, "_last_busy_sample", float("-inf"))
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.1, 0.0, 0.0))  # not yet risen
+    assert threads.machine_is_busy()
+    queue[0] = 1  # a lull between the other jobs' steps
+    clock[0] += threads.BUSY_HOLD_S / 2
+    assert threads.machine_is_busy()
+    clock[0] += threads.BUSY_HOLD_S
+    assert not threads.machine_is_busy()
+    queue[0] = cores  # this process's own pool running: not busy
+    assert not threads.machine_is_busy()
+
+
+def test_the_run_queue_is_read_from_the_system():
+    running = threads.runnable_threads()
+    if not os.path.exists("/proc/loadavg"):
+        assert running is None
+    else:
+        assert running is not None and running >= 1  # at least this test's own thread
+
+
+class _ThreadsSeen(torch.autograd.Function):
+    """Identity that records the intra-op thread count its backward runs with."""
+
+    seen: list = []
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _ThreadsSeen.seen.append(torch.get_num_threads())
+        return grad
+
+
+def test_a_scope_runs_the_blocks_backward_on_one_thread_and_gives_the_pool_back(two_threads):
+    x = torch.randn(5, requires_grad=True)
+    w = torch.randn(5, requires_grad=True)
+    frozen = torch.randn(5)
+    scope = threads.BackwardScope(True)
+    with scope.forward():
+        assert torch.get_num_threads() == 1
+        xi, wi, fi = scope.inputs(x, w, frozen)
+        assert fi is frozen and not fi.requires_grad  # a tensor without gradient does not start to need one
+        (y,) = scope.outputs(_ThreadsSeen.apply(xi * wi + fi).sum())
+    assert torch.get_num_threads() == 2  # the forward gave the pool back
+    _ThreadsSeen.seen.clear()
+    y.backward()
+    assert _ThreadsSeen.seen == [1] and torch.get_num_threads() == 2
+    assert torch.equal(x.grad, w.detach()) and torch.equal(w.grad, x.detach())
+
+
+def test_an_inactive_scope_changes_nothing(two_threads):
+    x = torch.randn(5, requires_grad=True)
+    scope = threads.BackwardScope(False)
+    with scope.forward():
+        assert torch.get_num_threads() == 2
+        (xi,) = scope.inputs(x)
+        (y,) = scope.outputs(_ThreadsSeen.apply(xi).sum())
+    assert xi is x
+    _ThreadsSeen.seen.clear()
+    y.backward()
+    assert _ThreadsSeen.seen == [2]
+
+
+def test_a_backward_that_stops_inside_the_block_gives_the_pool_back_with_the_graph(two_threads):
+    x = torch.randn(5, requires_grad=True)
+    scope = threads.BackwardScope(True)
+    with scope.forward():
+        (xi,) = scope.inputs(x)
+        middle = xi * 2
+        (y,) = scope.outputs(_ThreadsSeen.apply(middle).sum())
+    torch.autograd.grad(y, middle)  # never reaches the inputs' node
+    assert torch.get_num_threads() == 1  # still inside the block's backward …
+    del y, middle, xi, scope
+    gc.collect()
+    assert torch.get_num_threads() == 2  # … until the graph goes
+
+
+def test_outputs_are_copies_a_user_may_change_in_place(two_threads):
+    x = torch.randn(5, requires_grad=True)
+    scope = threads.BackwardScope(True)
+    with scope.forward():
+        (xi,) = scope.inputs(x)
+        (y,) = scope.outputs(xi * 2)
+    y.mul_(3)  # a view made inside a custom Function would refuse this
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 6.0)) and torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("make", [
+    lambda: scq.SCQ(dim=8, codebook_size=32, lam=0.1, method="pgd"),
+    lambda: scq.SVQ(dim=8, codebook_size=32, solver="lasso", alpha=0.1),  # frozen codebook
+])
+def test_a_module_on_a_busy_machine_solves_on_one_thread_with_the_same_answer_and_gradients(make, two_threads,
+                                                                                           monkeypatch):
+    torch.manual_seed(0)
+    module = make()
+    x = torch.randn(256, 8)
+    monkeypatch.setattr(threads, "ONE_THREAD_UP_TO", 0)  # a "large" batch: the pool unless the machine is busy
+    quantize = module._quantize
+
+    def quantize_seen(vectors, codebook, book):  # a node inside the block, between the solve and the outputs
+        part = quantize(vectors, codebook, book)
+        return part._replace(quantized=_ThreadsSeen.apply(part.quantized))
+
+    monkeypatch.setattr(module, "_quantize", quantize_seen)
+
+    def run(busy: bool):
+        monkeypatch.setattr(threads, "machine_is_busy", lambda: busy)
+        _ThreadsSeen.seen.clear()
+        xr = x.clone().requires_grad_()
+        out = module(_ThreadsSeen.apply(xr))  # and a node before the module
+        assert torch.get_num_threads() == 2
+        (out.quantized.square().sum() + out.loss).backward()
+        assert torch.get_num_threads() == 2
+        grads = [xr.grad] + [p.grad.clone() for p in module.parameters() if p.grad is not None]
+        module.zero_grad()
+        return out.quantized.detach(), grads, _ThreadsSeen.seen[:]
+
+    q_pool, g_pool, seen_pool = run(False)
+    q_one, g_one, seen_one = run(True)
+    # Inside the block: one thread on the busy machine; before it, the pool again.
+    assert seen_pool == [2, 2] and seen_one == [1, 2]
+    torch.testing.assert_close(q_one, q_pool)
+    assert len(g_one) == len(g_pool)
+    for a, b in zip(g_one, g_pool):
+        torch.testing.assert_close(a, b)
+    if isinstance(module, scq.SVQ):
+        assert module.codebook.grad is None  # the frozen codebook stayed without a gradient
