@@ -246,12 +246,13 @@ def test_certificate_kernel_carries_a_nan_to_every_measurement():
 
 
 @pytest.mark.parametrize("signed", [False, True])
-@pytest.mark.parametrize("n_add", [1, 5, 30])
-def test_entering_codes_kernel_matches_the_torch_scoring(signed, n_add, monkeypatch):
+@pytest.mark.parametrize("K,n_add", [(30, 1), (30, 5), (30, 30), (300, 8), (301, 19)])
+def test_entering_codes_kernel_matches_the_torch_scoring(signed, K, n_add, monkeypatch):
+    # K = 300, 301: the kernel's floor from its blocks' tops (K/16 ≥ n_add), a partial last block.
     from scq.solvers.engine.working_set import QPForm, _entering
 
     g = torch.Generator().manual_seed(14)
-    N, K, m = 50, 30, 6
+    N, m = 50, 6
     G = torch.randn(N, K, generator=g, dtype=f64)
     code = torch.stack([torch.randperm(K, generator=g)[:m] for _ in range(N)])
     sign = torch.where(torch.rand(N, m, generator=g) < 0.5, -1.0, 1.0).to(f64)
@@ -264,8 +265,32 @@ def test_entering_codes_kernel_matches_the_torch_scoring(signed, n_add, monkeypa
     assert torch.equal(got[0], ref[0])  # the scores, in descending order
     finite = torch.isfinite(ref[0])
     assert torch.equal(got[1][finite], ref[1][finite]) and torch.equal(got[2][finite], ref[2][finite])
-    if n_add == 30:  # every code ranked: those in W (with their sign) last, at -inf
+    if n_add == K:  # every code ranked: those in W (with their sign) last, at -inf
         assert (~finite).any()
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_entering_codes_kernel_breaks_ties_by_the_lower_code(signed):
+    # Scores on a coarse grid tie often: the kernel must give the n_add largest, ties in code
+    # order, exactly as a stable sort of the scores would.
+    from scq.solvers.engine.working_set import QPForm, _entering
+
+    g = torch.Generator().manual_seed(3)
+    N, K, m, n_add = 40, 400, 10, 12
+    G = (torch.randn(N, K, generator=g, dtype=f32) * 2).round() / 2
+    code = torch.stack([torch.randperm(K, generator=g)[:m] for _ in range(N)])
+    sign = torch.where(torch.rand(N, m, generator=g) < 0.5, -1.0, 1.0) if signed else torch.ones(N, m)
+    valid = torch.ones(N, m, dtype=torch.bool)
+    form = QPForm(simplex=not signed, signed=signed, ridge=0.1, l1=0.0)
+    score, codes, _ = _entering(G.clone(), code, sign, valid, n_add, form)
+    for n in range(N):
+        ref = G[n].abs() if signed else -G[n]
+        enter_sign = torch.where(G[n] > 0, -1.0, 1.0) if signed else torch.ones(K)
+        for j in range(m):
+            if enter_sign[code[n, j]] == sign[n, j]:
+                ref[code[n, j]] = float("-inf")
+        order = torch.sort(-ref, stable=True).indices[:n_add]
+        assert torch.equal(codes[n], order) and torch.equal(score[n], ref[order])
 
 
 @pytest.mark.parametrize("dtype", [f32, f64])

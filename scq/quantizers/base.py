@@ -295,7 +295,7 @@ class Quantizer(nn.Module):
             if self.training and self.cluster_size is not None:
                 self._track_usage(parts)
             out = self._assemble(parts, flat.shape[0], batch_shape, x)
-        quantized, loss = scope.outputs(out.quantized, out.loss)
+            quantized, loss = scope.outputs(out.quantized, out.loss)
         return out._replace(quantized=quantized, loss=loss)
 
     def _quantize(self, vectors: torch.Tensor, codebook: torch.Tensor, book: int) -> _Quantized:

@@ -5,15 +5,13 @@ batched Cholesky on (N, m, m) systems of m ≈ 16–64). Each op is a parallel r
 wait for one another, and OpenMP's idle threads spin: on a machine shared with other busy
 processes (DataLoader workers, a second job), each region waits for a descheduled thread, and a
 solve at N = 512, K = 128 slowed by 8–24× beside two small torch jobs (issue #11; on one thread:
-3.5×). When the batch is small (N·K ≤ ``ONE_THREAD_UP_TO``) its ops are too small to gain from
-the pool anyway (idle on 2 cores: the same time at N = 512, K = 128), so the whole solve,
-certificate and backward included, runs on one thread. Larger batches keep the pool (one thread
-cost up to 45% idle at N = 1024, K = 1024 and 24% at N = 4096) and stay exposed to contention
-(5–8× measured). With the compiled CPU kernels (tens of ops per call) the rule still pays: at
-N = 512, K = 128 on the pool `pgd` took the same time idle but slowed 31× beside two torch jobs,
-against 3.1× on one thread (benchmarks/results/contention.md); at N = 256, K = 1024 the pool
-would save ~40% idle. Larger batches run on one thread too while the machine is oversubscribed
-(the threads runnable right now, and the load average: :func:`machine_is_busy`). A module's
+3.5×). So a solve runs on one thread when the machine is busy, or when the batch is small
+(N·K ≤ ``ONE_THREAD_UP_TO``), and on the pool otherwise (idle on 2 cores the pool took N = 1024,
+K = 256 from 29 to 20 ms and N = 2048, K = 128 from 41 to 25 ms). Small batches stay on one
+thread whatever the load: the pool saves at most ~20% there (2–3 ms at N = 512, K = 128), while
+one call on the pool beside two torch jobs, let through by a lull in their load, costs ~30×
+(benchmarks/results/contention.md, before the load was read per call). Busy is read at each call from the threads that other
+processes have runnable right now, and from the load average (:func:`machine_is_busy`). A module's
 forward takes the decision once, for its solve and the ops around it, and its backward follows
 (:class:`BackwardScope`): beside two torch jobs, the ops between a module's outputs and its solve
 (losses, gradient sums over N×D tensors) cost more on the pool than the solve's own backward. On
@@ -29,7 +27,7 @@ from typing import Optional
 
 import torch
 
-ONE_THREAD_UP_TO = 1 << 18  # N·K, elements of the batch's largest (N, K) tensors
+ONE_THREAD_UP_TO = 1 << 16  # N·K, elements of the batch's largest (N, K) tensors
 
 
 # A machine whose 1-minute load average reaches its core count plus this is oversubscribed: other
@@ -38,34 +36,44 @@ ONE_THREAD_UP_TO = 1 << 18  # N·K, elements of the batch's largest (N, K) tenso
 # thread (0.15 and 0.24 s idle; benchmarks/results/contention.md).
 BUSY_LOAD_MARGIN = 1.0
 # The load average lags by up to a minute, so the first calls under load would still run on the
-# pool. Linux also says how many threads are runnable *now* (/proc/loadavg's fourth field, this
-# process's included): idle on 2 cores it read 1 (the caller) in 197 of 200 samples and 2 while
-# this process's own torch pool ran; beside two torch jobs it read 5 or 6 in all 200. More runnable
-# threads than cores means busy, and the verdict holds this long after such a sample, so that a
-# momentary lull between another job's steps does not send one call back to the pool.
+# pool. Linux also says how many threads are runnable *now* (/proc/loadavg's fourth field), this
+# process's own among them (/proc/self/task/*/stat): those of other processes take the cores. Idle
+# on 2 cores, other processes had 0 runnable threads in 85% of samples and 1 in the rest (the
+# system's own short tasks); beside two busy torch jobs, always 2 or more. Busy therefore means
+# others hold at least half the cores (2 on 2 cores), and the verdict holds this long after such
+# a sample, so that a momentary lull between another job's steps does not send one call back to
+# the pool.
 BUSY_HOLD_S = 2.0
-_RUN_QUEUE = "/proc/loadavg"
 _last_busy_sample = float("-inf")
 
 
 def runnable_threads() -> Optional[int]:
-    """Threads runnable on the machine right now (this one included), or None where the system
-    does not say (not Linux)."""
+    """Threads of other processes runnable right now, or None where the system does not say (not
+    Linux). Costs ~60 µs (a file per thread of this process)."""
     try:
-        with open(_RUN_QUEUE) as f:
-            return int(f.read().split()[3].split("/")[0])
+        with open("/proc/loadavg") as f:
+            total = int(f.read().split()[3].split("/")[0])
+        own = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:  # the thread ended meanwhile
+                continue
+            own += stat[stat.rindex(b")") + 2:][:1] == b"R"  # the state follows the name
+        return max(total - own, 0)
     except (OSError, IndexError, ValueError):
         return None
 
 
 def machine_is_busy() -> bool:
-    """Whether other processes are taking the cores: more threads runnable right now than cores
-    (or such a sample in the last ``BUSY_HOLD_S`` seconds), or a load average of cores + 1."""
+    """Whether other processes are taking the cores: their threads runnable right now fill half
+    the cores (or did in the last ``BUSY_HOLD_S`` seconds), or the load average reaches cores + 1."""
     global _last_busy_sample
     cores = os.cpu_count() or 1
     now = time.monotonic()
-    running = runnable_threads()
-    if running is not None and running > cores:
+    others = runnable_threads()
+    if others is not None and others >= max(2, (cores + 1) // 2):
         _last_busy_sample = now
         return True
     if now - _last_busy_sample < BUSY_HOLD_S:

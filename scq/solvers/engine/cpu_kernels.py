@@ -596,47 +596,89 @@ def scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error
         q_error[n] = min(np.sqrt(2 * gap_n), delta / np.sqrt(lam))
 
 
+ENTERING_BLOCK = 16  # codes per block of the entering kernel's first pass
+
+
 @njit(**_JIT)
 def entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, lo, hi):
     """The ``n_add`` most violating codes of each row outside its working set, from the gradients
     G (n, K) of ``working_set._gradients``: score −g_k (signed codes: |g_k|, entering with sign
-    −sign(g_k)), codes already in W (with that sign) excluded. One pass over the row with a sorted
-    buffer of ``n_add`` instead of the torch path's scoring passes and top-k.
-    Writes, for rows lo..hi, the scores in descending order, their codes and entering signs
-    (``out_sign`` comes in as ones)."""
+    −sign(g_k)), codes already in W (with that sign) excluded. Writes, for rows lo..hi, the scores
+    in descending order (ties: the lower code first, as torch's top-k), their codes and entering
+    signs (``out_sign`` comes in as ones).
+
+    Two passes instead of the torch path's scoring passes and top-k: branch-free sweeps give every
+    code's score and each block's largest; the ``n_add``-th largest block top is a floor no
+    entering code is below (that many distinct codes reach it), so the second pass sorts only the
+    codes of the blocks that reach it (about ``n_add`` blocks), not the whole row (1.2–1.4× faster
+    than one pass with a sorted buffer)."""
     K = G.shape[1]
     m = code.shape[1]
     n_add = out_score.shape[1]
+    n_blocks = (K + ENTERING_BLOCK - 1) // ENTERING_BLOCK
+    in_w = np.zeros(K, dtype=np.int8)  # bit 0: the code is in W with sign +1, bit 1: with −1
+    score = np.empty(n_blocks * ENTERING_BLOCK, dtype=G.dtype)
+    block_top = np.empty(n_blocks, dtype=G.dtype)
+    low = np.empty(n_add, dtype=G.dtype)
+    neg_inf = G.dtype.type(-np.inf)
     for n in range(lo, hi):
-        score = np.empty(K, dtype=G.dtype)
-        for k in range(K):
-            score[k] = abs(G[n, k]) if signed else -G[n, k]
+        g = G[n]
         for j in range(m):
             if valid[n, j]:
-                k = code[n, j]
-                entering = -1.0 if G[n, k] > 0 else 1.0
-                if not signed or entering == sign[n, j]:
-                    score[k] = -np.inf
+                in_w[code[n, j]] |= 1 if (not signed or sign[n, j] > 0) else 2
+        if signed:
+            for k in range(K):
+                score[k] = neg_inf if in_w[k] & (2 if g[k] > 0 else 1) else abs(g[k])
+        else:
+            for k in range(K):
+                score[k] = neg_inf if in_w[k] else -g[k]
+        for k in range(K, n_blocks * ENTERING_BLOCK):
+            score[k] = neg_inf
+        for b in range(n_blocks):
+            top = neg_inf
+            for k in range(b * ENTERING_BLOCK, b * ENTERING_BLOCK + ENTERING_BLOCK):
+                v = score[k]
+                top = v if v > top else top
+            block_top[b] = top
+        floor = neg_inf  # fewer blocks than n_add: every code is a candidate
+        if n_blocks >= n_add:
+            for j in range(n_add):
+                low[j] = neg_inf
+            for b in range(n_blocks):
+                v = block_top[b]
+                if v > low[n_add - 1]:
+                    pos = n_add - 1
+                    while pos > 0 and v > low[pos - 1]:
+                        low[pos] = low[pos - 1]
+                        pos -= 1
+                    low[pos] = v
+            floor = low[n_add - 1]
         best = out_score[n]
         best_code = out_code[n]
         filled = 0
-        for k in range(K):
-            v = score[k]
-            if filled == n_add and not v > best[n_add - 1]:
+        for b in range(n_blocks):
+            if not block_top[b] >= floor:
                 continue
-            pos = filled if filled < n_add else n_add - 1
-            while pos > 0 and v > best[pos - 1]:  # after the equal ones: the lower code first
-                if pos < n_add:
-                    best[pos] = best[pos - 1]
-                    best_code[pos] = best_code[pos - 1]
-                pos -= 1
-            best[pos] = v
-            best_code[pos] = k
-            if filled < n_add:
-                filled += 1
+            for k in range(b * ENTERING_BLOCK, min(b * ENTERING_BLOCK + ENTERING_BLOCK, K)):
+                v = score[k]
+                if not v >= floor or (filled == n_add and not v > best[n_add - 1]):
+                    continue
+                pos = filled if filled < n_add else n_add - 1
+                while pos > 0 and v > best[pos - 1]:  # after the equal ones: the lower code first
+                    if pos < n_add:
+                        best[pos] = best[pos - 1]
+                        best_code[pos] = best_code[pos - 1]
+                    pos -= 1
+                best[pos] = v
+                best_code[pos] = k
+                if filled < n_add:
+                    filled += 1
+        for j in range(m):
+            if valid[n, j]:
+                in_w[code[n, j]] = 0
         if signed:
             for j in range(n_add):
-                out_sign[n, j] = -1.0 if G[n, best_code[j]] > 0 else 1.0
+                out_sign[n, j] = -1.0 if g[best_code[j]] > 0 else 1.0
 
 
 # The parallel launchers: one row range per thread of Numba's pool (``bounds``: the ranges'
