@@ -312,6 +312,9 @@ def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out,
     y = np.empty(m, dtype=grad_u.dtype)
     vc = np.empty(D, dtype=z.dtype)
     r = np.empty(D, dtype=z.dtype)
+    # The support's Gram in the systems' dtype, as the forward's (which runs on E in that dtype):
+    # float32 sums vectorize.
+    zero = grad_u.dtype.type(0)
     for n in range(lo, hi):
         k = 0
         for j in range(m):
@@ -319,13 +322,37 @@ def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out,
                 idx[k] = j
                 k += 1
         for a in range(k):
-            ea = E[code[n, idx[a]]]
-            for c in range(a + 1):
+            ja = idx[a]
+            ea = E[code[n, ja]]
+            c = 0
+            while c + 4 <= a + 1:  # four products per sweep over e_a, as the forward's Gram
+                e0, e1 = E[code[n, idx[c]]], E[code[n, idx[c + 1]]]
+                e2, e3 = E[code[n, idx[c + 2]]], E[code[n, idx[c + 3]]]
+                d0 = zero
+                d1 = zero
+                d2 = zero
+                d3 = zero
+                for d in range(D):
+                    t = ea[d]
+                    d0 += t * e0[d]
+                    d1 += t * e1[d]
+                    d2 += t * e2[d]
+                    d3 += t * e3[d]
+                A[a, c] = d0
+                A[a, c + 1] = d1
+                A[a, c + 2] = d2
+                A[a, c + 3] = d3
+                c += 4
+            while c <= a:
                 eb = E[code[n, idx[c]]]
-                dot = 0.0
+                dot = zero
                 for d in range(D):
                     dot += ea[d] * eb[d]
-                A[a, c] = sign[n, idx[a]] * sign[n, idx[c]] * dot + (ridge if a == c else 0.0)
+                A[a, c] = dot
+                c += 1
+            for c in range(a + 1):
+                A[a, c] *= sign[n, ja] * sign[n, idx[c]]
+            A[a, a] += ridge
         if not _cholesky(A, k):
             continue
         for a in range(k):
