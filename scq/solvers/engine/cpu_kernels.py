@@ -518,19 +518,27 @@ def gram_rows(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gra
 
 
 @njit(**_JIT)
-def round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code,
-               u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res, state, zq,
-               lo, hi):
-    """One certificate round's work on W for rows lo..hi, each row start to end in one pass, on its
-    valid slots only (k×k, not m×m), its system never leaving the thread: the Gram matrix
-    (:func:`_gram_row`, with the cache), b = Cz + ``linear``, ``n_iter`` FISTA steps (then
-    S = {u > 0}; with none, S comes in ``s``), the active set (:func:`_active_set_row`; ``u``,
-    ``s`` updated in place), and z_q = Σ_j u_j c_j from ``E_out`` (E in the inputs' dtype) into
-    ``zq`` (zeroed). The same arithmetic as
-    :func:`gram_rows`, :func:`fista_rows`, :func:`active_set_rows` and :func:`combine_rows` run
-    one after the other, without writing H to memory between them."""
+def round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez, old_code, new_gram,
+               new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu,
+               out_res, state, zq, lo, hi):
+    """One certificate round's work on W for rows ``rows[lo:hi]`` of the batch, each row start to
+    end in one pass, on its valid slots only (k×k, not m×m), its system never leaving the thread:
+    the Gram matrix (:func:`_gram_row`, with the cache), b = Cz + the linear term, ``n_iter``
+    FISTA steps (then S = {u > 0}; with none, S comes in ``s``), the active set
+    (:func:`_active_set_row`; ``u``, ``s`` updated in place), and z_q = Σ_j u_j c_j from ``E_out``
+    (E in the inputs' dtype). The same arithmetic as :func:`gram_rows`, :func:`fista_rows`,
+    :func:`active_set_rows` and :func:`combine_rows` run one after the other, without writing H to
+    memory between them.
+
+    Row i of the round is row r = ``rows[i]`` of the batch: ``code``, ``sign``, ``u``, ``s``,
+    ``valid``, ``z``, ``tol``, ``extra``, ``start`` and the cache are read (and ``u``, ``s``
+    written) at r; ``out_nu``, ``out_res``, ``state`` and ``zq`` (zeroed) at i. The linear term of
+    slot j: σ_j·extra[r, k_j] (``extra`` (0, 0): none) + ``bonus`` where k_j = start[r]
+    (``start`` (0,): none) − ``l1``."""
     m = code.shape[1]
     D = E.shape[1]
+    has_extra = extra.shape[0] > 0
+    has_start = start.shape[0] > 0
     H_flat = np.empty(m * m, dtype=E.dtype)
     A = np.empty((m, m), dtype=E.dtype)
     slots = np.empty(m, dtype=np.int64)
@@ -543,42 +551,132 @@ def round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, o
     work = np.empty((8, m), dtype=E.dtype)
     flags = np.empty((3, m), dtype=np.bool_)
     for n in range(lo, hi):
+        r = rows[n]
         # The row's valid slots only (W is as wide as its widest row: the others are padding).
         k = 0
         for a in range(m):
-            if valid[n, a]:
+            if valid[r, a]:
                 slots[k] = a
-                row_code[k] = code[n, a]
-                row_sign[k] = sign[n, a]
+                row_code[k] = code[r, a]
+                row_sign[k] = sign[r, a]
                 k += 1
         H = H_flat[:k * k].reshape((k, k))
         b, un, sn = work[6, :k], work[7, :k], flags[2, :k]
-        _gram_row(E, row_code[:k], row_sign[:k], z[n], ridge, rows[n], old_gram, old_ez, old_code, new_gram, new_ez,
+        _gram_row(E, row_code[:k], row_sign[:k], z[r], ridge, r, old_gram, old_ez, old_code, new_gram, new_ez,
                   new_code, H, b, old, targets)
         for a in range(k):
-            b[a] += linear[n, slots[a]]
-            un[a] = u[n, slots[a]]
-            sn[a] = s[n, slots[a]]
+            lin = -l1
+            if has_extra:
+                lin += row_sign[a] * extra[r, row_code[a]]
+            if has_start and row_code[a] == start[r]:
+                lin += bonus
+            b[a] += lin
+            un[a] = u[r, slots[a]]
+            sn[a] = s[r, slots[a]]
         if n_iter > 0:
             t, mom = _step_and_momentum(H, ridge)
             _fista_row(H, b, un, all_valid[:k], t, mom, n_iter, simplex, patience, work[0, :k], work[1, :k])
             for a in range(k):
                 sn[a] = un[a] > 0
         out_nu[n], out_res[n], state[n] = _active_set_row(
-            H, b, un, sn, all_valid[:k], tol[n], max_iter, -1, simplex, drop_tol, tiny, slack, A, idx, work[0, :k],
+            H, b, un, sn, all_valid[:k], tol[r], max_iter, -1, simplex, drop_tol, tiny, slack, A, idx, work[0, :k],
             work[1, :k], work[2, :k], work[3, :k], work[4, :k], flags[0, :k], flags[1, :k], work[5, :k])
         for a in range(m):  # padding slots end at 0, off the support
-            u[n, a] = 0
-            s[n, a] = False
+            u[r, a] = 0
+            s[r, a] = False
         row = zq[n]
         for a in range(k):
-            u[n, slots[a]] = un[a]
-            s[n, slots[a]] = sn[a]
+            u[r, slots[a]] = un[a]
+            s[r, slots[a]] = sn[a]
             w = un[a] * row_sign[a]
             if w != 0:
                 e = E_out[row_code[a]]
                 for d in range(D):
                     row[d] += w * e[d]
+
+
+@njit(**_JIT)
+def finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken, finished,
+                new_code, new_sign, violating, need, lo, hi):
+    """The end of a certificate round for rows ``rows[lo:hi]`` of the batch (row i of the round is
+    row r = ``rows[i]``), after :func:`round_rows`: G (n, K) holds E(z_q − z) for the round's rows
+    (overwritten). Per row: the gradients g = G − extra (or less ``bonus`` at the start code), the
+    ``n_add`` most violating codes outside W (:func:`_entering_row`; their codes and entering signs
+    into ``new_code``, ``new_sign`` (n, n_add)), which of them violate the KKT conditions by more
+    than ``tol`` (``violating``), whether the row is ``finished`` (certified on W and no code
+    outside it violating, or ``broken``: its active set broke down, written at r) and how wide W
+    must be for it to take its violators in (``need``). ``nu``, ``state``: the round kernel's.
+    Everything but ``broken`` is at i."""
+    K = G.shape[1]
+    n_add = new_code.shape[1]
+    has_extra = extra.shape[0] > 0
+    has_start = start.shape[0] > 0
+    in_w, score, block_top, low = _entering_scratch(n_add, G)
+    worst = np.empty(n_add, dtype=G.dtype)
+    for n in range(lo, hi):
+        r = rows[n]
+        g = G[n]
+        if has_extra:
+            for k in range(K):
+                g[k] -= extra[r, k]
+        elif has_start:
+            g[start[r]] -= bonus
+        _entering_row(g, code[r], sign[r], valid[r], signed, in_w, score, block_top, low, worst, new_code[n])
+        n_violating = 0
+        for j in range(n_add):
+            new_sign[n, j] = -1.0 if signed and g[new_code[n, j]] > 0 else 1.0
+            violating[n, j] = worst[j] - l1 - nu[n] > tol[r]
+            n_violating += violating[n, j]
+        done, was_broken = (state[n] & 1) != 0, (state[n] & 2) != 0
+        broken[r] = was_broken
+        # A broken row stops too; the certificate will flag it.
+        finished[n] = (done and not violating[n, 0]) or was_broken
+        n_support = 0
+        for a in range(s.shape[1]):
+            n_support += s[r, a]
+        need[n] = n_support + n_violating
+
+
+@njit(**_JIT)
+def place_rows(rows, code, sign, u, s, valid, new_code, new_sign, violating, lo, hi):
+    """W for the next round, for rows ``rows[lo:hi]`` (in place at r = ``rows[i]``): the support's
+    slots first, then the violators of :func:`finish_rows` (at i), then the rest of the old W, as
+    far as W is wide (it was grown to hold every row's support and violators)."""
+    m = code.shape[1]
+    order = np.empty(m, dtype=np.int64)
+    c_tmp = np.empty(m, dtype=code.dtype)
+    g_tmp = np.empty(m, dtype=sign.dtype)
+    u_tmp = np.empty(m, dtype=u.dtype)
+    v_tmp = np.empty(m, dtype=np.bool_)
+    for n in range(lo, hi):
+        r = rows[n]
+        n_support = 0
+        for a in range(m):
+            if s[r, a]:
+                order[n_support] = a
+                n_support += 1
+        t = n_support
+        for a in range(m):
+            if not s[r, a]:
+                order[t] = a
+                t += 1
+        for a in range(m):
+            c_tmp[a] = code[r, order[a]]
+            g_tmp[a] = sign[r, order[a]]
+            u_tmp[a] = u[r, order[a]]
+            v_tmp[a] = valid[r, order[a]]
+        for a in range(m):
+            code[r, a] = c_tmp[a]
+            sign[r, a] = g_tmp[a]
+            u[r, a] = u_tmp[a]
+            valid[r, a] = v_tmp[a]
+            s[r, a] = a < n_support
+        for j in range(violating.shape[1]):
+            slot = n_support + j
+            if violating[n, j] and slot < m:
+                code[r, slot] = new_code[n, j]
+                sign[r, slot] = new_sign[n, j]
+                valid[r, slot] = True
 
 
 @njit(**_JIT)
@@ -627,85 +725,96 @@ ENTERING_BLOCK = 16  # codes per block of the entering kernel's first pass
 
 
 @njit(**_JIT)
-def entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, lo, hi):
-    """The ``n_add`` most violating codes of each row outside its working set, from the gradients
-    G (n, K) of ``working_set._gradients``: score −g_k (signed codes: |g_k|, entering with sign
-    −sign(g_k)), codes already in W (with that sign) excluded. Writes, for rows lo..hi, the scores
-    in descending order (ties: the lower code first, as torch's top-k), their codes and entering
-    signs (``out_sign`` comes in as ones).
+def _entering_row(g, code, sign, valid, signed, in_w, score, block_top, low, best, best_code):
+    """The ``n_add`` = len(``best``) most violating codes of one row outside its working set, from
+    its gradients ``g`` (K,): score −g_k (signed codes: |g_k|), codes already in W (with the sign
+    they would enter with) excluded; the scores in descending order (ties: the lower code first)
+    into ``best``, their codes into ``best_code``. ``in_w`` (K,) comes in and leaves zeroed; the
+    rest is scratch.
 
-    Two passes instead of the torch path's scoring passes and top-k: branch-free sweeps give every
-    code's score and each block's largest; the ``n_add``-th largest block top is a floor no
-    entering code is below (that many distinct codes reach it), so the second pass sorts only the
-    codes of the blocks that reach it (about ``n_add`` blocks), not the whole row (1.2–1.4× faster
-    than one pass with a sorted buffer)."""
-    K = G.shape[1]
-    m = code.shape[1]
-    n_add = out_score.shape[1]
-    n_blocks = (K + ENTERING_BLOCK - 1) // ENTERING_BLOCK
-    in_w = np.zeros(K, dtype=np.int8)  # bit 0: the code is in W with sign +1, bit 1: with −1
-    score = np.empty(n_blocks * ENTERING_BLOCK, dtype=G.dtype)
-    block_top = np.empty(n_blocks, dtype=G.dtype)
-    low = np.empty(n_add, dtype=G.dtype)
-    neg_inf = G.dtype.type(-np.inf)
-    for n in range(lo, hi):
-        g = G[n]
-        for j in range(m):
-            if valid[n, j]:
-                in_w[code[n, j]] |= 1 if (not signed or sign[n, j] > 0) else 2
-        if signed:
-            for k in range(K):
-                score[k] = neg_inf if in_w[k] & (2 if g[k] > 0 else 1) else abs(g[k])
-        else:
-            for k in range(K):
-                score[k] = neg_inf if in_w[k] else -g[k]
-        for k in range(K, n_blocks * ENTERING_BLOCK):
-            score[k] = neg_inf
+    Two passes instead of a sorted buffer over the whole row: branch-free sweeps give every code's
+    score and each block's largest; the ``n_add``-th largest block top is a floor no entering code
+    is below (that many distinct codes reach it), so the second pass sorts only the codes of the
+    blocks that reach it (about ``n_add`` blocks; 1.2–1.4× faster than one pass)."""
+    K = g.shape[0]
+    m = code.shape[0]
+    n_add = best.shape[0]
+    n_blocks = block_top.shape[0]
+    neg_inf = g.dtype.type(-np.inf)
+    for j in range(m):
+        if valid[j]:
+            in_w[code[j]] |= 1 if (not signed or sign[j] > 0) else 2
+    if signed:
+        for k in range(K):
+            score[k] = neg_inf if in_w[k] & (2 if g[k] > 0 else 1) else abs(g[k])
+    else:
+        for k in range(K):
+            score[k] = neg_inf if in_w[k] else -g[k]
+    for k in range(K, n_blocks * ENTERING_BLOCK):
+        score[k] = neg_inf
+    for b in range(n_blocks):
+        top = neg_inf
+        for k in range(b * ENTERING_BLOCK, b * ENTERING_BLOCK + ENTERING_BLOCK):
+            v = score[k]
+            top = v if v > top else top
+        block_top[b] = top
+    floor = neg_inf  # fewer blocks than n_add: every code is a candidate
+    if n_blocks >= n_add:
+        for j in range(n_add):
+            low[j] = neg_inf
         for b in range(n_blocks):
-            top = neg_inf
-            for k in range(b * ENTERING_BLOCK, b * ENTERING_BLOCK + ENTERING_BLOCK):
-                v = score[k]
-                top = v if v > top else top
-            block_top[b] = top
-        floor = neg_inf  # fewer blocks than n_add: every code is a candidate
-        if n_blocks >= n_add:
-            for j in range(n_add):
-                low[j] = neg_inf
-            for b in range(n_blocks):
-                v = block_top[b]
-                if v > low[n_add - 1]:
-                    pos = n_add - 1
-                    while pos > 0 and v > low[pos - 1]:
-                        low[pos] = low[pos - 1]
-                        pos -= 1
-                    low[pos] = v
-            floor = low[n_add - 1]
-        best = out_score[n]
-        best_code = out_code[n]
-        filled = 0
-        for b in range(n_blocks):
-            if not block_top[b] >= floor:
-                continue
-            for k in range(b * ENTERING_BLOCK, min(b * ENTERING_BLOCK + ENTERING_BLOCK, K)):
-                v = score[k]
-                if not v >= floor or (filled == n_add and not v > best[n_add - 1]):
-                    continue
-                pos = filled if filled < n_add else n_add - 1
-                while pos > 0 and v > best[pos - 1]:  # after the equal ones: the lower code first
-                    if pos < n_add:
-                        best[pos] = best[pos - 1]
-                        best_code[pos] = best_code[pos - 1]
+            v = block_top[b]
+            if v > low[n_add - 1]:
+                pos = n_add - 1
+                while pos > 0 and v > low[pos - 1]:
+                    low[pos] = low[pos - 1]
                     pos -= 1
-                best[pos] = v
-                best_code[pos] = k
-                if filled < n_add:
-                    filled += 1
-        for j in range(m):
-            if valid[n, j]:
-                in_w[code[n, j]] = 0
+                low[pos] = v
+        floor = low[n_add - 1]
+    filled = 0
+    for b in range(n_blocks):
+        if not block_top[b] >= floor:
+            continue
+        for k in range(b * ENTERING_BLOCK, min(b * ENTERING_BLOCK + ENTERING_BLOCK, K)):
+            v = score[k]
+            if not v >= floor or (filled == n_add and not v > best[n_add - 1]):
+                continue
+            pos = filled if filled < n_add else n_add - 1
+            while pos > 0 and v > best[pos - 1]:  # after the equal ones: the lower code first
+                if pos < n_add:
+                    best[pos] = best[pos - 1]
+                    best_code[pos] = best_code[pos - 1]
+                pos -= 1
+            best[pos] = v
+            best_code[pos] = k
+            if filled < n_add:
+                filled += 1
+    for j in range(m):
+        if valid[j]:
+            in_w[code[j]] = 0
+
+
+@njit(**_JIT)
+def _entering_scratch(n_add, G):
+    """Scratch of :func:`_entering_row` for G's rows: (in_w, score, block_top, low)."""
+    K = G.shape[1]
+    n_blocks = (K + ENTERING_BLOCK - 1) // ENTERING_BLOCK
+    return (np.zeros(K, dtype=np.int8), np.empty(n_blocks * ENTERING_BLOCK, dtype=G.dtype),
+            np.empty(n_blocks, dtype=G.dtype), np.empty(n_add, dtype=G.dtype))
+
+
+@njit(**_JIT)
+def entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, lo, hi):
+    """:func:`_entering_row` for rows lo..hi of G (n, K) (the gradients of
+    ``working_set._gradients``), with the entering signs −sign(g_k) of signed codes (``out_sign``
+    comes in as ones)."""
+    in_w, score, block_top, low = _entering_scratch(out_score.shape[1], G)
+    for n in range(lo, hi):
+        _entering_row(G[n], code[n], sign[n], valid[n], signed, in_w, score, block_top, low, out_score[n],
+                      out_code[n])
         if signed:
-            for j in range(n_add):
-                out_sign[n, j] = -1.0 if g[best_code[j]] > 0 else 1.0
+            for j in range(out_score.shape[1]):
+                out_sign[n, j] = -1.0 if G[n, out_code[n, j]] > 0 else 1.0
 
 
 # The parallel launchers: one row range per thread of Numba's pool (``bounds``: the ranges'
@@ -750,13 +859,27 @@ def combine_backward_par(values, E, idx, grad, need_values, need_E, grad_values,
 
 
 @njit(parallel=True, **_JIT)
-def round_par(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code,
-              u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu, out_res, state, zq,
-              bounds):
+def round_par(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez, old_code, new_gram,
+              new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu,
+              out_res, state, zq, bounds):
     for t in prange(bounds.shape[0] - 1):
-        round_rows(E, E_out, code, sign, z, linear, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez,
-                   new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu,
-                   out_res, state, zq, bounds[t], bounds[t + 1])
+        round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez, old_code,
+                   new_gram, new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny,
+                   slack, out_nu, out_res, state, zq, bounds[t], bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def finish_par(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken, finished,
+               new_code, new_sign, violating, need, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken, finished,
+                    new_code, new_sign, violating, need, bounds[t], bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def place_par(rows, code, sign, u, s, valid, new_code, new_sign, violating, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        place_rows(rows, code, sign, u, s, valid, new_code, new_sign, violating, bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)

@@ -8,8 +8,9 @@ and what runs where no kernel applies. Where one does, the same arithmetic runs 
   :mod:`~scq.solvers.engine.active_set_triton`), m ≤ ``fista_triton.MAX_SLOTS``; one launch each,
   no host sync. The backward stays torch (a handful of launches, no sync).
 - CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m: a round's whole
-  work on W in one loop (:func:`solve_round`: Gram matrix with :class:`GramCache`, FISTA, active
-  set, z_q), the entering codes, the backward, the sparse combine and the SCQ certificate, and
+  rounds in three loops over rows (:func:`round_kernels`: the work on W, Gram matrix with
+  :class:`GramCache`, FISTA, active set, z_q; the entering codes and the round's verdict; the next
+  W), the entering codes, the backward, the sparse combine and the SCQ certificate, and
   each step alone (the step-by-step path, used where the support is capped); the rows are split
   into as many ranges as torch has intra-op threads, one per thread of Numba's pool. Numba
   compiles them on first use (about a minute on 2 cores, once per machine; cached on disk after).
@@ -257,34 +258,22 @@ def gram(E, code, sign, z, *, ridge: float, sys_dtype: torch.dtype, cache: Optio
 FISTA_PATIENCE = 3
 
 
-def solve_round(E, code, sign, z, linear, weights, support, valid, dual_tol, cache: GramCache,
-                rows: Optional[torch.Tensor], *, ridge: float, sys_dtype: torch.dtype, simplex: bool, pg_iters: int,
-                max_iter: int):
-    """A certificate round's work on W on the CPU, each row in one pass
-    (:func:`scq.solvers.engine.cpu_kernels.round_rows`): the Gram matrix (reusing ``cache``),
-    b = Cz + ``linear``, FISTA's warm start, the active set and z_q. Returns
-    ``(ActiveSetResult, z_q)`` or ``None`` (the caller's step-by-step path). No cap on the support
-    size (the caller takes the step-by-step path where there is one)."""
+def round_kernels(z: torch.Tensor):
+    """The CPU kernels that run the engine's certificate rounds whole
+    (:func:`scq.solvers.engine.cpu_kernels.round_rows`, ``finish_rows``, ``place_rows``: the
+    loop in :func:`scq.solvers.engine.working_set._rounds_on_cpu`), or ``None`` (the torch path:
+    not a CPU float tensor, or kernels off)."""
+    return _kernels() if _chosen(z) == "cpu" else None
 
-    def run(k):
-        finfo = torch.finfo(sys_dtype)
-        N, m = code.shape
-        u = weights.detach().to(sys_dtype).clone()
-        s = support.clone()
-        nu, res = torch.zeros(N, dtype=sys_dtype), torch.zeros(N, dtype=sys_dtype)
-        state = torch.zeros(N, dtype=torch.int32)
-        zq = torch.zeros(N, E.shape[1], dtype=E.dtype)
-        cache.exchange(N, m, rows, lambda *cached: k.round_par(
-            _numpy(E.to(sys_dtype)), _numpy(E), _numpy(code), _numpy(sign.to(sys_dtype)), _numpy(z.to(sys_dtype)),
-            _numpy(linear.to(sys_dtype)), float(ridge), *cached, u.numpy(), s.numpy(), _numpy(valid),
-            _numpy(dual_tol.reshape(N).to(sys_dtype)), int(pg_iters), int(FISTA_PATIENCE), bool(simplex), int(max_iter),
-            16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu.numpy(), res.numpy(), state.numpy(), zq.numpy(),
-            _bounds(N)))
-        iterations = int(state.numpy().max() >> 2) if N else 0  # numpy: no torch scalar read
-        done, broken = (state & 1) != 0, (state & 2) != 0
-        return ActiveSetResult(u, s, nu, done & ~broken, iterations, res, broken), zq
 
-    return _on_cpu("round", (E, z), run)
+def row_ranges(n: int) -> np.ndarray:
+    """The edges of the row ranges a CPU kernel splits ``n`` rows into, one per thread."""
+    return _bounds(n)
+
+
+def attempt(kernel: str, body):
+    """``body()``, or ``None`` after a kernel failure (warned once; later calls take the torch path)."""
+    return _attempt(kernel, body)
 
 
 def scq_certificate(G, p, nearest, target, lam: float, scale):

@@ -22,10 +22,11 @@ neighbourhoods (the support is mostly *not* among the nearest codes):
 
 Cost per round: one N×K×D GEMM (the gradients of step 3) and small systems on W; no K×K matrix is
 ever formed. One host sync per round. Where :mod:`~scq.solvers.engine.fused` has kernels the work
-on W runs compiled: on the CPU (Numba) one parallel loop over rows does a row's whole round (its
-Gram matrix from the products it kept from the last round, FISTA, the active set on its valid
-slots, z_q), and another picks the entering codes; on CUDA (Triton) the warm start and the active
-set are one launch each, with no sync. The torch path, the kernels' reference, adds a sync per
+on W runs compiled: on the CPU (Numba) a round is three parallel loops over the unfinished rows,
+each row's state kept in place (:func:`_rounds_on_cpu`): a row's work on W (its Gram matrix from
+the products it kept from the last round, FISTA, the active set on its valid slots, z_q), then
+after the round's GEMM its entering codes and verdict, then its next W; on CUDA (Triton) the
+warm start and the active set are one launch each, with no sync. The torch path, the kernels' reference, adds a sync per
 ``check_every`` inner iterations. The backward solves the KKT system on the support (docs/math.md
 §4, §5): exact gradients at the forward's memory, no unrolling.
 """
@@ -35,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ...problems import code_scores, max_code_norm, nearest_code, row_scale
@@ -171,15 +173,9 @@ def _linear_on_w(code, sign, extra, start, problem: QPForm, dtype):
 def _solve_on_w(E, code, sign, z, linear, u, s, valid, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge,
                 max_support, cache, rows):
     """The round's work on W: the systems, FISTA's warm start and the exact active-set solve, then
-    z_q. Returns (ActiveSetResult in the systems' dtype, z_q (n, D)). On the CPU one kernel runs it
-    all, row by row (no cap on the support); else step by step, each step compiled where a kernel
-    applies."""
-    if max_support is None:
-        compiled = fused.solve_round(E, code, sign, z, linear, u, s, valid, dual_tol, cache, rows, ridge=sys_ridge,
-                                     sys_dtype=sys_dtype, simplex=problem.simplex, pg_iters=opts.pg_iters,
-                                     max_iter=opts.max_inner)
-        if compiled is not None:
-            return compiled
+    z_q. Returns (ActiveSetResult in the systems' dtype, z_q (n, D)). Step by step, each step
+    compiled where a kernel applies (on the CPU without a cap on the support, the rounds run
+    whole in :func:`_rounds_on_cpu` instead)."""
     H, cz, C = _systems(E, code, sign, z, problem, sys_dtype, sys_ridge, cache, rows)
     b = (cz + linear).to(sys_dtype)
     u = u.to(sys_dtype)
@@ -251,7 +247,9 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     # needed float64 after all (float32 inputs, ρ tiny against ‖e‖²), round 1 runs again, from the
     # start, in float64. Without a ridge the systems' jitter needs the value first: one sync more
     # (unless the caller has read it already, as the lasso's default ridge does).
-    if e_max_sq is None and problem.ridge <= 0:
+    kernels = fused.round_kernels(z) if problem.ridge > 0 else None
+    if e_max_sq is None and (problem.ridge <= 0 or kernels is not None):
+        # (On the CPU a "sync" is a read of memory: the compiled rounds take the value first.)
         e_max_sq = float(e_max) ** 2
     sys_dtype = dtype if e_max_sq is None else system_dtype(dtype, problem.ridge, e_max_sq)
     alpha = problem.l1
@@ -281,6 +279,12 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         valid = torch.cat([valid, torch.ones_like(top, dtype=torch.bool)], dim=1)
     m = code.shape[1]
     s = u > 0
+    if kernels is not None:
+        out = fused.attempt("round", lambda: _rounds_on_cpu(
+            kernels, z, E, extra, start, dual_tol, problem, opts, sys_dtype, sys_ridge, code, sign, u, s, valid, n_add,
+            diagnostics))
+        if out is not None:
+            return out
     # Where round 1 starts again if it ran in the wrong precision (only float32 inputs can).
     first = (code, sign, u.clone(), s.clone(), valid, m) if e_max_sq is None and dtype == torch.float32 else None
     gram_cache = fused.GramCache(N, sys_dtype)
@@ -371,6 +375,79 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     diagnostics.update(iterations=inner_total, rounds=rounds, working_set=m, support_size=s.sum(1),
                        broken_down=broken, systems=(sys_dtype, sys_ridge), finished=all_finished)
     return code, sign, u, s
+
+
+def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code, sign,
+                   u, s, valid, n_add: int, diagnostics: dict):
+    """The certificate rounds of :func:`_forward` as three compiled loops over the unfinished rows
+    (``k``: :mod:`~scq.solvers.engine.cpu_kernels`), the state of every row kept in place: the
+    work on W (``round_rows``), one GEMM for the gradients, the entering codes and the round's
+    verdict (``finish_rows``), the next W (``place_rows``). The same steps as the torch loop,
+    without its ~60 small ops per round (gathers of the unfinished rows and their write-back,
+    masks, sorts), which cost a third of a solve at N = 1024, D = 16."""
+    z, E = z.detach(), E.detach()
+    extra = None if extra is None else extra.detach()
+    N, D = z.shape
+    K = E.shape[0]
+    dtype = z.dtype
+    finfo = torch.finfo(sys_dtype)
+    E_sys, z_sys = E.to(sys_dtype).contiguous(), z.to(sys_dtype).contiguous()
+    extra_sys = (extra.to(sys_dtype) if extra is not None else torch.zeros(0, 0, dtype=sys_dtype)).contiguous()
+    start_np = (start if extra is None and start is not None else torch.zeros(0, dtype=torch.long)).numpy()
+    bonus = float(problem.start_bonus) if extra is None else 0.0
+    tol = dual_tol.to(sys_dtype).contiguous().numpy()
+    code, sign = code.contiguous(), sign.to(sys_dtype).contiguous()
+    u, s, valid = u.contiguous(), s.contiguous(), valid.contiguous()
+    broken = torch.zeros(N, dtype=torch.bool)
+    cache = fused.GramCache(N, sys_dtype)
+    m = code.shape[1]
+    rows = np.arange(N, dtype=np.int64)
+    inner_total = 0
+    all_finished = False
+    rounds = 0
+    for rounds in range(1, opts.max_rounds + 1):
+        n = rows.shape[0]
+        rows_t = torch.from_numpy(rows)
+        nu, res = np.zeros(n, dtype=E_sys.numpy().dtype), np.zeros(n, dtype=E_sys.numpy().dtype)
+        state = np.zeros(n, dtype=np.int32)
+        zq = torch.zeros(n, D, dtype=dtype)
+        bounds = fused.row_ranges(n)
+        cache.exchange(n, m, rows_t, lambda *cached: k.round_par(
+            E_sys.numpy(), E.contiguous().numpy(), code.numpy(), sign.numpy(), z_sys.numpy(),
+            extra_sys.numpy(), start_np, bonus, float(problem.l1), float(sys_ridge), *cached, u.numpy(), s.numpy(),
+            valid.numpy(), tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE), bool(problem.simplex),
+            int(opts.max_inner), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu, res, state, zq.numpy(), bounds))
+        inner_total += int(state.max()) >> 2 if n else 0
+        G = (zq - (z if n == N else z.index_select(0, rows_t))) @ E.transpose(0, 1)
+        finished = np.zeros(n, dtype=np.bool_)
+        new_code = np.zeros((n, n_add), dtype=np.int64)
+        new_sign = np.ones((n, n_add), dtype=E_sys.numpy().dtype)
+        violating = np.zeros((n, n_add), dtype=np.bool_)
+        need = np.zeros(n, dtype=np.int64)
+        k.finish_par(G.numpy(), extra_sys.numpy(), start_np, bonus, float(problem.l1), bool(problem.signed), rows,
+                     code.numpy(), sign.numpy(), valid.numpy(), s.numpy(), nu, state, tol, broken.numpy(), finished,
+                     new_code, new_sign, violating, need, bounds)
+        n_left = int(n - finished.sum())
+        all_finished = n_left == 0
+        if all_finished or rounds == opts.max_rounds:
+            break
+        wider = int(need.max())
+        if wider > m:  # grow W: every row's support and violators must fit
+            pad = lambda t, fill: torch.cat([t, torch.full((N, wider - m), fill, dtype=t.dtype)], 1).contiguous()
+            code, sign, u, s, valid = pad(code, 0), pad(sign, 1), pad(u, 0), pad(s, False), pad(valid, False)
+            m = wider
+        k.place_par(rows, code.numpy(), sign.numpy(), u.numpy(), s.numpy(), valid.numpy(), new_code, new_sign,
+                    violating, bounds)
+        if opts.compact:
+            rows = rows[~finished]
+        if violating[:, -1].any() and rounds >= GROW_AFTER_ROUNDS:
+            n_add = min(2 * n_add, K)  # see the torch loop
+
+    if start is not None:
+        diagnostics["nearest"] = start
+    diagnostics.update(iterations=inner_total, rounds=rounds, working_set=m, support_size=s.sum(1),
+                       broken_down=broken, systems=(sys_dtype, sys_ridge), finished=all_finished)
+    return code, sign.to(dtype), u, s
 
 
 class WorkingSetFunction(torch.autograd.Function):
