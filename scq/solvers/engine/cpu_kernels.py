@@ -687,32 +687,40 @@ def scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error
     Writes residual, objective gap, ‖p − p*‖ bound and ‖z_q − z_q*‖ bound of rows lo..hi."""
     K = G.shape[1]
     dense_target = target.shape[0] > 0
+    g = np.empty(K, dtype=G.dtype)
+    lam_t = G.dtype.type(lam)
     for n in range(lo, hi):
-        g = np.empty(K, dtype=G.dtype)
+        # Branch-free sweeps (they vectorize); sums in float64.
+        pn = p[n]
+        if dense_target:
+            tn = target[n]
+            for k in range(K):
+                g[k] = G[n, k] + lam_t * (pn[k] - tn[k])
+        else:
+            for k in range(K):
+                g[k] = G[n, k] + lam_t * pn[k]
+            g[nearest[n]] -= lam_t
         gp = 0.0
-        g_min = np.inf
         total = 0.0
-        nan_seen = False  # min/max below would drop a nan: it is carried by hand to every output
+        g_min = g[0]
+        n_nan = 0  # min/max below would drop a nan: it is carried by hand to every output
         for k in range(K):
-            gk = G[n, k] + lam * (p[n, k] - (target[n, k] if dense_target else (1.0 if k == nearest[n] else 0.0)))
-            nan_seen = nan_seen or gk != gk or p[n, k] != p[n, k]
-            g[k] = gk
-            gp += gk * p[n, k]
-            g_min = min(g_min, gk)
-            total += p[n, k]
+            gk = g[k]
+            gp += gk * pn[k]
+            total += pn[k]
+            g_min = gk if gk < g_min else g_min
+            n_nan += (gk != gk) + (pn[k] != pn[k])
         worst = abs(total - 1.0)
         delta_sq = 0.0
         s = scale[n]
         for k in range(K):
             mu = g[k] - gp
-            worst = max(worst, abs(min(p[n, k], mu / s)))
-            if mu < 0:
-                delta_sq += mu * mu
-            elif p[n, k] > 0:
-                delta_sq += mu * mu
+            r = abs(min(pn[k], mu / s))
+            worst = r if r > worst else worst
+            delta_sq += mu * mu if (mu < 0) | (pn[k] > 0) else 0.0
         gap_n = max(gp - g_min, 0.0)
         delta = np.sqrt(delta_sq)
-        if nan_seen:
+        if n_nan > 0:
             residual[n] = gap[n] = error[n] = q_error[n] = np.nan
             continue
         residual[n] = worst
