@@ -234,6 +234,23 @@ def test_certificate_kernel_matches_the_torch_certificate(dtype, with_target, mo
     assert got.residual.min() > 1e-3  # the last point is far from optimal, and measured so
 
 
+@pytest.mark.parametrize("dtype", [f32, f64])
+def test_nearest_code_kernel_matches_the_formula_with_ties_and_nan(dtype):
+    from scq.problems import code_scores, nearest_code
+
+    g = torch.Generator().manual_seed(5)
+    # Integer entries: every norm and score exact, so that the repeated codes tie exactly.
+    z = torch.randint(-2, 3, (300, 8), generator=g).to(dtype)
+    E = torch.randint(-1, 2, (700, 8), generator=g).to(dtype)
+    E[350:] = E[:350]  # every code twice: ties, which go to the lower code
+    scores = code_scores(z, E)
+    scores[7, 123] = float("nan")  # torch's argmin picks a nan
+    scores[9, 5] = scores[9, 600] = float("nan")  # the first one
+    got = fused.nearest(scores, E)
+    assert got is not None and torch.equal(got, nearest_code(scores, E))
+    assert got[7] == 123 and got[9] == 5 and (got[10:] < 350).all()
+
+
 def test_certificate_kernel_carries_a_nan_to_every_measurement():
     from scq.solvers.certificate import certify_scq
 

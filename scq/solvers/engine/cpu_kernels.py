@@ -439,8 +439,8 @@ def _gram_row(E, code, sign, z, ridge, r, old_gram, old_ez, old_code, new_gram, 
         if old[a] >= 0:
             cz[a] = old_ez[r, old[a]]
             for c in range(a + 1):
-                if old[c] >= 0:
-                    H[a, c] = old_gram[r, old[a], old[c]]
+                if old[c] >= 0:  # the cache holds the lower triangle
+                    H[a, c] = old_gram[r, max(old[a], old[c]), min(old[a], old[c])]
     for a in range(m):  # a new code: its products with every slot not yet set, four at a time
         if old[a] >= 0:
             continue
@@ -484,12 +484,11 @@ def _gram_row(E, code, sign, z, ridge, r, old_gram, old_ez, old_code, new_gram, 
             t += 1
     for a in range(m, new_code.shape[1]):  # slots beyond this row's codes hold none
         new_code[r, a] = -1
-    for a in range(m):  # the cache holds the unsigned products, without the ridge
+    for a in range(m):  # the cache holds the unsigned products, without the ridge (lower triangle)
         new_code[r, a] = code[a]
         new_ez[r, a] = cz[a]
         for c in range(a + 1):
             new_gram[r, a, c] = H[a, c]
-            new_gram[r, c, a] = H[a, c]
     for a in range(m):
         cz[a] *= sign[a]
         for c in range(a + 1):
@@ -729,6 +728,28 @@ def scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error
         q_error[n] = min(np.sqrt(2 * gap_n), delta / np.sqrt(lam))
 
 
+@njit(**_JIT)
+def nearest_rows(scores, sq_norms, out, lo, hi):
+    """argmin_k ‖e_k‖² − 2 scores[n, k] for rows lo..hi into ``out``: the formula of
+    :func:`scq.problems.nearest_code` (the same float values: 2s is exact, one rounding in the
+    difference), in one pass without its two (N, K) temporaries; ties go to the lower code and a
+    nan is chosen first, as torch's argmin."""
+    K = scores.shape[1]
+    two = scores.dtype.type(2)
+    for n in range(lo, hi):
+        best = np.inf
+        best_k = 0
+        for k in range(K):
+            v = sq_norms[k] - two * scores[n, k]
+            if v != v:
+                best_k = k
+                break
+            if v < best:
+                best = v
+                best_k = k
+        out[n] = best_k
+
+
 ENTERING_BLOCK = 16  # codes per block of the entering kernel's first pass
 
 
@@ -902,6 +923,12 @@ def scq_certificate_par(G, p, nearest, target, lam, scale, residual, gap, error,
     for t in prange(bounds.shape[0] - 1):
         scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error, q_error, bounds[t],
                              bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def nearest_par(scores, sq_norms, out, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        nearest_rows(scores, sq_norms, out, bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)

@@ -292,6 +292,19 @@ def scq_certificate(G, p, nearest, target, lam: float, scale):
     return _on_cpu("certificate", (G, p), run)
 
 
+def nearest(scores, codebook):
+    """:func:`scq.problems.nearest_code` on the CPU in one pass
+    (:func:`scq.solvers.engine.cpu_kernels.nearest_rows`), or ``None``."""
+
+    def run(k):
+        out = torch.empty(scores.shape[0], dtype=torch.long)
+        sq_norms = (codebook * codebook).sum(-1)  # as nearest_code computes them
+        k.nearest_par(_numpy(scores), _numpy(sq_norms), out.numpy(), _bounds(scores.shape[0]))
+        return out
+
+    return _on_cpu("nearest-code", (scores, codebook), run)
+
+
 def entering(G, code, sign, valid, n_add: int, *, signed: bool):
     """The most violating codes outside each row's working set on the CPU (see
     :func:`scq.solvers.engine.cpu_kernels.entering_rows`): ``(scores, codes, signs)``, or ``None``."""

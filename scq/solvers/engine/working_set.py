@@ -230,7 +230,11 @@ def _entering(G, code, sign, valid, n_add: int, problem: QPForm):
 def _start_and_scale(z, E, extra, problem: QPForm):
     """The nearest code (the simplex's start), the tolerance scale (N,) and max‖e‖."""
     # The same formula as the certificate's and the default target's p̃: a tie goes the same way.
-    start = nearest_code(code_scores(z, E), E) if problem.simplex else None
+    start = None
+    if problem.simplex:
+        scores = code_scores(z, E)
+        start = fused.nearest(scores, E)
+        start = nearest_code(scores, E) if start is None else start
     # Multipliers are sums of terms of size ‖e‖(‖e‖ + ‖z‖), the ridge and α: tolerances are relative to that.
     e_max = max_code_norm(E)
     scale = row_scale(z, e_max, problem.ridge + problem.l1 + (0 if extra is None else extra.abs().amax(-1)))
