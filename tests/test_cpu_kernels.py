@@ -144,6 +144,39 @@ def test_lasso_with_the_cpu_kernels_equals_the_torch_path(monkeypatch):
     assert (w1 - w0).abs().max() < 1e-12 and (g1 - g0).abs().max() < 1e-9
 
 
+@pytest.mark.parametrize("case", ["scq-grows", "scq-target", "scq-lockstep", "lasso", "scq-float32"])
+def test_the_compiled_rounds_take_the_torch_loops_steps(case, monkeypatch):
+    # The CPU's compiled rounds (working_set._rounds_on_cpu) against the torch loop they replace:
+    # the same answer in the same number of rounds, W grown to the same width (a small initial W
+    # and few entries per round make it grow and double its entries), with a target, in lockstep.
+    g = torch.Generator().manual_seed(11)
+    dtype = f32 if case == "scq-float32" else f64
+    E = torch.randn(200, 6, generator=g, dtype=dtype)
+    x = torch.randn(60, 6, generator=g, dtype=dtype) * 0.3  # inside the hull: large supports
+    opts = dict(working_set=4, add_per_round=2, max_rounds=60)
+    if case == "scq-lockstep":
+        opts["compact"] = False
+    target = torch.softmax(torch.randn(60, 200, generator=g, dtype=dtype), -1) if case == "scq-target" else None
+
+    def run():
+        z = x.clone().requires_grad_()
+        if case == "lasso":
+            w, info = scq.solve_lasso(z, E, alpha=0.05, method="pgd", return_info=True, ridge=1e-3, **opts)
+        else:
+            w, info = scq.solve_scq(z, E, lam=0.05, target=target, method="pgd", return_info=True, **opts)
+        w.square().sum().backward()
+        return w.detach(), info, z.grad
+
+    w0, info0, g0 = _engine(run, False, monkeypatch)
+    w1, info1, g1 = _engine(run, True, monkeypatch)
+    assert info0.converged and info1.converged
+    for key in ("rounds", "working_set"):
+        assert info1.extra[key] == info0.extra[key], key
+    assert info0.extra["working_set"] > 4 and info0.extra["rounds"] > 4  # W grew, over many rounds
+    tol = 1e-5 if dtype == f32 else 1e-12
+    assert (w1 - w0).abs().max() < tol and (g1 - g0).abs().max() < 1e3 * tol
+
+
 def test_rows_are_split_over_torch_threads_and_give_the_same_answer_as_one_thread():
     before = torch.get_num_threads()
     try:

@@ -420,21 +420,25 @@ def combine_backward_rows(values, E, idx, grad, need_values, need_E, grad_values
 
 @njit(**_JIT)
 def _gram_row(E, code, sign, z, ridge, r, old_gram, old_ez, old_code, new_gram, new_ez, new_code, H, cz, old,
-              targets):
+              targets, pos):
     """One row's H = CCᵀ + ρI and Cz (c_j = σ_j e_{k_j}), from the codes in place, summed in E's
     dtype; products the row's codes had in the last round come from the cache (row ``r`` of
     ``old_*``; see :func:`gram_rows`), and this round's are written to row ``r`` of ``new_*``.
-    ``old`` and ``targets`` are scratch."""
+    ``old`` and ``targets`` are scratch; ``pos`` (K,) comes in and leaves at −1."""
     m = code.shape[0]
     m_old = old_code.shape[1]
     D = E.shape[1]
     zero = E.dtype.type(0)  # sums in E's dtype, so that they vectorize
-    for a in range(m):  # where each code sat in the cache, −1 if it is new to the row
-        old[a] = -1
-        for j in range(m_old):
-            if old_code[r, j] == code[a]:
-                old[a] = j
-                break
+    # Where each code sat in the cache, −1 if it is new to the row: O(m) through ``pos``, not a
+    # search of the cached codes for each code.
+    for j in range(m_old):
+        if old_code[r, j] >= 0:
+            pos[old_code[r, j]] = j
+    for a in range(m):
+        old[a] = pos[code[a]]
+    for j in range(m_old):
+        if old_code[r, j] >= 0:
+            pos[old_code[r, j]] = -1
     for a in range(m):  # products both codes of which the row had: from the cache
         if old[a] >= 0:
             cz[a] = old_ez[r, old[a]]
@@ -511,9 +515,10 @@ def gram_rows(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gra
     whole before it is written)."""
     old = np.empty(code.shape[1], dtype=np.int64)
     targets = np.empty(code.shape[1], dtype=np.int64)
+    pos = np.full(E.shape[0], -1, dtype=np.int64)
     for n in range(lo, hi):
         _gram_row(E, code[n], sign[n], z[n], ridge, rows[n], old_gram, old_ez, old_code, new_gram, new_ez, new_code,
-                  H[n], cz[n], old, targets)
+                  H[n], cz[n], old, targets, pos)
 
 
 @njit(**_JIT)
@@ -546,6 +551,7 @@ def round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, ol
     all_valid = np.ones(m, dtype=np.bool_)
     old = np.empty(m, dtype=np.int64)
     targets = np.empty(m, dtype=np.int64)
+    pos = np.full(E.shape[0], -1, dtype=np.int64)
     idx = np.empty(m, dtype=np.int64)
     work = np.empty((8, m), dtype=E.dtype)
     flags = np.empty((3, m), dtype=np.bool_)
@@ -562,7 +568,7 @@ def round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, ol
         H = H_flat[:k * k].reshape((k, k))
         b, un, sn = work[6, :k], work[7, :k], flags[2, :k]
         _gram_row(E, row_code[:k], row_sign[:k], z[r], ridge, r, old_gram, old_ez, old_code, new_gram, new_ez,
-                  new_code, H, b, old, targets)
+                  new_code, H, b, old, targets, pos)
         for a in range(k):
             lin = -l1
             if has_extra:
