@@ -34,7 +34,7 @@ def solve_pgd(
     tol: Optional[float] = None,
     max_rounds: int = 30,
     max_inner: int = 100,
-    working_set: int = 16,
+    working_set: int = 8,
     add_per_round: int = 8,
     compact: bool = True,
     pg_iters: int = 10,
@@ -45,7 +45,9 @@ def solve_pgd(
         max_rounds: certificate rounds over all K codes; if they run out, ``info.converged`` is
             False and a RuntimeWarning says so.
         max_inner: active-set iterations per round on the working set.
-        working_set: initial working-set size m (grows when the support needs more).
+        working_set: initial working-set size m (grows when the support needs more). 8 rather
+            than 16 since each row solves on its own valid slots: 2–10% faster on every codebook
+            of the runtime benchmark (N = 1024–4096, D = 16–64), the rounds about the same.
         add_per_round: codes examined per round for entry into the working set (doubled each
             round in which some vector filled every slot, so large supports take few rounds).
         compact: after each convergence check, work on the unfinished vectors only (gathered by
