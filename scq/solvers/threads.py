@@ -1,21 +1,21 @@
 """One intra-op thread for small solves on the CPU.
 
 A working-set solve runs thousands of small ops per call (gathers, Gram products, FISTA steps,
-batched Cholesky on (N, m, m) systems of m ≈ 16–64). Each op is a parallel region whose threads
-wait for one another, and OpenMP's idle threads spin: on a machine shared with other busy
-processes (DataLoader workers, a second job), each region waits for a descheduled thread, and a
-solve at N = 512, K = 128 slowed by 8–24× beside two small torch jobs (issue #11; on one thread:
-3.5×). So a solve runs on one thread when the machine is busy, or when the batch is small
-(N·K ≤ ``ONE_THREAD_UP_TO``), and on the pool otherwise (idle on 2 cores the pool took N = 1024,
-K = 256 from 29 to 20 ms and N = 2048, K = 128 from 41 to 25 ms). Small batches stay on one
-thread whatever the load: the pool saves at most ~20% there (2–3 ms at N = 512, K = 128), while
-one call on the pool beside two torch jobs, let through by a lull in their load, costs ~30×
-(benchmarks/results/contention.md, before the load was read per call). Busy is read at each call from the threads that other
-processes have runnable right now, and from the load average (:func:`machine_is_busy`). A module's
-forward takes the decision once, for its solve and the ops around it, and its backward follows
-(:class:`BackwardScope`): beside two torch jobs, the ops between a module's outputs and its solve
-(losses, gradient sums over N×D tensors) cost more on the pool than the solve's own backward. On
-CUDA nothing changes.
+batched Cholesky on (N, m, m) systems of m ≈ 16–64). Each op is a parallel region whose threads wait
+for one another, and OpenMP's idle threads spin: on a machine shared with other busy processes
+(DataLoader workers, a second job), each region waits for a descheduled thread, and a solve at N =
+512, K = 128 slowed by 8–24× beside two small torch jobs (issue #11; on one thread: 3.5×). So a
+solve runs on one thread when the machine is busy, or when the batch is small (N·K ≤
+``ONE_THREAD_UP_TO``), and on the pool otherwise (idle on 2 cores the pool took N = 1024, K = 256
+from 29 to 20 ms and N = 2048, K = 128 from 41 to 25 ms). Small batches stay on one thread whatever
+the load: the pool saves at most ~20% there (2–3 ms at N = 512, K = 128), while one call on the pool
+beside two torch jobs, let through by a lull in their load, costs ~30×
+(benchmarks/results/contention.md, before the load was read per call). Busy is read at each call
+from the threads that other processes have runnable right now, and from the load average
+(:func:`machine_is_busy`). A module's forward takes the decision once, for its solve and the ops
+around it, and its backward follows (:class:`BackwardScope`): beside two torch jobs, the ops between
+a module's outputs and its solve (losses, gradient sums over N×D tensors) cost more on the pool than
+the solve's own backward. On CUDA nothing changes.
 """
 
 from __future__ import annotations

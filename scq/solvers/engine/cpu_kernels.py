@@ -293,6 +293,23 @@ def active_set_rows(H, b, out_p, out_s, valid, tol, max_iter, max_support, simpl
 
 
 @njit(**_JIT)
+def _dots4(x, e0, e1, e2, e3, zero):
+    """(x·e0, x·e1, x·e2, x·e3) in one sweep over x, summed from ``zero`` (its dtype): 2.5× four
+    sweeps in float32, where the Gram matrices spend their time."""
+    d0 = zero
+    d1 = zero
+    d2 = zero
+    d3 = zero
+    for d in range(x.shape[0]):
+        t = x[d]
+        d0 += t * e0[d]
+        d1 += t * e1[d]
+        d2 += t * e2[d]
+        d3 += t * e3[d]
+    return d0, d1, d2, d3
+
+
+@njit(**_JIT)
 def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z, grad_E, lo, hi):
     """The engine's backward (docs/math.md §4–5) on each row's support S, from the codes in place:
     no (N, m, D) tensor is formed and only |S|×|S| systems are factored.
@@ -325,23 +342,10 @@ def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out,
             ja = idx[a]
             ea = E[code[n, ja]]
             c = 0
-            while c + 4 <= a + 1:  # four products per sweep over e_a, as the forward's Gram
-                e0, e1 = E[code[n, idx[c]]], E[code[n, idx[c + 1]]]
-                e2, e3 = E[code[n, idx[c + 2]]], E[code[n, idx[c + 3]]]
-                d0 = zero
-                d1 = zero
-                d2 = zero
-                d3 = zero
-                for d in range(D):
-                    t = ea[d]
-                    d0 += t * e0[d]
-                    d1 += t * e1[d]
-                    d2 += t * e2[d]
-                    d3 += t * e3[d]
-                A[a, c] = d0
-                A[a, c + 1] = d1
-                A[a, c + 2] = d2
-                A[a, c + 3] = d3
+            while c + 4 <= a + 1:  # four products per sweep over e_a
+                row = code[n]
+                A[a, c], A[a, c + 1], A[a, c + 2], A[a, c + 3] = _dots4(
+                    ea, E[row[idx[c]]], E[row[idx[c + 1]]], E[row[idx[c + 2]]], E[row[idx[c + 3]]], zero)
                 c += 4
             while c <= a:
                 eb = E[code[n, idx[c]]]
@@ -459,19 +463,9 @@ def _gram_row(E, code, sign, z, ridge, r, old_gram, old_ez, old_code, new_gram, 
                 targets[n_t] = c
                 n_t += 1
         t = 0
-        while t + 4 <= n_t:  # four dot products per sweep over ea (2.5× one at a time, float32)
-            e0, e1 = E[code[targets[t]]], E[code[targets[t + 1]]]
-            e2, e3 = E[code[targets[t + 2]]], E[code[targets[t + 3]]]
-            d0 = zero
-            d1 = zero
-            d2 = zero
-            d3 = zero
-            for d in range(D):
-                x = ea[d]
-                d0 += x * e0[d]
-                d1 += x * e1[d]
-                d2 += x * e2[d]
-                d3 += x * e3[d]
+        while t + 4 <= n_t:  # four dot products per sweep over ea
+            d0, d1, d2, d3 = _dots4(ea, E[code[targets[t]]], E[code[targets[t + 1]]], E[code[targets[t + 2]]],
+                                    E[code[targets[t + 3]]], zero)
             c0, c1, c2, c3 = targets[t], targets[t + 1], targets[t + 2], targets[t + 3]
             H[max(a, c0), min(a, c0)] = d0
             H[max(a, c1), min(a, c1)] = d1
