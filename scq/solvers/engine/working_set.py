@@ -395,13 +395,16 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     K = E.shape[0]
     dtype = z.dtype
     finfo = torch.finfo(sys_dtype)
-    E_sys, z_sys = E.to(sys_dtype).contiguous(), z.to(sys_dtype).contiguous()
-    extra_sys = (extra.to(sys_dtype) if extra is not None else torch.zeros(0, 0, dtype=sys_dtype)).contiguous()
+    # NumPy views of everything the kernels read, taken once (W's again when it grows).
+    E_sys, z_sys = E.to(sys_dtype).contiguous().numpy(), z.to(sys_dtype).contiguous().numpy()
+    E_out = E.contiguous().numpy()
+    extra_sys = (extra.to(sys_dtype) if extra is not None else torch.zeros(0, 0, dtype=sys_dtype)).contiguous().numpy()
     start_np = (start if extra is None and start is not None else torch.zeros(0, dtype=torch.long)).numpy()
     bonus = float(problem.start_bonus) if extra is None else 0.0
     tol = dual_tol.to(sys_dtype).contiguous().numpy()
     code, sign = code.contiguous(), sign.to(sys_dtype).contiguous()
     u, s, valid = u.contiguous(), s.contiguous(), valid.contiguous()
+    w = [t.numpy() for t in (code, sign, u, s, valid)]
     broken = torch.zeros(N, dtype=torch.bool)
     cache = fused.GramCache(N, sys_dtype)
     m = code.shape[1]
@@ -412,25 +415,24 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     for rounds in range(1, opts.max_rounds + 1):
         n = rows.shape[0]
         rows_t = torch.from_numpy(rows)
-        nu, res = np.zeros(n, dtype=E_sys.numpy().dtype), np.zeros(n, dtype=E_sys.numpy().dtype)
+        nu, res = np.zeros(n, dtype=E_sys.dtype), np.zeros(n, dtype=E_sys.dtype)
         state = np.zeros(n, dtype=np.int32)
         zq = torch.zeros(n, D, dtype=dtype)
         bounds = fused.row_ranges(n)
         cache.exchange(n, m, rows_t, lambda *cached: k.round_par(
-            E_sys.numpy(), E.contiguous().numpy(), code.numpy(), sign.numpy(), z_sys.numpy(),
-            extra_sys.numpy(), start_np, bonus, float(problem.l1), float(sys_ridge), *cached, u.numpy(), s.numpy(),
-            valid.numpy(), tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE), bool(problem.simplex),
+            E_sys, E_out, w[0], w[1], z_sys, extra_sys, start_np, bonus, float(problem.l1), float(sys_ridge), *cached,
+            w[2], w[3], w[4], tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE), bool(problem.simplex),
             int(opts.max_inner), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu, res, state, zq.numpy(), bounds))
         inner_total += int(state.max()) >> 2 if n else 0
         G = (zq - (z if n == N else z.index_select(0, rows_t))) @ E.transpose(0, 1)
         finished = np.zeros(n, dtype=np.bool_)
         new_code = np.zeros((n, n_add), dtype=np.int64)
-        new_sign = np.ones((n, n_add), dtype=E_sys.numpy().dtype)
+        new_sign = np.ones((n, n_add), dtype=E_sys.dtype)
         violating = np.zeros((n, n_add), dtype=np.bool_)
         need = np.zeros(n, dtype=np.int64)
-        k.finish_par(G.numpy(), extra_sys.numpy(), start_np, bonus, float(problem.l1), bool(problem.signed), rows,
-                     code.numpy(), sign.numpy(), valid.numpy(), s.numpy(), nu, state, tol, broken.numpy(), finished,
-                     new_code, new_sign, violating, need, bounds)
+        k.finish_par(G.numpy(), extra_sys, start_np, bonus, float(problem.l1), bool(problem.signed), rows, w[0],
+                     w[1], w[4], w[3], nu, state, tol, broken.numpy(), finished, new_code, new_sign, violating, need,
+                     bounds)
         n_left = int(n - finished.sum())
         all_finished = n_left == 0
         if all_finished or rounds == opts.max_rounds:
@@ -439,9 +441,9 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         if wider > m:  # grow W: every row's support and violators must fit
             pad = lambda t, fill: torch.cat([t, torch.full((N, wider - m), fill, dtype=t.dtype)], 1).contiguous()
             code, sign, u, s, valid = pad(code, 0), pad(sign, 1), pad(u, 0), pad(s, False), pad(valid, False)
+            w = [t.numpy() for t in (code, sign, u, s, valid)]
             m = wider
-        k.place_par(rows, code.numpy(), sign.numpy(), u.numpy(), s.numpy(), valid.numpy(), new_code, new_sign,
-                    violating, bounds)
+        k.place_par(rows, *w, new_code, new_sign, violating, bounds)
         if opts.compact:
             rows = rows[~finished]
         if violating[:, -1].any() and rounds >= GROW_AFTER_ROUNDS:
