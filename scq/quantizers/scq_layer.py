@@ -89,7 +89,8 @@ class SCQ(Quantizer):
     def _quantize(self, vectors: torch.Tensor, codebook: torch.Tensor, book: int) -> _Quantized:
         with torch.autocast(device_type=vectors.device.type, enabled=False):
             solution, weights, info = solve(SCQProblem(self.lam), self._method, vectors, codebook,
-                                            self.solver_options, strict=self.strict, name="x")
+                                            self.solver_options, strict=self.strict, name="x",
+                                            decide_threads=False)
             quantized = combine(solution, codebook)
             loss = commitment_loss(vectors, quantized, self.beta)
         # With one codebook per head, last_info is the certificate of the worst head.

@@ -83,7 +83,8 @@ def check_method(table: MethodTable, method: str, options: dict) -> Method:
 
 
 def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, options: dict, *,
-          strict: bool = False, name: str = "z") -> "tuple[Weights, torch.Tensor, SolverInfo]":
+          strict: bool = False, name: str = "z", decide_threads: bool = True
+          ) -> "tuple[Weights, torch.Tensor, SolverInfo]":
     """Run ``method`` on validated 2-D inputs and certify its answer.
 
     Returns the method's weights (dense or :class:`SparseWeights`, for ``combine``), the same
@@ -92,6 +93,9 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
     ``converged`` is ``residual <= tol`` (``tol`` from the options, else the method's default).
     A method that claims exactness and fails its certificate raises a RuntimeWarning; with
     ``strict=True`` any uncertified answer raises a RuntimeError instead. One host sync.
+
+    ``decide_threads``: pick the intra-op threads here (:mod:`scq.solvers.threads`); ``False``
+    where the caller has (a quantizer's forward, :class:`~scq.solvers.threads.BackwardScope`).
 
     Non-finite ``z`` (called ``name`` in the error) or codebook values fail the solve or its
     certificate (NaN reaches the residual), and only then are they looked for: a ValueError names
@@ -106,8 +110,10 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
             weights = (z @ codebook.transpose(0, 1)) * 0
             return weights, weights, SolverInfo(method.name, residual=0.0, converged=True, tol=tol, objective_gap=0.0,
                                        error_bound=0.0, quantized_error_bound=0.0)
-        # Small batches run on one thread: see threads.py (robust beside other busy processes).
-        with one_thread(wants_one_thread(z, codebook.shape[0])):
+        # Small batches, and any batch on a busy machine, run on one thread: see threads.py. A
+        # module's forward has decided already (``decide_threads=False``), for the ops around the
+        # solve and its backward too: the machine's load is not read twice per call.
+        with one_thread(decide_threads and wants_one_thread(z, codebook.shape[0])):
             try:
                 out = problem.call(method, z, codebook, options)
             except Exception as err:

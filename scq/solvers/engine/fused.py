@@ -7,13 +7,14 @@ and what runs where no kernel applies. Where one does, the same arithmetic runs 
 - CUDA: Triton kernels (:mod:`~scq.solvers.engine.fista_triton`,
   :mod:`~scq.solvers.engine.active_set_triton`), m ≤ ``fista_triton.MAX_SLOTS``; one launch each,
   no host sync. The backward stays torch (a handful of launches, no sync).
-- CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m: a round's whole
-  rounds in three loops over rows (:func:`round_kernels`: the work on W, Gram matrix with
+- CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m: a certificate
+  round in three loops (:func:`round_kernels`: the work on W, Gram matrix with
   :class:`GramCache`, FISTA, active set, z_q; the entering codes and the round's verdict; the next
-  W), the entering codes, the backward, the sparse combine and the SCQ certificate, and
-  each step alone (the step-by-step path, used where the support is capped); the rows are split
-  into as many ranges as torch has intra-op threads, one per thread of Numba's pool. Numba
-  compiles them on first use (about a minute on 2 cores, once per machine; cached on disk after).
+  W), the nearest codes, the entering codes, the backward, the sparse combine, the SCQ
+  certificate, and each step alone (the step-by-step path, used where the support is capped); the
+  rows are split into as many ranges as torch has intra-op threads, one per thread of Numba's
+  pool. Numba compiles them on first use (about a minute on 2 cores, once per machine; cached on
+  disk after).
 
 Each entry point returns ``None`` when its caller should take the torch path: no kernel for these
 tensors, kernels switched off (``ENABLED``), or a kernel that failed to compile or run, after which

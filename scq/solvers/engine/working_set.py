@@ -26,8 +26,8 @@ on W runs compiled: on the CPU (Numba) a round is three parallel loops over the 
 each row's state kept in place (:func:`_rounds_on_cpu`): a row's work on W (its Gram matrix from
 the products it kept from the last round, FISTA, the active set on its valid slots, z_q), then
 after the round's GEMM its entering codes and verdict, then its next W; on CUDA (Triton) the
-warm start and the active set are one launch each, with no sync. The torch path, the kernels' reference, adds a sync per
-``check_every`` inner iterations. The backward solves the KKT system on the support (docs/math.md
+warm start and the active set are one launch each, with no sync. The torch path, the kernels'
+reference, adds a sync per ``check_every`` inner iterations. The backward solves the KKT system on the support (docs/math.md
 §4, §5): exact gradients at the forward's memory, no unrolling.
 """
 
