@@ -278,9 +278,12 @@ def test_float16_module_inputs():
     assert out.quantized.dtype == torch.float16 and q.last_info.converged
 
 
-def test_pgd_hands_its_nearest_codes_to_the_certificate():
-    # The engine's start is p̃'s code (problems.nearest_code): the certificate takes it instead of a
-    # GEMM of its own, and measures the same.
+def test_pgd_hands_its_nearest_codes_to_the_certificate(monkeypatch):
+    # The engine's start is p̃'s code (problems.nearest_code): where the certificate is measured
+    # apart from the rounds (the torch path: CUDA, or the CPU without its kernels) it takes these
+    # codes instead of a GEMM of its own, and measures the same.
+    from scq.solvers.engine import fused
+    monkeypatch.setattr(fused, "ENABLED", False)
     z, E = problem(N=30, K=40, D=5, seed=12)
     p, info = scq.solve_scq(z, E, 0.2, method="pgd", return_info=True)
     assert torch.equal(info.extra["nearest"], scq.problems.nearest_codes(z, E))
@@ -291,3 +294,63 @@ def test_pgd_hands_its_nearest_codes_to_the_certificate():
     assert float(own.residual.max()) == info.residual
     wrong = certify_scq(p, z, E, 0.2, None, nearest=(info.extra["nearest"] + 1) % 40)
     assert float(wrong.residual.max()) > 1e-3  # the codes handed on are the ones measured against
+
+
+def _agrees(measured, reference, z, E, lam):
+    """Two measurements of one certificate agree up to the rounding of their own sums: the residual
+    within 50 eps, the gap within 100 eps of the problem's scale (‖z‖² + max‖e‖²), and the bounds
+    through their gap (|√a − √b| ≤ √|a − b|), each beside a relative 1e-3."""
+    eps = torch.finfo(z.dtype).eps
+    gap_tol = 100 * eps * float(z.nan_to_num().pow(2).sum(-1).max() + E.pow(2).sum(-1).max())
+    tolerances = (50 * eps, gap_tol, (2 * gap_tol / lam) ** 0.5, (2 * gap_tol) ** 0.5)
+    for name, a, b, atol in zip(measured._fields, measured, reference, tolerances):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert torch.equal(a.isnan(), b.isnan()), name
+        ok = ((a - b).abs() <= 1e-3 * b.abs() + atol) | b.isnan()
+        assert bool(ok.all()), (name, float((a - b).abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_target", [False, True])
+@pytest.mark.parametrize("max_rounds", [1, 2, 30])
+def test_pgd_measures_the_certificate_of_its_last_round(dtype, with_target, max_rounds):
+    # pgd's compiled rounds measure the certificate on their own last G = E(z_q − z) (no GEMM of
+    # its own): it must be the one certify_scq measures on the returned weights, for rows that
+    # finished (max_rounds=30) and rows the round limit cut off (1, 2: far from optimal).
+    from scq.solvers.pgd import solve_pgd
+    from scq.solvers.engine import fused
+    if not fused.cpu_available():
+        pytest.skip("the compiled rounds need numba")
+    gen = torch.Generator().manual_seed(max_rounds + 7 * with_target)
+    z = torch.randn(120, 8, generator=gen, dtype=torch.float64).to(dtype)
+    E = torch.randn(96, 8, generator=gen, dtype=torch.float64).to(dtype)
+    z[5, 1] = float("nan")  # a nan row is measured nan by both, the others are unaffected
+    target = torch.softmax(torch.randn(120, 96, generator=gen, dtype=torch.float64), -1).to(dtype) if with_target else None
+    weights, info = solve_pgd(z, E, 0.1, target, max_rounds=max_rounds)
+    measured = info.extra["certificate"]
+    reference = certify_scq(weights, z, E, 0.1, target)
+    _agrees(measured, reference, z, E, 0.1)
+    assert measured.residual[5].isnan() and not measured.residual[6:].isnan().any()
+    if max_rounds == 1:  # cut off: the measurement says so
+        assert float(reference.residual.nan_to_num().max()) > 1e-3
+
+
+def test_the_front_door_takes_pgds_own_certificate(monkeypatch):
+    # With the compiled rounds, solve_scq(method="pgd") reports the rounds' certificate and never
+    # runs certify_scq's GEMM; its verdict is the one certify_scq gives.
+    from scq.solvers import dispatch
+    from scq.solvers.engine import fused
+    if not fused.cpu_available():
+        pytest.skip("the compiled rounds need numba")
+    z, E = problem(N=40, K=50, D=6, seed=4)
+
+    def no_second_gemm(*args, **kwargs):
+        raise AssertionError("certify_scq ran")
+
+    monkeypatch.setattr(dispatch, "certify_scq", no_second_gemm)
+    p, info = scq.solve_scq(z, E, 0.2, method="pgd", return_info=True)
+    assert info.converged and "certificate" not in info.extra
+    reference = certify_scq(p, z, E, 0.2, None)
+    assert abs(info.residual - float(reference.residual.max())) <= 50 * torch.finfo(z.dtype).eps
+    cut_off = scq.solve_scq(z, E, 0.2, method="pgd", return_info=True, max_rounds=1)[1]
+    assert not cut_off.converged and cut_off.residual > 1e-3

@@ -2,7 +2,11 @@ r"""The certificate of an answer: how far returned weights are from optimal, mea
 
 Every method's answer goes through here (docs/math.md §7), so ``SolverInfo.residual`` means the
 same thing for ``exact``, ``relaxed``, ``pgd`` and the lasso solvers. Cost: one N×K×D GEMM and a
-few elementwise passes over (N, K).
+few elementwise passes over (N, K). The one exception is a saving, not a shortcut: where ``pgd``'s
+rounds run compiled (the CPU), each row's last round has this GEMM's G already, and the round
+measures the same quantities from it with the same formulas (:func:`scq_scale`;
+``cpu_kernels._certificate_row``, shared with this module's compiled pass), handed over as
+``info.extra["certificate"]``; tests/test_certificates.py checks the two against each other.
 
 **SCQ** (f(p) = ½pᵀHp − bᵀp on Δ_K, H = EEᵀ + λI, b = Ez + λp̃). With g = Hp − b = E(z_q − z)
 + λ(p − p̃), the multiplier estimate ν = −gᵀp and μ = g + ν1:
@@ -65,6 +69,12 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
+def scq_scale(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optional[torch.Tensor]) -> torch.Tensor:
+    """The residual's scale s of each row (N,) (see the module doc)."""
+    return row_scale(z.detach(), max_code_norm(codebook.detach()),
+                     lam * (1 + (1.0 if target is None else target.detach().abs().amax(-1))))
+
+
 @torch.no_grad()
 def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: float,
                 target: Optional[torch.Tensor], dense: Optional[torch.Tensor] = None,
@@ -81,7 +91,7 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
         nearest = nearest_code(code_scores(z, codebook), codebook)
     zq = combine(weights, codebook).detach()
     g = code_scores(zq - z, codebook)
-    scale = row_scale(z, max_code_norm(codebook), lam * (1 + (1.0 if target is None else target.detach().abs().amax(-1))))
+    scale = scq_scale(z, codebook, lam, target)
     # The CPU: every measurement below in one compiled pass per row.
     compiled = fused.scq_certificate(g, p, nearest if target is None else None,
                                      None if target is None else target.detach(), lam, scale)

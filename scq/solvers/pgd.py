@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from .certificate import Certificate, scq_scale
 from .engine import QPForm, solve
 from .engine.working_set import engine_hint, make_options
 from .registry import SolverInfo, register_method
@@ -61,7 +62,11 @@ def solve_pgd(
     opts = make_options(z.dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact, pg_iters)
     form = QPForm(simplex=True, signed=False, ridge=lam, l1=0.0, start_bonus=lam)
     diagnostics: dict = {}
-    values, indices, _ = solve(z, codebook, None if target is None else lam * target, form, opts, diagnostics)
+    values, indices, _ = solve(z, codebook, None if target is None else lam * target, form, opts, diagnostics,
+                               certify_scale=scq_scale(z, codebook, lam, target))
+    measured = diagnostics.pop("certificate", None)  # the rounds' own measurement (compiled path only)
     info = SolverInfo("pgd", iterations=diagnostics.pop("iterations"), extra=diagnostics)
+    if measured is not None:
+        info.extra["certificate"] = Certificate(*measured)
     info.extra["hint"] = lambda: engine_hint(diagnostics, opts)
     return SparseWeights(indices, values, codebook.shape[0]), info

@@ -587,7 +587,7 @@ def round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, ol
         for a in range(k):
             u[r, slots[a]] = un[a]
             s[r, slots[a]] = sn[a]
-            w = un[a] * row_sign[a]
+            w = u[r, slots[a]] * row_sign[a]  # as stored: the weights returned (and certified)
             if w != 0:
                 e = E_out[row_code[a]]
                 for d in range(D):
@@ -596,7 +596,7 @@ def round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, ol
 
 @njit(**_JIT)
 def finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken, finished,
-                new_code, new_sign, violating, need, lo, hi):
+                new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, lo, hi):
     """The end of a certificate round for rows ``rows[lo:hi]`` of the batch (row i of the round is
     row r = ``rows[i]``), after :func:`round_rows`: G (n, K) holds E(z_q − z) for the round's rows
     (overwritten). Per row: the gradients g = G − extra (or less ``bonus`` at the start code), the
@@ -605,13 +605,22 @@ def finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, 
     than ``tol`` (``violating``), whether the row is ``finished`` (certified on W and no code
     outside it violating, or ``broken``: its active set broke down, written at r) and how wide W
     must be for it to take its violators in (``need``). ``nu``, ``state``: the round kernel's.
-    Everything but ``broken`` is at i."""
+    Everything but ``broken`` is at i.
+
+    ``lam`` ≥ 0 (SCQ, whose g is then Hp − b less λp): a row that finishes, or every row in the
+    ``last`` round, also gets its certificate (:func:`_certificate_row`, scale ``cert_scale[r]``)
+    from this g and its weights ``u`` on W, into ``cert`` (4, N) at r: the front door's
+    certificate, measured on the same G, without a GEMM of its own."""
     K = G.shape[1]
+    m = code.shape[1]
     n_add = new_code.shape[1]
     has_extra = extra.shape[0] > 0
     has_start = start.shape[0] > 0
     in_w, score, block_top, low = _entering_scratch(n_add, G)
     worst = np.empty(n_add, dtype=G.dtype)
+    support = np.empty(m, dtype=np.int64)  # the certificate's (see below)
+    weight = np.empty(m, dtype=u.dtype)
+    lam_t = G.dtype.type(lam)
     for n in range(lo, hi):
         r = rows[n]
         g = G[n]
@@ -631,9 +640,24 @@ def finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, 
         # A broken row stops too; the certificate will flag it.
         finished[n] = (done and not violating[n, 0]) or was_broken
         n_support = 0
-        for a in range(s.shape[1]):
+        for a in range(m):
             n_support += s[r, a]
         need[n] = n_support + n_violating
+        if lam >= 0 and (finished[n] or last):
+            # g + λp and p's nonzeros, on W (unsigned codes: each code at most once in W); g's
+            # minimum off W is the entering sweep's (its block tops are max −g_k outside W).
+            g_min = -block_top.max()
+            n_nonzero = 0
+            for a in range(m):
+                if valid[r, a]:
+                    if u[r, a] != 0:
+                        g[code[r, a]] += lam_t * u[r, a]
+                        support[n_nonzero] = code[r, a]
+                        weight[n_nonzero] = u[r, a]
+                        n_nonzero += 1
+                    g_min = min(g_min, g[code[r, a]])
+            cert[0, r], cert[1, r], cert[2, r], cert[3, r] = _certificate_row(g, g_min, support, weight, n_nonzero, lam,
+                                                                              cert_scale[r])
 
 
 @njit(**_JIT)
@@ -679,17 +703,80 @@ def place_rows(rows, code, sign, u, s, valid, new_code, new_sign, violating, lo,
 
 
 @njit(**_JIT)
+def _certificate_row(g, g_min, support, weight, n_support, lam, s):
+    """The SCQ certificate of one row (docs/math.md §7; :func:`scq.solvers.certificate.certify_scq`)
+    from g = Hp − b = E(z_q − z) + λ(p − p̃) (K,), its smallest entry ``g_min``, and the row's
+    nonzero weights p (``weight`` at codes ``support``, the first ``n_support`` entries; a code at
+    most once), ``s`` the row's scale: (residual, objective gap, ‖p − p*‖ bound, ‖z_q − z_q*‖
+    bound), all nan if g or p holds a nan.
+
+    One sweep over K and one over the support, instead of several over K with a dense p: ν = −gᵀp
+    and Σp need only the support; off it (p_k = 0) a code's terms depend on μ_k = g_k − gᵀp alone:
+    |min(0, μ_k/s)| ≤ gap/s in the residual (equal at g_min), μ_k² in ‖δ‖² where μ_k < 0. The
+    sweep takes every code as if off the support; the support's terms, never smaller
+    (|min(p, μ/s)| ≥ |min(0, μ/s)|), are then taken in by max and by adding the μ_k ≥ 0 part.
+    The sweep is a plain sum (it vectorizes, 7× a sweep that also takes the minimum, whose
+    reduction does not); a nan in g reaches the sum. Sums in float64."""
+    gp = 0.0
+    total = 0.0
+    nan_weight = False
+    for j in range(n_support):
+        pj = weight[j]
+        gp += g[support[j]] * pj
+        total += pj
+        nan_weight |= pj != pj
+    gp_t = g.dtype.type(gp)
+    zero = g.dtype.type(0)
+    neg_sq = 0.0
+    for k in range(g.shape[0]):
+        below = g[k] - gp_t
+        below = zero if below >= zero else below  # a nan stays
+        neg_sq += np.float64(below) * np.float64(below)
+    if nan_weight or neg_sq != neg_sq or g_min != g_min:
+        return np.nan, np.nan, np.nan, np.nan
+    gap = max(gp - g_min, 0.0)
+    worst = max(abs(total - 1.0), gap / s)
+    delta_sq = neg_sq
+    for j in range(n_support):
+        pj = weight[j]
+        mu = g[support[j]] - gp
+        worst = max(worst, abs(min(pj, mu / s)))
+        delta_sq += mu * mu if (mu >= 0) & (pj > 0) else 0.0
+    delta = np.sqrt(delta_sq)
+    return worst, gap, min(np.sqrt(2 * gap / lam), delta / lam), min(np.sqrt(2 * gap), delta / np.sqrt(lam))
+
+
+@njit(**_JIT)
+def _row_min(g):
+    """min(g) (a nan may be dropped): sixteen running minima, as a reduction of one would not vectorize."""
+    lanes = np.empty(16, dtype=g.dtype)
+    lanes[:] = g[0]
+    K = g.shape[0]
+    k = 0
+    while k + 16 <= K:
+        for j in range(16):
+            v = g[k + j]
+            lanes[j] = v if v < lanes[j] else lanes[j]
+        k += 16
+    out = lanes.min()
+    for k in range(k, K):
+        out = g[k] if g[k] < out else out
+    return out
+
+
+@njit(**_JIT)
 def scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error, q_error, lo, hi):
-    """The SCQ certificate (docs/math.md §7; :func:`scq.solvers.certificate.certify_scq`) in one
-    pass over each row instead of a dozen passes over (N, K): from G = E(z_q − z) (N, K), with
-    g = G + λ(p − p̃), p̃ the one-hot ``nearest`` code (``target`` empty) or ``target``.
-    Writes residual, objective gap, ‖p − p*‖ bound and ‖z_q − z_q*‖ bound of rows lo..hi."""
+    """The SCQ certificate (:func:`_certificate_row`) in two passes over each row instead of a
+    dozen passes over (N, K): from G = E(z_q − z) (N, K), with g = G + λ(p − p̃), p̃ the one-hot
+    ``nearest`` code (``target`` empty) or ``target``, p dense. Writes residual, objective gap,
+    ‖p − p*‖ bound and ‖z_q − z_q*‖ bound of rows lo..hi."""
     K = G.shape[1]
     dense_target = target.shape[0] > 0
     g = np.empty(K, dtype=G.dtype)
+    support = np.empty(K, dtype=np.int64)
+    weight = np.empty(K, dtype=p.dtype)
     lam_t = G.dtype.type(lam)
     for n in range(lo, hi):
-        # Branch-free sweeps (they vectorize); sums in float64.
         pn = p[n]
         if dense_target:
             tn = target[n]
@@ -699,33 +786,14 @@ def scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error
             for k in range(K):
                 g[k] = G[n, k] + lam_t * pn[k]
             g[nearest[n]] -= lam_t
-        gp = 0.0
-        total = 0.0
-        g_min = g[0]
-        n_nan = 0  # min/max below would drop a nan: it is carried by hand to every output
+        n_support = 0
         for k in range(K):
-            gk = g[k]
-            gp += gk * pn[k]
-            total += pn[k]
-            g_min = gk if gk < g_min else g_min
-            n_nan += (gk != gk) + (pn[k] != pn[k])
-        worst = abs(total - 1.0)
-        delta_sq = 0.0
-        s = scale[n]
-        for k in range(K):
-            mu = g[k] - gp
-            r = abs(min(pn[k], mu / s))
-            worst = r if r > worst else worst
-            delta_sq += mu * mu if (mu < 0) | (pn[k] > 0) else 0.0
-        gap_n = max(gp - g_min, 0.0)
-        delta = np.sqrt(delta_sq)
-        if n_nan > 0:
-            residual[n] = gap[n] = error[n] = q_error[n] = np.nan
-            continue
-        residual[n] = worst
-        gap[n] = gap_n
-        error[n] = min(np.sqrt(2 * gap_n / lam), delta / lam)
-        q_error[n] = min(np.sqrt(2 * gap_n), delta / np.sqrt(lam))
+            if pn[k] != 0:  # a nan too
+                support[n_support] = k
+                weight[n_support] = pn[k]
+                n_support += 1
+        residual[n], gap[n], error[n], q_error[n] = _certificate_row(g, _row_min(g), support, weight, n_support, lam,
+                                                                     scale[n])
 
 
 @njit(**_JIT)
@@ -899,10 +967,10 @@ def round_par(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, old
 
 @njit(parallel=True, **_JIT)
 def finish_par(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken, finished,
-               new_code, new_sign, violating, need, bounds):
+               new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, bounds):
     for t in prange(bounds.shape[0] - 1):
         finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken, finished,
-                    new_code, new_sign, violating, need, bounds[t], bounds[t + 1])
+                    new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)

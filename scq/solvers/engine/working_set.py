@@ -241,7 +241,8 @@ def _start_and_scale(z, E, extra, problem: QPForm):
     return start, scale, e_max
 
 
-def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_max_sq: Optional[float] = None):
+def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_max_sq: Optional[float] = None,
+             certify_scale: Optional[torch.Tensor] = None):
     N, D = z.shape
     K = E.shape[0]
     dtype, device = z.dtype, z.device
@@ -286,7 +287,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     if kernels is not None:
         out = fused.attempt("round", lambda: _rounds_on_cpu(
             kernels, z, E, extra, start, dual_tol, problem, opts, sys_dtype, sys_ridge, code, sign, u, s, valid, n_add,
-            diagnostics))
+            diagnostics, certify_scale))
         if out is not None:
             return out
     # Where round 1 starts again if it ran in the wrong precision (only float32 inputs can).
@@ -382,13 +383,17 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
 
 
 def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code, sign,
-                   u, s, valid, n_add: int, diagnostics: dict):
+                   u, s, valid, n_add: int, diagnostics: dict, certify_scale: Optional[torch.Tensor]):
     """The certificate rounds of :func:`_forward` as three compiled loops over the unfinished rows
     (``k``: :mod:`~scq.solvers.engine.cpu_kernels`), the state of every row kept in place: the
     work on W (``round_rows``), one GEMM for the gradients, the entering codes and the round's
     verdict (``finish_rows``), the next W (``place_rows``). The same steps as the torch loop,
     without its ~60 small ops per round (gathers of the unfinished rows and their write-back,
-    masks, sorts), which cost a third of a solve at N = 1024, D = 16."""
+    masks, sorts), which cost a third of a solve at N = 1024, D = 16.
+
+    ``certify_scale`` (N,) (SCQ only): each row's SCQ certificate is measured in ``finish_rows``
+    from the G of its last round, put in ``diagnostics["certificate"]``: the front door's
+    certificate without a GEMM and a pass over (N, K) of its own."""
     z, E = z.detach(), E.detach()
     extra = None if extra is None else extra.detach()
     N, D = z.shape
@@ -406,6 +411,10 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     u, s, valid = u.contiguous(), s.contiguous(), valid.contiguous()
     w = [t.numpy() for t in (code, sign, u, s, valid)]
     broken = torch.zeros(N, dtype=torch.bool)
+    certify = certify_scale is not None and problem.simplex and not problem.signed
+    cert = np.full((4, N if certify else 0), np.nan)
+    cert_scale = (certify_scale.detach().to(torch.float64).contiguous() if certify else torch.zeros(0)).numpy()
+    cert_lam = float(problem.ridge) if certify else -1.0
     cache = fused.GramCache(N, sys_dtype)
     m = code.shape[1]
     rows = np.arange(N, dtype=np.int64)
@@ -432,7 +441,7 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         need = np.zeros(n, dtype=np.int64)
         k.finish_par(G.numpy(), extra_sys, start_np, bonus, float(problem.l1), bool(problem.signed), rows, w[0],
                      w[1], w[4], w[3], nu, state, tol, broken.numpy(), finished, new_code, new_sign, violating, need,
-                     bounds)
+                     w[2], cert_lam, cert_scale, rounds == opts.max_rounds, cert, bounds)
         n_left = int(n - finished.sum())
         all_finished = n_left == 0
         if all_finished or rounds == opts.max_rounds:
@@ -453,6 +462,8 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         diagnostics["nearest"] = start
     diagnostics.update(iterations=inner_total, rounds=rounds, working_set=m, support_size=s.sum(1),
                        broken_down=broken, systems=(sys_dtype, sys_ridge), finished=all_finished)
+    if certify:
+        diagnostics["certificate"] = tuple(torch.from_numpy(c).to(dtype) for c in cert)
     return code, sign.to(dtype), u, s
 
 
@@ -465,8 +476,8 @@ class WorkingSetFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, E, extra, problem, opts, diagnostics, e_max_sq):
-        code, sign, u, s = _forward(z, E, extra, problem, opts, diagnostics, e_max_sq)
+    def forward(ctx, z, E, extra, problem, opts, diagnostics, e_max_sq, certify_scale):
+        code, sign, u, s = _forward(z, E, extra, problem, opts, diagnostics, e_max_sq, certify_scale)
         # The backward runs as the forward did (dispatch.solve decided; the load may change since).
         ctx.one_thread = z.device.type == "cpu" and torch.get_num_threads() == 1
         ctx.save_for_backward(z, E, code, sign, u, s)
@@ -509,16 +520,20 @@ class WorkingSetFunction(torch.autograd.Function):
             # b_j = σ_j (Ez + extra)_{k_j}
             grad_B = torch.zeros(z.shape[0], E.shape[0], dtype=z.dtype, device=z.device)
             grad_B.scatter_add_(1, code, sign * v)
-        return VC if need_z else None, grad_E if need_E else None, grad_B, None, None, None, None
+        return VC if need_z else None, grad_E if need_E else None, grad_B, None, None, None, None, None
 
 
 def solve(z: torch.Tensor, E: torch.Tensor, extra: Optional[torch.Tensor], problem: QPForm, opts: Options,
-          diagnostics: dict, e_max_sq: Optional[float] = None):
+          diagnostics: dict, e_max_sq: Optional[float] = None, certify_scale: Optional[torch.Tensor] = None):
     """Run the engine on b = Ez + ``extra`` (N, K) (``None``: see ``QPForm.start_bonus``).
     ``e_max_sq``: max‖e‖², where the caller has read it already (else read with round 1's counts).
+    ``certify_scale`` (N,): for SCQ, the certificate's scale: where the rounds run compiled (the
+    CPU) they measure the SCQ certificate of the answer on their own gradients and put its four
+    (N,) tensors (residual, gap, error bounds; see :mod:`scq.solvers.certificate`) in
+    ``diagnostics["certificate"]``.
 
     Returns ``(u, code, sign)``, each (N, m): the solution is Σ_j u_j·sign_j·e_{code_j}.
     Differentiable w.r.t. ``z``, ``E`` and ``extra`` (through ``u``). Fills ``diagnostics`` with
     the engine's counters (iterations, rounds, working-set size, support sizes, broken-down rows).
     """
-    return WorkingSetFunction.apply(z, E, extra, problem, opts, diagnostics, e_max_sq)
+    return WorkingSetFunction.apply(z, E, extra, problem, opts, diagnostics, e_max_sq, certify_scale)
