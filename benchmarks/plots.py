@@ -39,21 +39,26 @@ def exactness_vs_lambda(rows: list[dict], path: Path, note: str = "") -> None:
 
 
 def runtime_sweeps(rows: list[dict], path: Path, note: str = "") -> None:
-    """Log-log forward+backward time against N, K and D, one line per method."""
+    """Log-log forward+backward time against N, K and D, one line per method; one row of panels
+    per codebook kind the sweeps ran on."""
     sweeps = [s for s in ("N", "K", "D") if any(r["sweep"] == s for r in rows)]
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
-    for ax, sweep in zip(axes[0], sweeps):
-        pts = [r for r in rows if r["sweep"] == sweep and r.get("status") == "ok"]
-        for method in sorted({r["method"] for r in pts}):
-            xs = sorted((r[sweep], r["fwdbwd_s"]) for r in pts if r["method"] == method)
-            ax.plot([x for x, _ in xs], [t for _, t in xs], marker="o", label=method)
-        fixed = {k: pts[0][k] for k in ("N", "K", "D") if k != sweep} if pts else {}
-        ax.set_title(f"against {sweep} (" + ", ".join(f"{k}={v}" for k, v in fixed.items()) + ")")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(sweep)
-        ax.set_ylabel("forward+backward time (s)")
-        ax.grid(True, which="both", alpha=0.3)
+    kinds = list(dict.fromkeys(r.get("codebook", "data_like") for r in rows if r["sweep"] in sweeps))
+    fig, axes = plt.subplots(max(1, len(kinds)), max(1, len(sweeps)), figsize=(5 * len(sweeps), 4 * len(kinds)),
+                             squeeze=False)
+    for row_axes, kind in zip(axes, kinds):
+        for ax, sweep in zip(row_axes, sweeps):
+            pts = [r for r in rows if r["sweep"] == sweep and r.get("status") == "ok"
+                   and r.get("codebook", "data_like") == kind]
+            for method in sorted({r["method"] for r in pts}):
+                xs = sorted((r[sweep], r["fwdbwd_s"]) for r in pts if r["method"] == method)
+                ax.plot([x for x, _ in xs], [t for _, t in xs], marker="o", label=method)
+            fixed = {k: pts[0][k] for k in ("N", "K", "D") if k != sweep} if pts else {}
+            ax.set_title(f"{kind}: against {sweep} (" + ", ".join(f"{k}={v}" for k, v in fixed.items()) + ")")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(sweep)
+            ax.set_ylabel("forward+backward time (s)")
+            ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     _label(fig, note)

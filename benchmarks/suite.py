@@ -85,6 +85,8 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
                 "max_dev", "support_size", "status"]
         _emit("Runtime: headline (float32, forward+backward; ratios to scq's VQ at the same size)",
               format_table(runtime.headline(rows), cols), md)
+        _emit("Runtime: each method's worst forward+backward ratio to scq's VQ over the N, K and D sweeps",
+              format_table(runtime.worst_ratios(rows), ["method", "codebook", "worst_fwdbwd_vs_vq", "at"]), md)
         _emit("Runtime (every measurement)", format_table(rows, cols), md)
         ab_rows = ablation.run(quick=quick, device=device, seed=seed)
         results["ablation"] = ab_rows

@@ -85,3 +85,29 @@ def test_load_warnings_flag_a_busy_machine_and_noisy_timings():
     assert len(warnings) == 2
     assert "load average" in warnings[0] and f"on {cores} cores" in warnings[0]
     assert "scq-pgd N=512" in warnings[1]
+
+
+def test_runtime_sweeps_cover_every_codebook_and_report_the_worst_ratio(tmp_path):
+    # The full run sweeps N, K and D on every codebook kind (cases only: nothing is timed), and
+    # the worst ratio to VQ of each method and kind is picked from the sweeps' rows.
+    from scq.bench import plots, runtime
+    from scq.bench.common import CODEBOOKS
+
+    full = runtime.cases(quick=False)
+    for sweep in ("N", "K", "D"):
+        points = {kind: sorted((c.N, c.K, c.D) for c in full if c.sweep == sweep and c.codebook == kind)
+                  for kind in CODEBOOKS}
+        assert len(points["data_like"]) >= 3 and all(p == points["data_like"] for p in points.values()), sweep
+
+    def row(sweep, kind, method, N, ratio):
+        return dict(sweep=sweep, codebook=kind, method=method, N=N, K=64, D=8, status="ok", fwdbwd_vs_vq=ratio,
+                    fwdbwd_s=ratio * 1e-3)
+
+    rows = [row("N", "random", "scq-pgd", 256, 4.0), row("N", "random", "scq-pgd", 1024, 9.5),
+            row("K", "random", "scq-pgd", 1024, 7.0), row("N", "data_like", "scq-pgd", 256, 3.0),
+            row("peers", "random", "scq-pgd", 16, 50.0), row("N", "random", "vq", 256, 1.0)]
+    worst = runtime.worst_ratios(rows)
+    assert [(w["codebook"], w["worst_fwdbwd_vs_vq"]) for w in worst] == [("data_like", 3.0), ("random", 9.5)]
+    assert worst[1]["at"] == "N sweep: N=1024 K=64 D=8"  # the peers' 50× is not a sweep point
+    plots.runtime_sweeps(rows, tmp_path / "sweeps.png")  # one row of panels per codebook
+    assert (tmp_path / "sweeps.png").stat().st_size > 0
