@@ -139,3 +139,34 @@ def test_register_method_is_used_by_solve_scq():
             scq.register_method("_uniform_for_test")(uniform)
     finally:
         registry.SCQ_METHODS.unregister("_uniform_for_test")
+
+
+def test_the_reference_falls_back_to_scs_where_clarabel_fails(monkeypatch):
+    # Clarabel failed numerically on 4096 codes close to the inputs (runtime benchmark): the
+    # reference then takes SCS, polished and certified as before, and says so when both fail.
+    import cvxpy as cp
+
+    from scq import reference
+
+    z, E = problem(N=3, K=12, D=4, seed=8)
+    expected = reference.reference_scq(z, E, 0.3)
+    real_solve = cp.Problem.solve
+    tried = []
+
+    def clarabel_fails(self, *args, solver=None, **kwargs):
+        tried.append(solver)
+        if solver == cp.CLARABEL:
+            raise cp.error.SolverError("Solver 'CLARABEL' failed.")
+        return real_solve(self, *args, solver=solver, **kwargs)
+
+    monkeypatch.setattr(cp.Problem, "solve", clarabel_fails)
+    got = reference.reference_scq(z, E, 0.3)
+    assert tried == [cp.CLARABEL, cp.SCS] * 3
+    assert torch.allclose(got, expected, atol=1e-9)
+
+    def every_solver_fails(self, *args, solver=None, **kwargs):
+        raise cp.error.SolverError(f"{solver} failed")
+
+    monkeypatch.setattr(cp.Problem, "solve", every_solver_fails)
+    with pytest.raises(RuntimeError, match="reference solve failed: CLARABEL.*SCS"):
+        reference.reference_scq(z, E, 0.3)
