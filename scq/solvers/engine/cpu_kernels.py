@@ -629,7 +629,11 @@ def finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, 
                 g[k] -= extra[r, k]
         elif has_start:
             g[start[r]] -= bonus
-        _entering_row(g, code[r], sign[r], valid[r], signed, in_w, score, block_top, low, worst, new_code[n])
+        # Only violators are placed: the codes scoring below l1 + ν + tol need no sorting (a hair
+        # lower, so that rounding leaves the verdict below to the test it always was).
+        margin = 1e-6 * (abs(l1) + abs(nu[n]) + abs(tol[r])) + 1e-30
+        _entering_row(g, code[r], sign[r], valid[r], signed, in_w, score, block_top, low, worst, new_code[n],
+                      l1 + nu[n] + tol[r] - margin)
         n_violating = 0
         for j in range(n_add):
             new_sign[n, j] = -1.0 if signed and g[new_code[n, j]] > 0 else 1.0
@@ -822,12 +826,14 @@ ENTERING_BLOCK = 16  # codes per block of the entering kernel's first pass
 
 
 @njit(**_JIT)
-def _entering_row(g, code, sign, valid, signed, in_w, score, block_top, low, best, best_code):
+def _entering_row(g, code, sign, valid, signed, in_w, score, block_top, low, best, best_code, at_least):
     """The ``n_add`` = len(``best``) most violating codes of one row outside its working set, from
     its gradients ``g`` (K,): score −g_k (signed codes: |g_k|), codes already in W (with the sign
     they would enter with) excluded; the scores in descending order (ties: the lower code first)
-    into ``best``, their codes into ``best_code``. ``in_w`` (K,) comes in and leaves zeroed; the
-    rest is scratch.
+    into ``best``, their codes into ``best_code``. Only codes scoring ``at_least`` or more are
+    wanted (−inf: any): the others may be left out, their places −inf (code 0) — the end of a
+    round asks only for the codes that violate, most rows' few after the first rounds, and skips
+    sorting the rest. ``in_w`` (K,) comes in and leaves zeroed; the rest is scratch.
 
     Two passes instead of a sorted buffer over the whole row: branch-free sweeps give every code's
     score and each block's largest; the ``n_add``-th largest block top is a floor no entering code
@@ -855,8 +861,16 @@ def _entering_row(g, code, sign, valid, signed, in_w, score, block_top, low, bes
             v = score[k]
             top = v if v > top else top
         block_top[b] = top
-    floor = neg_inf  # fewer blocks than n_add: every code is a candidate
-    if n_blocks >= n_add:
+    # The floor: ``at_least``, or above it the n_add-th largest block top when more than n_add
+    # blocks reach ``at_least`` (fewer blocks than n_add: every code is a candidate).
+    floor = g.dtype.type(at_least)
+    reaching = 0
+    for b in range(n_blocks):
+        reaching += block_top[b] >= floor
+    for j in range(n_add):  # places no candidate fills
+        best[j] = neg_inf
+        best_code[j] = 0
+    if reaching >= n_add:  # (then n_blocks ≥ n_add too)
         for j in range(n_add):
             low[j] = neg_inf
         for b in range(n_blocks):
@@ -867,7 +881,7 @@ def _entering_row(g, code, sign, valid, signed, in_w, score, block_top, low, bes
                     low[pos] = low[pos - 1]
                     pos -= 1
                 low[pos] = v
-        floor = low[n_add - 1]
+        floor = max(floor, low[n_add - 1])
     filled = 0
     for b in range(n_blocks):
         if not block_top[b] >= floor:
@@ -908,7 +922,7 @@ def entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, l
     in_w, score, block_top, low = _entering_scratch(out_score.shape[1], G)
     for n in range(lo, hi):
         _entering_row(G[n], code[n], sign[n], valid[n], signed, in_w, score, block_top, low, out_score[n],
-                      out_code[n])
+                      out_code[n], -np.inf)
         if signed:
             for j in range(out_score.shape[1]):
                 out_sign[n, j] = -1.0 if G[n, out_code[n, j]] > 0 else 1.0
