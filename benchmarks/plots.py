@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 
 def _label(fig, note: str) -> None:
@@ -56,6 +57,9 @@ def runtime_sweeps(rows: list[dict], path: Path, note: str = "") -> None:
             ax.set_title(f"{kind}: against {sweep} (" + ", ".join(f"{k}={v}" for k, v in fixed.items()) + ")")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            xs_all = sorted({r[sweep] for r in pts})
+            ax.set_xticks(xs_all, [str(x) for x in xs_all])  # the sweep's own points, not log-scale minors
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(sweep)
             ax.set_ylabel("forward+backward time (s)")
             ax.grid(True, which="both", alpha=0.3)
