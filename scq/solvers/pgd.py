@@ -63,7 +63,7 @@ def solve_pgd(
     form = QPForm(simplex=True, signed=False, ridge=lam, l1=0.0, start_bonus=lam)
     diagnostics: dict = {}
     values, indices, _ = solve(z, codebook, None if target is None else lam * target, form, opts, diagnostics,
-                               certify_scale=scq_scale(z, codebook, lam, target))
+                               certify_scale=lambda: scq_scale(z, codebook, lam, target))
     measured = diagnostics.pop("certificate", None)  # the rounds' own measurement (compiled path only)
     info = SolverInfo("pgd", iterations=diagnostics.pop("iterations"), extra=diagnostics)
     if measured is not None:

@@ -34,7 +34,7 @@ reference, adds a sync per ``check_every`` inner iterations. The backward solves
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -242,7 +242,7 @@ def _start_and_scale(z, E, extra, problem: QPForm):
 
 
 def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_max_sq: Optional[float] = None,
-             certify_scale: Optional[torch.Tensor] = None):
+             certify_scale: Optional[Callable[[], torch.Tensor]] = None):
     N, D = z.shape
     K = E.shape[0]
     dtype, device = z.dtype, z.device
@@ -383,7 +383,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
 
 
 def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code, sign,
-                   u, s, valid, n_add: int, diagnostics: dict, certify_scale: Optional[torch.Tensor]):
+                   u, s, valid, n_add: int, diagnostics: dict, certify_scale: Optional[Callable[[], torch.Tensor]]):
     """The certificate rounds of :func:`_forward` as three compiled loops over the unfinished rows
     (``k``: :mod:`~scq.solvers.engine.cpu_kernels`), the state of every row kept in place: the
     work on W (``round_rows``), one GEMM for the gradients, the entering codes and the round's
@@ -391,8 +391,8 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     without its ~60 small ops per round (gathers of the unfinished rows and their write-back,
     masks, sorts), which cost a third of a solve at N = 1024, D = 16.
 
-    ``certify_scale`` (N,) (SCQ only): each row's SCQ certificate is measured in ``finish_rows``
-    from the G of its last round, put in ``diagnostics["certificate"]``: the front door's
+    ``certify_scale`` (SCQ only; gives the certificate's scale (N,)): each row's SCQ certificate is
+    measured in ``finish_rows`` from the G of its last round, put in ``diagnostics["certificate"]``: the front door's
     certificate without a GEMM and a pass over (N, K) of its own."""
     z, E = z.detach(), E.detach()
     extra = None if extra is None else extra.detach()
@@ -413,7 +413,7 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     broken = torch.zeros(N, dtype=torch.bool)
     certify = certify_scale is not None and problem.simplex and not problem.signed
     cert = np.full((4, N if certify else 0), np.nan)
-    cert_scale = (certify_scale.detach().to(torch.float64).contiguous() if certify else torch.zeros(0)).numpy()
+    cert_scale = (certify_scale().detach().to(torch.float64).contiguous() if certify else torch.zeros(0)).numpy()
     cert_lam = float(problem.ridge) if certify else -1.0
     cache = fused.GramCache(N, sys_dtype)
     m = code.shape[1]
@@ -524,11 +524,12 @@ class WorkingSetFunction(torch.autograd.Function):
 
 
 def solve(z: torch.Tensor, E: torch.Tensor, extra: Optional[torch.Tensor], problem: QPForm, opts: Options,
-          diagnostics: dict, e_max_sq: Optional[float] = None, certify_scale: Optional[torch.Tensor] = None):
+          diagnostics: dict, e_max_sq: Optional[float] = None,
+          certify_scale: Optional[Callable[[], torch.Tensor]] = None):
     """Run the engine on b = Ez + ``extra`` (N, K) (``None``: see ``QPForm.start_bonus``).
     ``e_max_sq``: max‖e‖², where the caller has read it already (else read with round 1's counts).
-    ``certify_scale`` (N,): for SCQ, the certificate's scale: where the rounds run compiled (the
-    CPU) they measure the SCQ certificate of the answer on their own gradients and put its four
+    ``certify_scale``: for SCQ, gives the certificate's scale (N,), called only where the rounds run
+    compiled (the CPU): they then measure the SCQ certificate of the answer on their own gradients and put its four
     (N,) tensors (residual, gap, error bounds; see :mod:`scq.solvers.certificate`) in
     ``diagnostics["certificate"]``.
 
