@@ -30,8 +30,10 @@ def _tau_sort(u: torch.Tensor) -> torch.Tensor:
     ks = torch.arange(1, K + 1, device=u.device, dtype=u.dtype)
     in_support = u_sorted.mul_(ks) > cumsum
     del u_sorted
-    # The support is a prefix of the sorted order, so its size is a count.
-    rho = in_support.sum(dim=-1, keepdim=True)
+    # The support is a prefix of the sorted order, so its size is a count (at least 1: the largest
+    # entry is always in; a row holding a nan counts 0, and its τ is then its first cumulative sum,
+    # nan: the row comes out nan, as softmax's does, instead of an index error).
+    rho = in_support.sum(dim=-1, keepdim=True).clamp_min_(1)
     return cumsum.gather(-1, rho - 1) / rho.to(u.dtype)
 
 

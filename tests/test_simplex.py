@@ -73,3 +73,34 @@ def test_bad_inputs():
         scq.project_simplex(torch.randn(3), method="fast")
     with pytest.raises(ValueError, match="size 0"):
         scq.project_simplex(torch.randn(3, 0))
+
+
+@pytest.mark.parametrize("method", ["sort", "bisect"])
+def test_a_nan_row_comes_out_nan_and_leaves_the_others_alone(method):
+    # As softmax does: a row holding a nan projects to nan (the sort path raised an index error),
+    # and the other rows are projected as without it.
+    u = torch.randn(4, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    clean = scq.project_simplex(u, method=method)
+    u[2, 5] = float("nan")
+    p = scq.project_simplex(u, method=method)
+    assert p[2].isnan().all()
+    assert torch.equal(p[[0, 1, 3]], clean[[0, 1, 3]])
+
+
+def test_the_torch_solver_carries_a_nan_row_to_its_certificate(monkeypatch):
+    # pgd's torch path (CUDA, or the CPU without its kernels) projects with simplex_threshold: a
+    # nan row (the front door rejects nan inputs, but a method may be called alone, and values can
+    # overflow) must reach the certificate, measured nan there, not stop the solve with an index
+    # error as it did; the other rows are solved.
+    from scq.solvers.certificate import certify_scq
+    from scq.solvers.engine import fused
+    from scq.solvers.pgd import solve_pgd
+    from tests.helpers import problem
+
+    monkeypatch.setattr(fused, "ENABLED", False)
+    z, E = problem(N=6, K=10, D=3, seed=1)
+    z[4, 0] = float("nan")
+    weights, _ = solve_pgd(z, E, 0.3, None)
+    residual = certify_scq(weights, z, E, 0.3, None).residual
+    assert residual[4].isnan()
+    assert float(residual[[0, 1, 2, 3, 5]].max()) < 1e-12
