@@ -3,6 +3,7 @@ FISTA, the active set and the backward's support solve, each alone and inside th
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -317,6 +318,31 @@ def test_entering_codes_kernel_matches_the_torch_scoring(signed, K, n_add, monke
     assert torch.equal(got[1][finite], ref[1][finite]) and torch.equal(got[2][finite], ref[2][finite])
     if n_add == K:  # every code ranked: those in W (with their sign) last, at -inf
         assert (~finite).any()
+
+
+@pytest.mark.parametrize("K,n_add", [(30, 8), (300, 8), (1024, 16)])
+def test_entering_codes_above_a_floor_are_those_of_the_full_ranking(K, n_add):
+    # The end of a round asks only for codes scoring at least l1 + ν + tol (the violators): with
+    # that floor the kernel must list exactly the full ranking's codes above it, in its order (ties
+    # included), and −inf after them; floors from none to all of the candidates.
+    from scq.solvers.engine import cpu_kernels as ck
+
+    rng = np.random.default_rng(K + n_add)
+    m = 6
+    for _ in range(20):
+        g = (rng.standard_normal(K) * 4).round() / 4  # a coarse grid: ties at the floor
+        code = rng.permutation(K)[:m]
+        sign, valid = np.ones(m), rng.random(m) < 0.8
+        scratch = ck._entering_scratch(n_add, g.reshape(1, -1))
+        full_score, full_code = np.empty(n_add), np.empty(n_add, dtype=np.int64)
+        ck._entering_row(g, code, sign, valid, False, *scratch, full_score, full_code, -np.inf)
+        for floor in (np.inf, full_score[0], full_score[n_add // 2], full_score[-1], -np.inf):
+            score, codes = np.empty(n_add), np.empty(n_add, dtype=np.int64)
+            ck._entering_row(g, code, sign, valid, False, *scratch, score, codes, floor)
+            wanted = full_score >= floor
+            assert np.array_equal(score[wanted], full_score[wanted])
+            assert np.array_equal(codes[wanted], full_code[wanted])
+            assert np.all(score[~wanted] == -np.inf)
 
 
 @pytest.mark.parametrize("signed", [False, True])

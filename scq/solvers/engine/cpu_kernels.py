@@ -861,7 +861,7 @@ def _entering_row(g, code, sign, valid, signed, in_w, score, block_top, low, bes
             v = score[k]
             top = v if v > top else top
         block_top[b] = top
-    # The floor: ``at_least``, or above it the n_add-th largest block top when more than n_add
+    # The floor: ``at_least``, or above it the n_add-th largest block top when n_add or more
     # blocks reach ``at_least`` (fewer blocks than n_add: every code is a candidate).
     floor = g.dtype.type(at_least)
     reaching = 0
