@@ -313,7 +313,7 @@ def _agrees(measured, reference, z, E, lam):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("with_target", [False, True])
 @pytest.mark.parametrize("max_rounds", [1, 2, 30])
-def test_pgd_measures_the_certificate_of_its_last_round(dtype, with_target, max_rounds):
+def test_pgd_measures_the_certificate_of_its_last_round(dtype, with_target, max_rounds, codebook_gram):
     # pgd's compiled rounds measure the certificate on their own last G = E(z_q − z) (no GEMM of
     # its own): it must be the one certify_scq measures on the returned weights, for rows that
     # finished (max_rounds=30) and rows the round limit cut off (1, 2: far from optimal).

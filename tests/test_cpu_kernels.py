@@ -110,7 +110,7 @@ def _engine(method_call, enabled, monkeypatch):
 
 
 @pytest.mark.parametrize("lam", [0.01, 0.1, 2.0])
-def test_pgd_with_the_cpu_kernels_equals_the_torch_path_forward_and_backward(lam, monkeypatch):
+def test_pgd_with_the_cpu_kernels_equals_the_torch_path_forward_and_backward(lam, monkeypatch, codebook_gram):
     g = torch.Generator().manual_seed(7)
     E = torch.randn(96, 6, generator=g, dtype=f64)
     x = torch.randn(40, 6, generator=g, dtype=f64)
@@ -128,7 +128,7 @@ def test_pgd_with_the_cpu_kernels_equals_the_torch_path_forward_and_backward(lam
     assert (gz1 - gz0).abs().max() < 1e-9 and (gE1 - gE0).abs().max() < 1e-9
 
 
-def test_lasso_with_the_cpu_kernels_equals_the_torch_path(monkeypatch):
+def test_lasso_with_the_cpu_kernels_equals_the_torch_path(monkeypatch, codebook_gram):
     g = torch.Generator().manual_seed(8)
     E = torch.randn(64, 8, generator=g, dtype=f64)
     x = torch.randn(30, 8, generator=g, dtype=f64)
@@ -146,7 +146,7 @@ def test_lasso_with_the_cpu_kernels_equals_the_torch_path(monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["scq-grows", "scq-target", "scq-lockstep", "lasso", "scq-float32"])
-def test_the_compiled_rounds_take_the_torch_loops_steps(case, monkeypatch):
+def test_the_compiled_rounds_take_the_torch_loops_steps(case, monkeypatch, codebook_gram):
     # The CPU's compiled rounds (working_set._rounds_on_cpu) against the torch loop they replace:
     # the same answer in the same number of rounds, W grown to the same width (a small initial W
     # and few entries per round make it grow and double its entries), with a target, in lockstep.
@@ -178,7 +178,7 @@ def test_the_compiled_rounds_take_the_torch_loops_steps(case, monkeypatch):
     assert (w1 - w0).abs().max() < tol and (g1 - g0).abs().max() < 1e3 * tol
 
 
-def test_rows_are_split_over_torch_threads_and_give_the_same_answer_as_one_thread():
+def test_rows_are_split_over_torch_threads_and_give_the_same_answer_as_one_thread(codebook_gram):
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -318,6 +318,66 @@ def test_entering_codes_kernel_matches_the_torch_scoring(signed, K, n_add, monke
     assert torch.equal(got[1][finite], ref[1][finite]) and torch.equal(got[2][finite], ref[2][finite])
     if n_add == K:  # every code ranked: those in W (with their sign) last, at -inf
         assert (~finite).any()
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("linear", ["none", "start-bonus", "extra"])
+@pytest.mark.parametrize("dtype", [f32, f64])
+def test_entering_from_the_codebook_gram_matches_the_gemms_gradients(signed, linear, dtype):
+    # The rows' gradients made from EEᵀ and ZEᵀ (Σ_j u_j σ_j (EEᵀ)[k_j] − ZEᵀ, with the linear
+    # term) rank the same codes as those of the GEMM E(z_q − z), the torch path's formula.
+    from scq.solvers.engine.working_set import _gradients
+
+    g = torch.Generator().manual_seed(15)
+    N, K, D, m, n_add = 40, 70, 5, 6, 9
+    E = torch.randn(K, D, generator=g, dtype=f64)
+    z = torch.randn(N, D, generator=g, dtype=f64)
+    code = torch.stack([torch.randperm(K, generator=g)[:m] for _ in range(N)])
+    flip = torch.rand(N, m, generator=g) < 0.5
+    sign = torch.where(flip, -1.0, 1.0).to(f64) if signed else torch.ones(N, m, dtype=f64)
+    u = torch.rand(N, m, generator=g, dtype=f64) * (torch.rand(N, m, generator=g) < 0.6)  # some zero weights
+    valid = torch.rand(N, m, generator=g) < 0.9
+    start = code[:, 0] if linear == "start-bonus" else None
+    extra = torch.randn(N, K, generator=g, dtype=f64) if linear == "extra" else None
+    bonus = 0.3 if linear == "start-bonus" else 0.0
+    zq = torch.einsum("nm,nm,nmd->nd", u, sign, E[code])
+    G = _gradients(zq, z, E, extra, start, bonus)
+    if signed:
+        G_ref = G.clone()
+    E, z, u, sign, G = E.to(dtype), z.to(dtype), u.to(dtype), sign.to(dtype), G.to(dtype)
+    ref = fused.entering(G.clone(), code, sign, valid, n_add, signed=signed)
+    got = fused.table_entering(E @ E.T, z @ E.T, None if extra is None else extra.to(dtype), start, bonus, u, code,
+                               sign, valid, n_add, signed=signed)
+    assert got is not None and got[0].dtype == dtype
+    eps = torch.finfo(dtype).eps
+    assert (got[0] - ref[0]).abs().max() < 200 * eps * (1 + float(G.abs().max()))
+    if dtype == f64:  # random scores, no near-ties: the same codes and signs in the same order
+        assert torch.equal(got[1], ref[1]) and torch.equal(got[2], ref[2])
+        if signed:  # the entering sign is −sign(g_k)
+            assert torch.equal(got[2], torch.where(G_ref.gather(1, got[1]) > 0, -1.0, 1.0).to(f64))
+
+
+@pytest.mark.parametrize("N,K", [(300, 64), (40, 64)])
+def test_with_the_codebook_gram_a_solve_runs_two_gemms_whatever_its_rounds(N, K):
+    # K ≤ N: EEᵀ and ZEᵀ are the forward's only GEMMs (no (n, K) GEMM per round); K > N: the
+    # scores' GEMM, one for the start's gradients and one per round.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountMM(TorchDispatchMode):
+        mm = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountMM.mm += func.overloadpacket.__name__ in ("mm", "addmm", "bmm")
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(16)
+    E = torch.randn(K, 8, generator=g, dtype=f64)
+    x = 0.3 * torch.randn(N, 8, generator=g, dtype=f64)  # inside the hull: supports need several rounds
+    with CountMM():
+        p, info = scq.solve_scq(x, E, lam=0.05, method="pgd", return_info=True)
+    rounds = info.extra["rounds"]
+    assert info.converged and rounds >= 3
+    assert CountMM.mm == (2 if K <= N else 2 + rounds), (CountMM.mm, rounds)
 
 
 @pytest.mark.parametrize("K,n_add", [(30, 8), (300, 8), (1024, 16)])

@@ -73,8 +73,9 @@ class SparseWeights(NamedTuple):
 
     def to_dense(self) -> torch.Tensor:
         dense = self.values.new_zeros(self.values.shape[:-1] + (self.num_codes,))
-        # scatter_add: padding slots may repeat a code with value 0.
-        return dense.scatter_add(-1, self.indices, self.values)
+        # scatter_add: padding slots may repeat a code with value 0. In place on the fresh zeros
+        # (still differentiable in ``values``): the out-of-place form copies the (N, K) tensor.
+        return dense.scatter_add_(-1, self.indices, self.values)
 
     def combine(self, codebook: torch.Tensor) -> torch.Tensor:
         """Σ_j values[n, j] · codebook[indices[n, j]], shape (N, D)."""

@@ -310,7 +310,7 @@ def _dots4(x, e0, e1, e2, e3, zero):
 
 
 @njit(**_JIT)
-def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z, grad_E, lo, hi):
+def backward_rows(z, E, table, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z, grad_E, lo, hi):
     """The engine's backward (docs/math.md §4–5) on each row's support S, from the codes in place:
     no (N, m, D) tensor is formed and only |S|×|S| systems are factored.
 
@@ -332,6 +332,7 @@ def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out,
     # The support's Gram in the systems' dtype, as the forward's (which runs on E in that dtype):
     # float32 sums vectorize.
     zero = grad_u.dtype.type(0)
+    has_table = table.shape[0] > 0
     for n in range(lo, hi):
         k = 0
         for j in range(m):
@@ -340,6 +341,11 @@ def backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out,
                 k += 1
         for a in range(k):
             ja = idx[a]
+            if has_table:  # the products from the codebook's Gram matrix
+                for c in range(a + 1):
+                    A[a, c] = sign[n, ja] * sign[n, idx[c]] * table[code[n, ja], code[n, idx[c]]]
+                A[a, a] += ridge
+                continue
             ea = E[code[n, ja]]
             c = 0
             while c + 4 <= a + 1:  # four products per sweep over e_a
@@ -516,9 +522,61 @@ def gram_rows(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gra
 
 
 @njit(**_JIT)
-def round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez, old_code, new_gram,
-               new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu,
-               out_res, state, zq, lo, hi):
+def _table_row(table, scores, code, sign, ridge, H, cz):
+    """One row's H = CCᵀ + ρI and Cz (c_j = σ_j e_{k_j}) read from the codebook's Gram matrix
+    ``table`` = EEᵀ (K, K) and the row's scores Ez (K,): O(m²) reads, no product over D."""
+    m = code.shape[0]
+    for a in range(m):
+        ka = code[a]
+        cz[a] = sign[a] * scores[ka]
+        for c in range(a + 1):
+            h = sign[a] * sign[c] * table[ka, code[c]]
+            H[a, c] = h + (ridge if a == c else 0.0)
+            H[c, a] = H[a, c]
+
+
+@njit(**_JIT)
+def _table_gradient(table, scores, code, sign, u, extra, start, bonus, g, nz, w):
+    """One row's gradients g = E(z_q − z) − extra (or less ``bonus`` at the ``start`` code; see
+    :func:`finish_rows`) from the codebook's Gram matrix, into ``g`` (K,): Σ_j u_j σ_j (EEᵀ)[k_j]
+    − Ez, a sweep over K per nonzero weight (four at a time: one load and store of g per four
+    table rows) instead of a GEMM's sweep over K·D, and no (N, K) G in memory. ``scores`` is the
+    row's Ez, ``extra`` its row or empty, ``start`` its start code or −1; ``nz``, ``w`` scratch (m,)."""
+    K = g.shape[0]
+    n_nz = 0
+    for a in range(code.shape[0]):
+        wa = g.dtype.type(u[a] * sign[a])
+        if wa != 0:
+            nz[n_nz] = code[a]
+            w[n_nz] = wa
+            n_nz += 1
+    if extra.shape[0] > 0:
+        for k in range(K):
+            g[k] = -scores[k] - extra[k]
+    else:
+        for k in range(K):
+            g[k] = -scores[k]
+        if start >= 0:
+            g[start] -= bonus
+    j = 0
+    while j + 4 <= n_nz:
+        t0, t1, t2, t3 = table[nz[j]], table[nz[j + 1]], table[nz[j + 2]], table[nz[j + 3]]
+        w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+        for k in range(K):
+            g[k] += w0 * t0[k] + w1 * t1[k] + w2 * t2[k] + w3 * t3[k]
+        j += 4
+    while j < n_nz:
+        t0 = table[nz[j]]
+        w0 = w[j]
+        for k in range(K):
+            g[k] += w0 * t0[k]
+        j += 1
+
+
+@njit(**_JIT)
+def round_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez,
+               old_code, new_gram, new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol,
+               tiny, slack, out_nu, out_res, state, zq, lo, hi):
     """One certificate round's work on W for rows ``rows[lo:hi]`` of the batch, each row start to
     end in one pass, on its valid slots only (k×k, not m×m), its system never leaving the thread:
     the Gram matrix (:func:`_gram_row`, with the cache), b = Cz + the linear term, ``n_iter``
@@ -532,11 +590,17 @@ def round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, ol
     ``valid``, ``z``, ``tol``, ``extra``, ``start`` and the cache are read (and ``u``, ``s``
     written) at r; ``out_nu``, ``out_res``, ``state`` and ``zq`` (zeroed) at i. The linear term of
     slot j: σ_j·extra[r, k_j] (``extra`` (0, 0): none) + ``bonus`` where k_j = start[r]
-    (``start`` (0,): none) − ``l1``."""
+    (``start`` (0,): none) − ``l1``.
+
+    ``table`` (K, K) not empty: the Gram matrix and Cz are read from the codebook's Gram matrix
+    EEᵀ and ``scores`` ZEᵀ (:func:`_table_row`; the cache is not used), and z_q is not formed
+    (``zq`` (0, D)): the end of the round makes G from the table too."""
     m = code.shape[1]
     D = E.shape[1]
     has_extra = extra.shape[0] > 0
     has_start = start.shape[0] > 0
+    has_table = table.shape[0] > 0
+    want_zq = zq.shape[0] > 0
     H_flat = np.empty(m * m, dtype=E.dtype)
     A = np.empty((m, m), dtype=E.dtype)
     slots = np.empty(m, dtype=np.int64)
@@ -561,8 +625,11 @@ def round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, ol
                 k += 1
         H = H_flat[:k * k].reshape((k, k))
         b, un, sn = work[6, :k], work[7, :k], flags[2, :k]
-        _gram_row(E, row_code[:k], row_sign[:k], z[r], ridge, r, old_gram, old_ez, old_code, new_gram, new_ez,
-                  new_code, H, b, old, targets, pos)
+        if has_table:
+            _table_row(table, scores[r], row_code[:k], row_sign[:k], ridge, H, b)
+        else:
+            _gram_row(E, row_code[:k], row_sign[:k], z[r], ridge, r, old_gram, old_ez, old_code, new_gram, new_ez,
+                      new_code, H, b, old, targets, pos)
         for a in range(k):
             lin = -l1
             if has_extra:
@@ -583,10 +650,13 @@ def round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, ol
         for a in range(m):  # padding slots end at 0, off the support
             u[r, a] = 0
             s[r, a] = False
-        row = zq[n]
         for a in range(k):
             u[r, slots[a]] = un[a]
             s[r, slots[a]] = sn[a]
+        if not want_zq:
+            continue
+        row = zq[n]
+        for a in range(k):
             w = u[r, slots[a]] * row_sign[a]  # as stored: the weights returned (and certified)
             if w != 0:
                 e = E_out[row_code[a]]
@@ -595,8 +665,8 @@ def round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, ol
 
 
 @njit(**_JIT)
-def finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken, finished,
-                new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, lo, hi):
+def finish_rows(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken,
+                finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, lo, hi):
     """The end of a certificate round for rows ``rows[lo:hi]`` of the batch (row i of the round is
     row r = ``rows[i]``), after :func:`round_rows`: G (n, K) holds E(z_q − z) for the round's rows
     (overwritten). Per row: the gradients g = G − extra (or less ``bonus`` at the start code), the
@@ -610,8 +680,16 @@ def finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, 
     ``lam`` ≥ 0 (SCQ, whose g is then Hp − b less λp): a row that finishes, or every row in the
     ``last`` round, also gets its certificate (:func:`_certificate_row`, scale ``cert_scale[r]``)
     from this g and its weights ``u`` on W, into ``cert`` (4, N) at r: the front door's
-    certificate, measured on the same G, without a GEMM of its own."""
+    certificate, measured on the same G, without a GEMM of its own.
+
+    ``table`` (K, K) not empty: G is not given (``G`` (0, K)); each row's g is computed here from
+    the codebook's Gram matrix EEᵀ and ``scores`` ZEᵀ (:func:`_table_gradient`)."""
     K = G.shape[1]
+    has_table = table.shape[0] > 0
+    g_row = np.empty(K if has_table else 0, dtype=G.dtype)
+    nz = np.empty(code.shape[1], dtype=np.int64)
+    w_nz = np.empty(code.shape[1], dtype=G.dtype)
+    no_extra = np.empty(0, dtype=extra.dtype)
     m = code.shape[1]
     n_add = new_code.shape[1]
     has_extra = extra.shape[0] > 0
@@ -623,12 +701,17 @@ def finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, 
     lam_t = G.dtype.type(lam)
     for n in range(lo, hi):
         r = rows[n]
-        g = G[n]
-        if has_extra:
-            for k in range(K):
-                g[k] -= extra[r, k]
-        elif has_start:
-            g[start[r]] -= bonus
+        if has_table:
+            g = g_row
+            _table_gradient(table, scores[r], code[r], sign[r], u[r], extra[r] if has_extra else no_extra,
+                            start[r] if has_start else -1, bonus, g, nz, w_nz)
+        else:
+            g = G[n]
+            if has_extra:
+                for k in range(K):
+                    g[k] -= extra[r, k]
+            elif has_start:
+                g[start[r]] -= bonus
         # Only violators are placed: the codes scoring below l1 + ν + tol need no sorting (a hair
         # lower, so that rounding leaves the verdict below to the test it always was).
         margin = 1e-6 * (abs(l1) + abs(nu[n]) + abs(tol[r])) + 1e-30
@@ -928,6 +1011,30 @@ def entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, l
                 out_sign[n, j] = -1.0 if G[n, out_code[n, j]] > 0 else 1.0
 
 
+@njit(**_JIT)
+def table_entering_rows(table, scores, extra, start, bonus, u, code, sign, valid, signed, out_score, out_code,
+                        out_sign, lo, hi):
+    """:func:`entering_rows` for rows lo..hi at the weights ``u`` on W, each row's gradients made
+    from the codebook's Gram matrix (:func:`_table_gradient`; ``extra`` (0, 0): none, ``start``
+    (0,): none) one row at a time: no (N, K) G in memory."""
+    K = table.shape[0]
+    has_extra = extra.shape[0] > 0
+    has_start = start.shape[0] > 0
+    no_extra = np.empty(0, dtype=extra.dtype)
+    g = np.empty((1, K), dtype=table.dtype)
+    nz = np.empty(code.shape[1], dtype=np.int64)
+    w = np.empty(code.shape[1], dtype=table.dtype)
+    in_w, score, block_top, low = _entering_scratch(out_score.shape[1], g)
+    for n in range(lo, hi):
+        _table_gradient(table, scores[n], code[n], sign[n], u[n], extra[n] if has_extra else no_extra,
+                        start[n] if has_start else -1, bonus, g[0], nz, w)
+        _entering_row(g[0], code[n], sign[n], valid[n], signed, in_w, score, block_top, low, out_score[n],
+                      out_code[n], -np.inf)
+        if signed:
+            for j in range(out_score.shape[1]):
+                out_sign[n, j] = -1.0 if g[0, out_code[n, j]] > 0 else 1.0
+
+
 # The parallel launchers: one row range per thread of Numba's pool (``bounds``: the ranges'
 # edges). Their loop body is one call, so that Numba's parallel compilation stays cheap (the
 # kernels above compile once, serially: 54 s on first use instead of 79 s with the whole
@@ -950,9 +1057,9 @@ def active_set_par(H, b, out_p, out_s, valid, tol, max_iter, max_support, simple
 
 
 @njit(parallel=True, **_JIT)
-def backward_par(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z, grad_E, bounds):
+def backward_par(z, E, table, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z, grad_E, bounds):
     for t in prange(bounds.shape[0] - 1):
-        backward_rows(z, E, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z,
+        backward_rows(z, E, table, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z,
                       grad_E[t], bounds[t], bounds[t + 1])
 
 
@@ -970,21 +1077,22 @@ def combine_backward_par(values, E, idx, grad, need_values, need_E, grad_values,
 
 
 @njit(parallel=True, **_JIT)
-def round_par(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez, old_code, new_gram,
-              new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, out_nu,
-              out_res, state, zq, bounds):
+def round_par(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez, old_code,
+              new_gram, new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack,
+              out_nu, out_res, state, zq, bounds):
     for t in prange(bounds.shape[0] - 1):
-        round_rows(E, E_out, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez, old_code,
-                   new_gram, new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny,
-                   slack, out_nu, out_res, state, zq, bounds[t], bounds[t + 1])
+        round_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez,
+                   old_code, new_gram, new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter,
+                   drop_tol, tiny, slack, out_nu, out_res, state, zq, bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)
-def finish_par(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken, finished,
-               new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, bounds):
+def finish_par(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken,
+               finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, bounds):
     for t in prange(bounds.shape[0] - 1):
-        finish_rows(G, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken, finished,
-                    new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, bounds[t], bounds[t + 1])
+        finish_rows(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol,
+                    broken, finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, bounds[t],
+                    bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)
@@ -1017,3 +1125,11 @@ def nearest_par(scores, sq_norms, out, bounds):
 def entering_par(G, code, sign, valid, signed, out_score, out_code, out_sign, bounds):
     for t in prange(bounds.shape[0] - 1):
         entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, bounds[t], bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def table_entering_par(table, scores, extra, start, bonus, u, code, sign, valid, signed, out_score, out_code, out_sign,
+                       bounds):
+    for t in prange(bounds.shape[0] - 1):
+        table_entering_rows(table, scores, extra, start, bonus, u, code, sign, valid, signed, out_score, out_code,
+                            out_sign, bounds[t], bounds[t + 1])

@@ -8,9 +8,9 @@ and what runs where no kernel applies. Where one does, the same arithmetic runs 
   :mod:`~scq.solvers.engine.active_set_triton`), m ≤ ``fista_triton.MAX_SLOTS``; one launch each,
   no host sync. The backward stays torch (a handful of launches, no sync).
 - CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m: a certificate
-  round in three loops (:func:`round_kernels`: the work on W, Gram matrix with
-  :class:`GramCache`, FISTA, active set, z_q; the entering codes and the round's verdict; the next
-  W), the nearest codes, the entering codes, the backward, the sparse combine, the SCQ
+  round in three loops (:func:`round_kernels`: the work on W, Gram matrix read from the codebook's
+  EEᵀ where K ≤ N or made with :class:`GramCache`, FISTA, active set, z_q; the entering codes and
+  the round's verdict; the next W), the nearest codes, the entering codes, the backward, the sparse combine, the SCQ
   certificate, and each step alone (the step-by-step path, used where the support is capped); the
   rows are split into as many ranges as torch has intra-op threads, one per thread of Numba's
   pool. Numba compiles them on first use (about a minute on 2 cores, once per machine; cached on
@@ -164,16 +164,19 @@ def _per_range_buffers(bounds: np.ndarray, shape, need: bool, dtype) -> torch.Te
 
 
 def backward(z, E, code, sign, u, support, grad_u, *, ridge: float, simplex: bool, signed: bool, need_E: bool,
-             sys_dtype: torch.dtype):
+             sys_dtype: torch.dtype, table: Optional[torch.Tensor] = None):
     """The engine's backward on the CPU (:func:`scq.solvers.engine.cpu_kernels.backward_rows`):
-    ``(v, ∂z, ∂E or None)``, or ``None`` (the torch path)."""
+    ``(v, ∂z, ∂E or None)``, or ``None`` (the torch path). ``table``: the forward's codebook Gram
+    matrix EEᵀ (K, K) in ``sys_dtype``, where it had one: the supports' products are read from it."""
 
     def run(k):
+        gram_table = table if table is not None else torch.zeros(0, 0, dtype=sys_dtype)
         bounds = _bounds(u.shape[0])
         v = torch.zeros(u.shape, dtype=sys_dtype)
         gz = torch.zeros_like(z)
         gE = _per_range_buffers(bounds, E.shape, need_E, z.dtype)
-        k.backward_par(_numpy(z), _numpy(E), _numpy(code), _numpy(sign if signed else torch.ones_like(u)), _numpy(u),
+        k.backward_par(_numpy(z), _numpy(E), _numpy(gram_table), _numpy(code),
+                       _numpy(sign if signed else torch.ones_like(u)), _numpy(u),
                        _numpy(support), _numpy(grad_u.to(sys_dtype)), float(ridge), bool(simplex), bool(need_E),
                        v.numpy(), gz.numpy(), gE.numpy(), bounds)
         return v, gz, gE.sum(0) if need_E else None
@@ -320,3 +323,25 @@ def entering(G, code, sign, valid, n_add: int, *, signed: bool):
         return score, codes, signs
 
     return _on_cpu("entering-codes", (G,), run)
+
+
+def table_entering(table, scores, extra, start, bonus: float, u, code, sign, valid, n_add: int, *, signed: bool):
+    """:func:`entering` at the weights ``u`` on W, the gradients made row by row from the codebook's
+    Gram matrix ``table`` = EEᵀ and ``scores`` = ZEᵀ (see
+    :func:`scq.solvers.engine.cpu_kernels.table_entering_rows`), without an (N, K) G:
+    ``(scores, codes, signs)``, or ``None``."""
+
+    def run(k):
+        N = scores.shape[0]
+        dtype = table.dtype
+        score = torch.empty(N, n_add, dtype=dtype)
+        codes = torch.zeros(N, n_add, dtype=torch.long)
+        signs = torch.ones(N, n_add, dtype=dtype)
+        k.table_entering_par(_numpy(table), _numpy(scores), _numpy(extra.to(dtype) if extra is not None else
+                                                                  torch.zeros(0, 0, dtype=dtype)),
+                             _numpy(start if start is not None else torch.zeros(0, dtype=torch.long)), float(bonus),
+                             _numpy(u.to(dtype)), _numpy(code), _numpy(sign.to(dtype)), _numpy(valid), bool(signed),
+                             score.numpy(), codes.numpy(), signs.numpy(), _bounds(N))
+        return score, codes, signs
+
+    return _on_cpu("entering-codes", (table, scores), run)
