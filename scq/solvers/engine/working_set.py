@@ -458,7 +458,7 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         table_np, scores_np = table.contiguous().numpy(), scores.contiguous().numpy()
     else:
         table_np = scores_np = np.zeros((0, 0), dtype=E_sys.dtype)
-    m = code.shape[1]
+    m = capacity = code.shape[1]  # W's width, and that of its arrays
     rows = np.arange(N, dtype=np.int64)
     inner_total = 0
     all_finished = False
@@ -470,7 +470,7 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         state = np.zeros(n, dtype=np.int32)
         zq = torch.zeros(0 if use_table else n, D, dtype=dtype)  # z_q only for the GEMM's G
         bounds = fused.row_ranges(n)
-        cache.exchange(n, 0 if use_table else m, rows_t, lambda *cached: k.round_par(
+        cache.exchange(n, 0 if use_table else capacity, rows_t, lambda *cached: k.round_par(
             E_sys, E_out, table_np, scores_np, w[0], w[1], z_sys, extra_sys, start_np, bonus, float(problem.l1),
             float(sys_ridge), *cached,
             w[2], w[3], w[4], tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE), bool(problem.simplex),
@@ -494,11 +494,15 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         if all_finished or rounds == opts.max_rounds:
             break
         wider = int(need.max())
-        if wider > m:  # grow W: every row's support and violators must fit
-            pad = lambda t, fill: torch.cat([t, torch.full((N, wider - m), fill, dtype=t.dtype)], 1).contiguous()
+        if wider > capacity:  # grow W: every row's support and violators must fit
+            # Twice as wide at least, so that W is reallocated a few times, not every round (five
+            # (N, m) copies each); the slots past m are not valid, and the kernels skip them.
+            grown = min(max(wider, 2 * capacity), K * (2 if problem.signed else 1))
+            pad = lambda t, fill: torch.cat([t, torch.full((N, grown - capacity), fill, dtype=t.dtype)], 1)
             code, sign, u, s, valid = pad(code, 0), pad(sign, 1), pad(u, 0), pad(s, False), pad(valid, False)
             w = [t.numpy() for t in (code, sign, u, s, valid)]
-            m = wider
+            capacity = grown
+        m = max(m, wider)
         k.place_par(rows, *w, new_code, new_sign, violating, bounds)
         if opts.compact:
             rows = rows[~finished]
@@ -511,6 +515,8 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
                        broken_down=broken, systems=(sys_dtype, sys_ridge), finished=all_finished)
     if certify:
         diagnostics["certificate"] = tuple(torch.from_numpy(c).to(dtype) for c in cert)
+    if capacity > m:
+        code, sign, u, s = (t[:, :m].contiguous() for t in (code, sign, u, s))
     return code, sign.to(dtype), u, s
 
 
