@@ -219,7 +219,7 @@ def test_a_nan_answer_is_never_certified():
         SCQ_METHODS.unregister("_nan_for_test")
 
 
-def test_float32_tiny_lambda_is_solved():
+def test_float32_tiny_lambda_is_solved(codebook_gram):
     # Used to raise "singular Gram matrix" (32 of ~90 audit runs).
     torch.manual_seed(0)
     E, z = torch.randn(256, 2), torch.randn(64, 2)

@@ -38,7 +38,7 @@ def test_exact_method_matches_cvxpy(nonneg):
 
 @pytest.mark.parametrize("nonneg", [False, True])
 @pytest.mark.parametrize("alpha", [0.2, 1.0])
-def test_gradcheck(alpha, nonneg):
+def test_gradcheck(alpha, nonneg, codebook_gram):
     z, E = problem(N=3, K=10, D=4, seed=14)
     args = (z.clone().requires_grad_(), E.clone().requires_grad_())
     assert gradcheck(lambda a, b: scq.solve_lasso(a, b, alpha, nonneg=nonneg), args)

@@ -86,7 +86,7 @@ def test_non_one_hot_target(lam):
 
 @pytest.mark.parametrize("lam", [0.01, 0.2, 5.0])
 @pytest.mark.parametrize("K,D", [(6, 3), (20, 4)])
-def test_gradcheck(lam, K, D):
+def test_gradcheck(lam, K, D, codebook_gram):
     z, E = problem(N=4, K=K, D=D, seed=28)
     target = torch.softmax(torch.randn(4, K, dtype=torch.float64), -1)
     args = tuple(t.clone().requires_grad_() for t in (z, E, target))
