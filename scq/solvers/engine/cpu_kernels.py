@@ -58,11 +58,34 @@ def _cho_solve(L, k, x):
         for t in range(i):
             v -= L[i, t] * x[t]
         x[i] = v * L[i, i]
+    # Lᵀ: solved column by column, each x_i taken off the rows above along L's row i (contiguous),
+    # instead of row by row along L's columns (strided by L's width).
     for i in range(k - 1, -1, -1):
-        v = x[i]
-        for t in range(i + 1, k):
-            v -= L[t, i] * x[t]
-        x[i] = v * L[i, i]
+        xi = x[i] * L[i, i]
+        x[i] = xi
+        for t in range(i):
+            x[t] -= L[i, t] * xi
+
+
+@njit(**_JIT)
+def _cho_solve2(L, k, x, y):
+    """:func:`_cho_solve` on x and y at once: two independent dependency chains side by side."""
+    for i in range(k):
+        vx = x[i]
+        vy = y[i]
+        for t in range(i):
+            vx -= L[i, t] * x[t]
+            vy -= L[i, t] * y[t]
+        x[i] = vx * L[i, i]
+        y[i] = vy * L[i, i]
+    for i in range(k - 1, -1, -1):
+        xi = x[i] * L[i, i]
+        yi = y[i] * L[i, i]
+        x[i] = xi
+        y[i] = yi
+        for t in range(i):
+            x[t] -= L[i, t] * xi
+            y[t] -= L[i, t] * yi
 
 
 @njit(**_JIT)
@@ -71,10 +94,9 @@ def _solve_on_simplex(A, k, x, y, shift, floor):
     c = (1ᵀH_SS⁻¹x − shift)/max(1ᵀH_SS⁻¹1, floor). With ``shift`` 1 that is the equality solution
     under 1ᵀp = 1 and c = ν (the active set); with 0, the backward's v = M g (docs/math.md §4).
     ``y`` is scratch. Returns c."""
-    _cho_solve(A, k, x)
     for a in range(k):
         y[a] = 1.0
-    _cho_solve(A, k, y)
+    _cho_solve2(A, k, x, y)
     sx = 0.0
     sy = 0.0
     for a in range(k):
