@@ -15,8 +15,8 @@ def cuda_devices():
 @pytest.fixture(params=["codebook-gram", "per-row-products"])
 def codebook_gram(request, monkeypatch):
     """Runs a test on both ways the CPU's compiled rounds get the codes' products: from the
-    codebook's Gram matrix EEᵀ (what they use where K ≤ N) and computed per row with the round's
-    GEMM (K > N), whatever the test's N and K."""
+    codebook's Gram matrix EEᵀ (what they use where K ≤ N, or K ≤ 4N and K ≤ 1024) and computed per
+    row with the round's GEMM (elsewhere), whatever the test's N and K."""
     from scq.solvers.engine import working_set
 
     use = request.param == "codebook-gram"

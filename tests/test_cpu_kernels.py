@@ -357,11 +357,17 @@ def test_entering_from_the_codebook_gram_matches_the_gemms_gradients(signed, lin
             assert torch.equal(got[2], torch.where(G_ref.gather(1, got[1]) > 0, -1.0, 1.0).to(f64))
 
 
-@pytest.mark.parametrize("N,K", [(300, 64), (40, 64)])
-def test_with_the_codebook_gram_a_solve_runs_two_gemms_whatever_its_rounds(N, K):
-    # K ≤ N: EEᵀ and ZEᵀ are the forward's only GEMMs (no (n, K) GEMM per round); K > N: the
-    # scores' GEMM, one for the start's gradients and one per round.
+@pytest.mark.parametrize("N,K,table", [(300, 64, True), (40, 64, True), (40, 200, False)])
+def test_with_the_codebook_gram_a_solve_runs_two_gemms_whatever_its_rounds(N, K, table):
+    # With EEᵀ (K ≤ N, or K ≤ 4N and K ≤ 1024), EEᵀ and ZEᵀ are the forward's only GEMMs (no
+    # (n, K) GEMM per round); without (K > 4N), the scores' GEMM, one for the start's gradients and
+    # one per round.
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    from scq.solvers.engine.working_set import uses_codebook_gram
+
+    assert uses_codebook_gram(N, K) == table
+    assert not uses_codebook_gram(512, 2048) and uses_codebook_gram(4096, 2048)  # EEᵀ out of the cache
 
     class CountMM(TorchDispatchMode):
         mm = 0
@@ -377,7 +383,7 @@ def test_with_the_codebook_gram_a_solve_runs_two_gemms_whatever_its_rounds(N, K)
         p, info = scq.solve_scq(x, E, lam=0.05, method="pgd", return_info=True)
     rounds = info.extra["rounds"]
     assert info.converged and rounds >= 3
-    assert CountMM.mm == (2 if K <= N else 2 + rounds), (CountMM.mm, rounds)
+    assert CountMM.mm == (2 if table else 2 + rounds), (CountMM.mm, rounds)
 
 
 @pytest.mark.parametrize("K,n_add", [(30, 8), (300, 8), (1024, 16)])

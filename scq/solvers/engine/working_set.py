@@ -247,12 +247,15 @@ def uses_codebook_gram(N: int, K: int) -> bool:
     (K, K; one GEMM per solve) instead of computing them: every row's Gram matrix on W, the
     backward's on S, and each round's gradients G = E(z_q − z) = Σ_j u_j σ_j (EEᵀ)[k_j] − ZEᵀ,
     made row by row as the end of the round reads them (a sweep over K per support code instead
-    of a GEMM's over K·D, and no (n, K) G in memory). Where K ≤ N: EEᵀ is then no larger than
-    the (N, K) scores and gradients of the other path, and its GEMM (K²D) no dearer than one
-    round's (NKD). Measured (2 cores, fp32, forward+backward, N = 1024): 20–34% faster at K = 128,
-    512 and at D = 256; 3–17% at K = 1024, D = 16–64; at N = 4096, K = 1024, 17%. Past it (K = 4N)
-    the table's GEMM and size cost more than they save: 20–30% slower at N = 1024, K = 4096."""
-    return K <= N
+    of a GEMM's over K·D, and no (n, K) G in memory).
+
+    Where K ≤ N, EEᵀ is no larger than the (N, K) scores and gradients of the other path, and its
+    GEMM (K²D) no dearer than one round's (NKD). Measured (2 cores, fp32, forward+backward): at
+    N = 1024, 20–34% faster at K = 128, 512 and at D = 256, 3–17% at K = 1024, D = 16–64; at
+    N = 4096, 17% at K = 1024, 23–30% at K = 2048, 3% at K = 4096. Where N < K ≤ 4N it pays while
+    EEᵀ stays in the cache (K ≤ 1024, 4 MB in fp32): 5–14% faster at N = 128–512, K = 512–1024;
+    at K = 2048 and 4096 with N = 512–1024, 8–40% slower."""
+    return K <= N or (K <= 4 * N and K <= 1024)
 
 
 def _codebook_gram(z, E, scores, sys_dtype):
@@ -535,7 +538,7 @@ class WorkingSetFunction(torch.autograd.Function):
         ctx.one_thread = z.device.type == "cpu" and torch.get_num_threads() == 1
         ctx.save_for_backward(z, E, code, sign, u, s)
         ctx.problem = problem
-        ctx.table = table  # EEᵀ where the rounds had it (K ≤ N): the backward reads its products too
+        ctx.table = table  # EEᵀ where the rounds had it: the backward reads its products too
         ctx.systems = diagnostics["systems"]  # (dtype, ridge) of the forward's support systems
         ctx.mark_non_differentiable(code, sign)
         return u, code, sign
