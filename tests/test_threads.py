@@ -61,6 +61,20 @@ def test_the_run_queue_says_busy_at_once_and_the_verdict_holds(monkeypatch):
     assert not threads.machine_is_busy()
 
 
+def test_a_lagging_load_average_alone_does_not_say_busy_once_nothing_else_runs(monkeypatch):
+    # After other jobs stop, the 1-minute load average stays above cores + 1 for a while (it also
+    # counts this process's own threads): with nothing else runnable now, the pool is back at once;
+    # with another process's thread runnable, the high load average still says busy.
+    cores = os.cpu_count() or 1
+    others = [0]
+    monkeypatch.setattr(threads, "runnable_threads", lambda: others[0])
+    monkeypatch.setattr(threads, "_last_busy_sample", float("-inf"))
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (cores + 2.0, 0.0, 0.0))
+    assert not threads.machine_is_busy()
+    others[0] = 1
+    assert threads.machine_is_busy()
+
+
 def test_the_run_queue_is_read_from_the_system():
     others = threads.runnable_threads()
     if not os.path.exists("/proc/loadavg"):

@@ -68,7 +68,8 @@ def runnable_threads() -> Optional[int]:
 
 def machine_is_busy() -> bool:
     """Whether other processes are taking the cores: their threads runnable right now fill half
-    the cores (or did in the last ``BUSY_HOLD_S`` seconds), or the load average reaches cores + 1."""
+    the cores (or did in the last ``BUSY_HOLD_S`` seconds), or some are runnable and the load
+    average reaches cores + 1."""
     global _last_busy_sample
     cores = os.cpu_count() or 1
     now = time.monotonic()
@@ -78,6 +79,11 @@ def machine_is_busy() -> bool:
         return True
     if now - _last_busy_sample < BUSY_HOLD_S:
         return True
+    if others == 0:
+        # Nothing else runnable now: a load average still high is the past. It lags by a minute
+        # and counts this process's own threads too: after a contention benchmark's two torch
+        # jobs stopped, it kept pgd at N = 4096, K = 1024 on one thread (0.090 s against 0.047 s).
+        return False
     try:
         load = os.getloadavg()[0]
     except OSError:  # not available on this platform
