@@ -26,9 +26,25 @@ def test_multiprocess_example_runs_as_a_script(tmp_path):
     assert len(scripts) == 1 and "mp.spawn" in scripts[0]
     path = tmp_path / "ddp_example.py"
     path.write_text(scripts[0] + "\nprint('done')\n")
-    run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    for _ in range(TEARDOWN_ATTEMPTS):
+        run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        if not _gloo_teardown_abort(run):
+            break
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().endswith("done")
+
+
+# torch's gloo teardown aborts a worker now and then when its interpreter exits, after the work,
+# destroy_process_group included ("terminate called without an active exception", no Python frame
+# left; measured on 2 cores in 2 of 16 runs of this example, and in 1 of 16 with the code of the
+# session before, so not scq's code: the abort comes after the script's last line has run).
+# Only that failure is run again; any other fails the test at once.
+TEARDOWN_ATTEMPTS = 3
+
+
+def _gloo_teardown_abort(run) -> bool:
+    return (run.returncode != 0 and "terminate called without an active exception" in run.stderr
+            and "terminated with signal SIGABRT" in run.stderr)
 
 
 def test_ci_runs_the_readme_test_command():
