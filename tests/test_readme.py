@@ -37,7 +37,7 @@ def test_multiprocess_example_runs_as_a_script(tmp_path):
 # torch's gloo teardown aborts a worker now and then when its interpreter exits, after the work,
 # destroy_process_group included ("terminate called without an active exception", no Python frame
 # left; measured on 2 cores in 2 of 16 runs of this example, and in 1 of 16 with the code of the
-# session before, so not scq's code: the abort comes after the script's last line has run).
+# session before, so not scq's code: the abort comes after the worker's last line has run).
 # Only that failure is run again; any other fails the test at once.
 TEARDOWN_ATTEMPTS = 3
 
