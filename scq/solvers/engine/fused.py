@@ -11,10 +11,10 @@ and what runs where no kernel applies. Where one does, the same arithmetic runs 
   round in three loops (:func:`round_kernels`: the work on W, Gram matrix read from the codebook's
   EEᵀ (where K ≤ N, or K ≤ 4N and K ≤ 1024) or made with :class:`GramCache`, FISTA, active set,
   z_q; the entering codes and the round's verdict; the next W), the nearest codes, the entering
-  codes, the backward, the sparse combine, the SCQ certificate, and each step alone (the step-by-step path, used where the support is capped); the
-  rows are split into as many ranges as torch has intra-op threads, one per thread of Numba's
-  pool. Numba compiles them on first use (about a minute on 2 cores, once per machine; cached on
-  disk after).
+  codes, the backward, the sparse combine, the SCQ certificate, and each step alone (the
+  step-by-step path, used where the support is capped); the rows are split into as many ranges
+  as torch has intra-op threads, one per thread of Numba's pool. Numba compiles them on first use
+  (about a minute on 2 cores, once per machine; cached on disk after).
 
 Each entry point returns ``None`` when its caller should take the torch path: no kernel for these
 tensors, kernels switched off (``ENABLED``), or a kernel that failed to compile or run, after which

@@ -424,9 +424,9 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     (``k``: :mod:`~scq.solvers.engine.cpu_kernels`), the state of every row kept in place: the
     work on W (``round_rows``), one GEMM for the gradients (none with the codebook's Gram matrix:
     :func:`uses_codebook_gram`), the entering codes and the round's verdict (``finish_rows``),
-    the next W (``place_rows``). The same steps as the torch loop,
-    without its ~60 small ops per round (gathers of the unfinished rows and their write-back,
-    masks, sorts), which cost a third of a solve at N = 1024, D = 16.
+    the next W (``place_rows``). The same steps as the torch loop, without its ~60 small ops per
+    round (gathers of the unfinished rows and their write-back, masks, sorts), which cost a third
+    of a solve at N = 1024, D = 16.
 
     ``certify_scale`` (SCQ only; gives the certificate's scale (N,)): each row's SCQ certificate is
     measured in ``finish_rows`` from the G of its last round, put in ``diagnostics["certificate"]``: the front door's
@@ -475,9 +475,9 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         bounds = fused.row_ranges(n)
         cache.exchange(n, 0 if use_table else capacity, rows_t, lambda *cached: k.round_par(
             E_sys, E_out, table_np, scores_np, w[0], w[1], z_sys, extra_sys, start_np, bonus, float(problem.l1),
-            float(sys_ridge), *cached,
-            w[2], w[3], w[4], tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE), bool(problem.simplex),
-            int(opts.max_inner), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu, res, state, zq.numpy(), bounds))
+            float(sys_ridge), *cached, w[2], w[3], w[4], tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE),
+            bool(problem.simplex), int(opts.max_inner), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu, res, state,
+            zq.numpy(), bounds))
         inner_total += int(state.max()) >> 2 if n else 0
         if use_table:  # finish_rows makes each row's G from EEᵀ
             G = torch.zeros(0, K, dtype=sys_dtype)
