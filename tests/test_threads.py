@@ -156,6 +156,7 @@ def test_outputs_are_copies_a_user_may_change_in_place(two_threads):
 @pytest.mark.parametrize("make", [
     lambda: scq.SCQ(dim=8, codebook_size=32, lam=0.1, method="pgd"),
     lambda: scq.SVQ(dim=8, codebook_size=32, solver="lasso", alpha=0.1),  # frozen codebook
+    lambda: scq.VQ(dim=8, codebook_size=32),  # no solve: its large ops alone
 ])
 def test_a_module_on_a_busy_machine_solves_on_one_thread_with_the_same_answer_and_gradients(make, two_threads,
                                                                                            monkeypatch):
@@ -209,3 +210,35 @@ def test_a_module_reads_the_machines_load_once_per_forward(two_threads, monkeypa
     reads.clear()
     scq.solve_scq(torch.randn(64, 4), torch.randn(16, 4), lam=0.1)  # the functional front door decides itself
     assert len(reads) == 1
+
+
+def test_vq_reads_the_load_whatever_its_batch(two_threads, monkeypatch):
+    # No solve: no small-batch rule, but a busy machine holds a small batch's ops too.
+    reads = []
+    monkeypatch.setattr(threads, "machine_is_busy", lambda: reads.append(1) or False)
+    module = scq.VQ(dim=4, codebook_size=16)
+    module(torch.randn(64, 4))
+    assert reads == [1]
+    assert not threads.wants_one_thread(torch.randn(64, 4), 16, small_batches=False)
+    assert threads.wants_one_thread(torch.randn(64, 4), 16)
+
+
+def test_an_idle_system_run_queue_is_read_without_the_own_thread_scan(monkeypatch, tmp_path):
+    # One runnable thread in the system is the caller itself: nobody else's, no per-thread scan.
+    real_open = open
+    scanned = []
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/loadavg":
+            return real_open(tmp_path / "loadavg", *args, **kwargs)
+        scanned.append(path)
+        return real_open(path, *args, **kwargs)
+
+    if not os.path.exists("/proc/self/task"):
+        pytest.skip("no /proc")
+    monkeypatch.setattr("builtins.open", fake_open)
+    (tmp_path / "loadavg").write_text("0.00 0.01 0.05 1/300 12345\n")
+    assert threads.runnable_threads() == 0 and scanned == []
+    (tmp_path / "loadavg").write_text("3.00 2.01 1.05 4/300 12345\n")
+    others = threads.runnable_threads()
+    assert scanned and 0 <= others <= 3
