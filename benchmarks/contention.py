@@ -23,10 +23,15 @@ from scq.solvers import threads
 from .common import load_average, time_call
 from .runtime import Case, Contender
 
-CONTENDERS = ("vq", "scq-relaxed", "scq-pgd", "scq-pgd-one-thread")
+CONTENDERS = ("vq", "scq-relaxed", "scq-pgd", "scq-pgd-one-thread", "reference-gemm")
 # "scq-pgd-one-thread": pgd held to one intra-op thread, as the one-thread rule for small batches
 # (scq/solvers/threads.py) ran it before its work was compiled: the comparison that dropping the
 # rule for compiled methods rests on.
+# "reference-gemm": one float32 product of two 1024×1024 matrices on torch's pool, the same at every
+# size: work that splits evenly between the threads in a few long parallel regions, so its
+# slowdown is about the least any work on the pool can expect beside the same load (the CPU share
+# left to this process), the yardstick for the other rows.
+REFERENCE_SIZE = 1024
 BUSY = 2  # processes per load scenario (the issue's setting: as many as the CI machine's cores)
 
 # Each busy process prints "ready" once its loop runs, so timing starts under load, not during its
@@ -61,7 +66,12 @@ def busy(kind: str, n: int = BUSY):
 
 def _timer(name: str, N: int, K: int, D: int, seed: int):
     """The contender's forward+backward on the runtime benchmark's inputs (``runtime.Contender``);
-    the ``-one-thread`` variant on one intra-op thread."""
+    the ``-one-thread`` variant on one intra-op thread; ``reference-gemm`` its product (whatever
+    N, K, D: timed in each size's block, under that block's load)."""
+    if name == "reference-gemm":
+        gen = torch.Generator().manual_seed(seed)
+        a, b = (torch.randn(REFERENCE_SIZE, REFERENCE_SIZE, generator=gen) for _ in range(2))
+        return lambda: torch.mm(a, b)
     single = name.endswith("-one-thread")
     contender = Contender(name.removesuffix("-one-thread"), Case("contention", N, K, D, ()), "cpu", torch.float32,
                           seed)

@@ -46,7 +46,8 @@ def test_bench_quick_all_parts_writes_to_the_default_folder(tmp_path, capsys, mo
     assert all(float(r["support_threshold"]) > 0 for r in runtime if r["status"] == "ok" and r.get("support_size"))
     contention = _read(tmp_path / "contention.csv")
     assert {r["scenario"] for r in contention} == {"idle", "torch matmuls"}  # the smoke run's two
-    assert {r["method"] for r in contention} == {"vq", "scq-relaxed", "scq-pgd", "scq-pgd-one-thread"}
+    assert {r["method"] for r in contention} == {"vq", "scq-relaxed", "scq-pgd", "scq-pgd-one-thread",
+                                                   "reference-gemm"}
     assert all(float(r["slowdown"]) > 0 and float(r["spread"]) >= 1 for r in contention)
     ablation = _read(tmp_path / "ablation.csv")
     assert ablation[0]["config"] == "default" and len(ablation) >= 5
