@@ -6,8 +6,11 @@ random N(0, 1) codebook, codes = inputs + noise), so that no single favourable o
 the N, K and D sweeps run on every kind (the quick run sweeps the data-like one and times the
 three at one size, the "codebooks" sweep), with warm-up and medians; times are also reported as ratios to
 this project's VQ at the same size, since absolute times on shared machines are noisy. SCQ
-solvers also report their max deviation from the exact solution (cvxpy reference, on the
-first ``REF_VECTORS`` vectors of the timed batch).
+solvers also report their max deviation from the exact solution on the first ``REF_VECTORS``
+vectors of the timed batch (:func:`reference_weights`), and whether their own certificate held.
+
+On CUDA the sweeps are a GPU's (:func:`cases`: N up to 262144, K up to 16384, issue #12's sizes);
+``benchmarks/device_check.sh`` runs them with the CUDA tests in one call on a GPU machine.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ from __future__ import annotations
 import gc
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
 
+import scq
 from scq.reference import reference_scq
 
 from . import contenders as C
-from .common import CODEBOOKS, machine_info, spread, time_once
+from .common import CODEBOOKS, machine_info, spread, time_once, write_csv
 from .memory import peak_memory_mb
 
 REF_VECTORS = 16
@@ -42,7 +48,20 @@ class Case:
     codebook: str = "data_like"  # a key of common.CODEBOOKS
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, device: str = "cpu") -> list[Case]:
+    """The points timed: the quick smoke run's, the 2-core CPU's sweeps around N = K = 1024,
+    D = 64, or on CUDA a GPU's sweeps around N = 16384, K = 1024, D = 64 (N to 262144, K to
+    16384), each sweep on every codebook kind."""
+    if device == "cuda" and not quick:
+        N0, K0, D0 = 16384, 1024, 64
+        out = []
+        for kind in CODEBOOKS:
+            out += [Case("N", n, K0, D0, FAST, kind) for n in (4096, 16384, 65536, 262144)]
+            out += [Case("K", N0, k, D0, FAST, kind) for k in (1024, 4096, 16384)]
+            out += [Case("D", N0, K0, d, FAST, kind) for d in (16, 64, 256)]
+        out += [Case("peers", 256, 512, 64, PEERS)]
+        out += [Case("svq", N0, k, 64, SVQ) for k in (1000, 10000)]
+        return out
     if quick:
         N0, K0, D0 = 512, 128, 32
         out = [Case("N", n, K0, D0, FAST) for n in (128, 512)]
@@ -94,10 +113,13 @@ class Contender:
                    spread=max(spread(self.fwd_times), spread(self.fwdbwd_times)))
         row["peak_mb"] = peak_memory_mb(self.forward_backward, device)
         _, weights, _ = self.forward()
+        info = getattr(self.module, "last_info", None)
+        if info is not None:
+            row["converged"] = bool(info.converged)
         if self.name in C.SCQ_SOLVERS and weights is not None:
             n = min(REF_VECTORS, self.case.N)
             try:
-                ref = reference_scq(self.z64[:n], self.E64, C.LAM)
+                ref, row["reference"] = reference_weights(self.z64[:n], self.E64)
                 row["max_dev"] = float((weights[:n].detach().double().cpu() - ref).abs().max())
             except RuntimeError as err:  # the timings stand; the deviation is not measured
                 row["max_dev"] = float("nan")
@@ -108,6 +130,21 @@ class Contender:
             row["support_size"] = float((w.abs() > SUPPORT_THRESHOLD).sum(-1).double().mean())
             row["support_threshold"] = SUPPORT_THRESHOLD
         return row
+
+
+def reference_weights(z64: torch.Tensor, E64: torch.Tensor) -> "tuple[torch.Tensor, str]":
+    """The exact SCQ weights of the rows ``z64`` (float64) and where they came from: cvxpy's
+    (an independent solver, polished and certified: :func:`scq.reference.reference_scq`) where it
+    is installed; else (a GPU machine without it) ``pgd`` in float64 on the CPU, a path apart
+    from the CUDA kernels timed, kept only where its KKT certificate holds (RuntimeError else)."""
+    try:
+        import cvxpy  # noqa: F401
+    except ImportError:
+        p, info = scq.solve_scq(z64.cpu(), E64.cpu(), lam=C.LAM, method="pgd", return_info=True)
+        if not info.converged:
+            raise RuntimeError(f"the float64 pgd reference failed its certificate (residual {info.residual:.2e})")
+        return p, "pgd float64 (certified)"
+    return reference_scq(z64, E64, C.LAM), "cvxpy"
 
 
 def measure(name: str, case: Case, device: str, dtype: torch.dtype, seed: int, repeats: int) -> dict:
@@ -125,13 +162,15 @@ def measure(name: str, case: Case, device: str, dtype: torch.dtype, seed: int, r
 
 
 def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool = True,
-        dtype: torch.dtype = torch.float32) -> list[dict]:
+        dtype: torch.dtype = torch.float32, checkpoint: Optional[Path] = None) -> list[dict]:
     """Every case, its contenders timed interleaved (one call of each in turn, ``repeats`` rounds),
-    so a change in the machine's load affects all of them alike."""
+    so a change in the machine's load affects all of them alike. ``checkpoint``: a CSV rewritten
+    with the rows so far after each case (no ratios yet), so that a run stopped early (a time
+    limit on a lent GPU) leaves what it measured."""
     meta = machine_info(device, dtype)
     repeats = 2 if quick else 5  # the smoke run times little: two repeats still give a spread
     rows = []
-    bar = tqdm(cases(quick), desc="runtime", disable=not progress)
+    bar = tqdm(cases(quick, device), desc="runtime", disable=not progress)
     for case in bar:
         bar.set_postfix_str(f"{case.sweep}: N={case.N} K={case.K} D={case.D} {case.codebook}")
         base = dict(meta, part="runtime", sweep=case.sweep, N=case.N, K=case.K, D=case.D, lam=C.LAM,
@@ -166,6 +205,8 @@ def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool 
         rows += case_rows.values()
         del ready
         gc.collect()
+        if checkpoint is not None:
+            write_csv(checkpoint, rows)
     _add_ratios(rows)
     return rows
 

@@ -79,10 +79,11 @@ def run(part: str = "all", *, quick: bool = False, out: Optional[str] = None, de
             _write_markdown(out_dir, "exactness", md)
         md, before = list(start_md), load_average()
     if "runtime" in parts:
-        rows = runtime.run(quick=quick, device=device, seed=seed)
+        rows = runtime.run(quick=quick, device=device, seed=seed,
+                           checkpoint=out_dir / "runtime.csv" if out_dir else None)
         results["runtime"] = rows
         cols = ["sweep", "codebook", "method", "N", "K", "D", "fwd_s", "fwdbwd_s", "fwd_vs_vq", "fwdbwd_vs_vq", "peak_mb",
-                "max_dev", "support_size", "status"]
+                "max_dev", "converged", "support_size", "status"]
         _emit("Runtime: headline (float32, forward+backward; ratios to scq's VQ at the same size)",
               format_table(runtime.headline(rows), cols), md)
         _emit("Runtime: each method's worst forward+backward ratio to scq's VQ over the N, K and D sweeps",

@@ -3,6 +3,7 @@
 import csv
 
 import pytest
+import torch
 
 from scq.cli import main
 
@@ -100,6 +101,15 @@ def test_runtime_sweeps_cover_every_codebook_and_report_the_worst_ratio(tmp_path
                   for kind in CODEBOOKS}
         assert len(points["data_like"]) >= 3 and all(p == points["data_like"] for p in points.values()), sweep
 
+    # On CUDA: a GPU's sweeps, issue #12's sizes, on every kind too.
+    gpu = runtime.cases(quick=False, device="cuda")
+    for kind in CODEBOOKS:
+        mine = {(c.sweep, c.N, c.K, c.D) for c in gpu if c.codebook == kind}
+        assert {("N", 16384, 1024, 64), ("N", 65536, 1024, 64), ("N", 262144, 1024, 64),
+                ("K", 16384, 16384, 64)} <= mine, kind
+    assert all(c.N * c.K <= 262144 * 1024 for c in gpu)  # dense (N, K) outputs of at most 1 GiB in fp32
+    assert runtime.cases(quick=True, device="cuda") == runtime.cases(quick=True)
+
     def row(sweep, kind, method, N, ratio):
         return dict(sweep=sweep, codebook=kind, method=method, N=N, K=64, D=8, status="ok", fwdbwd_vs_vq=ratio,
                     fwdbwd_s=ratio * 1e-3)
@@ -112,3 +122,35 @@ def test_runtime_sweeps_cover_every_codebook_and_report_the_worst_ratio(tmp_path
     assert worst[1]["at"] == "N sweep: N=1024 K=64 D=8"  # the peers' 50× is not a sweep point
     plots.runtime_sweeps(rows, tmp_path / "sweeps.png")  # one row of panels per codebook
     assert (tmp_path / "sweeps.png").stat().st_size > 0
+
+
+def test_the_runtime_reference_without_cvxpy_is_the_certified_float64_pgd(monkeypatch):
+    # A GPU machine may lack cvxpy: the deviation is then measured against pgd in float64 on the
+    # CPU, which agrees with cvxpy's polished answer, and says which reference it was.
+    import sys
+
+    from scq.bench import runtime
+    from scq.bench.common import CODEBOOKS
+
+    z, E = CODEBOOKS["near_inputs"](6, 40, 8, generator=torch.Generator().manual_seed(3))
+    with_cvxpy, name = runtime.reference_weights(z, E)
+    assert name == "cvxpy"
+    monkeypatch.setitem(sys.modules, "cvxpy", None)  # import cvxpy now raises ImportError
+    without, name = runtime.reference_weights(z, E)
+    assert name == "pgd float64 (certified)" and without.dtype == torch.float64
+    assert float((without - with_cvxpy).abs().max()) < 1e-9
+
+
+def test_the_runtime_part_leaves_its_rows_after_each_case(tmp_path, monkeypatch):
+    # A run stopped by a time limit (a lent GPU's) keeps what it measured.
+    from scq.bench import runtime
+
+    seen = []
+    points = [runtime.Case("N", 16, 8, 4, ("vq", "scq-pgd")), runtime.Case("N", 32, 8, 4, ("vq", "scq-pgd"))]
+    monkeypatch.setattr(runtime, "cases", lambda quick, device="cpu": points)
+    real_write = runtime.write_csv
+    monkeypatch.setattr(runtime, "write_csv", lambda path, rows: seen.append(len(rows)) or real_write(path, rows))
+    rows = runtime.run(quick=True, progress=False, checkpoint=tmp_path / "runtime.csv")
+    assert seen == [2, 4] and len(_read(tmp_path / "runtime.csv")) == len(rows) == 4
+    pgd = [r for r in rows if r["method"] == "scq-pgd"]
+    assert all(r["converged"] is True and r["reference"] == "cvxpy" and r["max_dev"] < 1e-5 for r in pgd)
