@@ -15,7 +15,9 @@ from the threads that other processes have runnable right now, and from the load
 (:func:`machine_is_busy`). A module's forward takes the decision once, for its solve and the ops
 around it, and its backward follows (:class:`BackwardScope`): beside two torch jobs, the ops between
 a module's outputs and its solve (losses, gradient sums over N×D tensors) cost more on the pool than
-the solve's own backward. On CUDA nothing changes.
+the solve's own backward. A module without a solve (VQ: a few large ops) keeps the pool for small
+batches but takes one thread too on a busy machine (``wants_one_thread(..., small_batches=False)``).
+On CUDA nothing changes.
 """
 
 from __future__ import annotations
