@@ -59,7 +59,7 @@ def _build(kernel, signature: dict, constexprs: dict, block: int):
     assert list(signature) == list(kernel.arg_names)  # a changed kernel signature must change this test
     start = time.perf_counter()
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=HOPPER,
-                              options={"num_warps": fista_triton.num_warps(block)})
+                              options=dict(num_warps=fista_triton.num_warps(block), **fista_triton.LAUNCH_OPTIONS))
     seconds = time.perf_counter() - start
     ptx = compiled.asm["ptx"]
     report = subprocess.run([PTXAS, "-arch=sm_90a", "-v", "-", "-o", "/dev/null"], input=ptx, capture_output=True,

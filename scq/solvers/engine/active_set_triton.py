@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .active_set import DEGENERATE_SLACK, ActiveSetResult
-from .fista_triton import num_warps
+from .fista_triton import LAUNCH_OPTIONS, num_warps
 
 _KERNEL = None
 
@@ -164,7 +164,7 @@ def solve_active_set_fused(H: torch.Tensor, b: torch.Tensor, weights: torch.Tens
                         H.stride(0), H.stride(1), H.stride(2), b.stride(0), weights.stride(0), s8.stride(0),
                         v8.stride(0), out_p.stride(0), out_s.stride(0),
                         SIMPLEX=simplex, CAP_SUPPORT=max_support is not None, BLOCK=block,
-                        num_warps=num_warps(block))
+                        num_warps=num_warps(block), **LAUNCH_OPTIONS)
     done, broken = (state & 1) != 0, (state & 2) != 0
     iterations = (state >> 2).amax() if N else torch.zeros((), dtype=torch.int32, device=b.device)
     return ActiveSetResult(out_p, out_s != 0, out_nu, done & ~broken, iterations, out_res, broken)

@@ -26,6 +26,12 @@ import torch
 MAX_SLOTS = 64
 
 
+# Both kernels' launch options beside the warps: fused multiply-adds, Triton's default so far, asked
+# for by name (Triton 3.9 warns at each first launch where it is left to that default, which is to
+# change).
+LAUNCH_OPTIONS = dict(enable_fp_fusion=True)
+
+
 def num_warps(block: int) -> int:
     """Warps per row for a BLOCK×BLOCK tile: one per 8 slots (2, 4, 8 for 16, 32, 64). Compiled for
     sm_90 (tests/test_triton_build.py), fewer spilled registers: at BLOCK = 64 the active set
@@ -108,5 +114,5 @@ def fista_fused(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch
     block = max(16, triton.next_power_of_2(m))
     _kernel()[(N,)](H, b, u0, valid, step, beta, out, m,
                     H.stride(0), H.stride(1), H.stride(2), b.stride(0), u0.stride(0), valid.stride(0), out.stride(0),
-                    N_ITER=n_iter, SIMPLEX=simplex, BLOCK=block, num_warps=num_warps(block))
+                    N_ITER=n_iter, SIMPLEX=simplex, BLOCK=block, num_warps=num_warps(block), **LAUNCH_OPTIONS)
     return out
