@@ -25,8 +25,10 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 # scq itself, editable (scq.bench maps to benchmarks/), with nothing fetched: the machine is offline.
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || { echo "device_check: install failed"; exit 1; }
-python3 -c "import torch; print('device_check:', torch.cuda.get_device_name(), 'torch', torch.__version__)" | tee "$out/bench.log"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+    || { echo "device_check: install failed"; exit 1; }
+python3 -c "import torch; print('device_check:', torch.cuda.get_device_name(), 'torch', torch.__version__)" \
+    | tee "$out/bench.log"
 
 # The CUDA tests (kernels against the torch path in float32 and float64, host syncs, gradcheck).
 timeout "${TEST_S:-150}" python3 -m pytest -q -p no:cacheprovider -k "cuda" tests 2>&1 | tee "$out/cuda_tests.log"
