@@ -18,7 +18,7 @@ out=${OUT:-benchmarks/results/cuda}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
-    echo "device_check: no CUDA device here"; exit 2; }
+    echo "device_check: no torch with a CUDA device here"; exit 2; }
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "device_check: the carried wheels did not install"; exit 1; }
