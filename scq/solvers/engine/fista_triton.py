@@ -38,6 +38,8 @@ def num_warps(block: int) -> int:
     spilled 372 bytes per thread on 4 warps (float32) and none on 8, FISTA 824 bytes on 4 warps
     (float64) and none on 8; at 32 the active set spilled 268 bytes on 2 warps (float64), none on 4."""
     return max(2, block // 8)
+
+
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """Triton is installed (looked up once: this is asked on every solve round)."""
