@@ -245,3 +245,22 @@ def test_a_kernel_that_cannot_launch_falls_back_to_the_torch_path_with_a_warning
     assert not fused.ENABLED  # warned once, then every kernel off
     monkeypatch.undo()
     assert torch.allclose(p, scq.solve_scq(x, E, lam=0.1, method="pgd"), atol=1e-12)
+
+
+@needs_triton
+def test_the_cuda_paths_launches_are_counted_without_a_gpu():
+    # benchmarks/cuda_launches.py: the CUDA path on CPU tensors, kernels interpreted; each Triton
+    # kernel one launch, its interpretation none. Forward and backward, on a tiny problem.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import json
+        from benchmarks.cuda_launches import count
+        ops, rounds = count(8, 16, 4, backward=True)
+        print(json.dumps(dict(ops=dict(ops), rounds=rounds)))
+    """)], cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    ops, rounds = out["ops"], out["rounds"]
+    assert ops["triton:fista"] == ops["triton:active_set"] == rounds >= 1  # one launch each a round
+    assert "set_" not in ops and "view" not in ops  # the interpreter's traffic and views are not launches
+    assert sum(ops.values()) > 50 * rounds  # the torch bookkeeping around the kernels (~150 a round today)
