@@ -16,6 +16,8 @@ iterations run in it, one call for all of them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ...simplex import simplex_threshold
@@ -35,8 +37,10 @@ def step_and_momentum(H: torch.Tensor, ridge: float) -> "tuple[torch.Tensor, tor
     """Per row (N, 1): the step 1/L (L the Gershgorin bound ≥ λ_max(H)) and the momentum
     β = (√L − √ρ)/(√L + √ρ)."""
     L = H.abs().sum(-1).amax(-1, keepdim=True)
-    rho = torch.as_tensor(ridge, dtype=H.dtype, device=H.device)
-    return 1.0 / L, (L.sqrt() - rho.sqrt()) / (L.sqrt() + rho.sqrt())
+    # √ρ a number, √L taken once: on CUDA each op is a launch, and ρ as a tensor was a copy to the
+    # device every round.
+    root_L, root_rho = L.sqrt(), math.sqrt(ridge)
+    return 1.0 / L, (root_L - root_rho) / (root_L + root_rho)
 
 
 def fista(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch.Tensor, *, simplex: bool,
