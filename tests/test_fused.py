@@ -60,9 +60,10 @@ _CASES = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def interpreted():
     """Every interpreted check's output, from one subprocess (Triton and torch import once)."""
+    parts = (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE), ("refine", _REFINE))
     script = _PROBLEM + "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
-                        for name, body in (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE)))
-    script += "\nimport json\nprint(json.dumps(dict(fista=_fista(), active_set=_active_set(), engine=_engine())))"
+                                   for name, body in parts)
+    script += "\nimport json\nprint(json.dumps({" + ", ".join(f"'{name}': _{name}()" for name, _ in parts) + "}))"
     return _interpreted(script)
 
 
@@ -202,6 +203,37 @@ _ENGINE = textwrap.dedent("""
                           int_iterations=isinstance(info.iterations, int), syncs=syncs,
                           rounds=info.extra["rounds"])))
 """)
+
+
+_REFINE = textwrap.dedent("""
+    import json, torch, scq
+    from scq.solvers.engine import fused, working_set
+
+    # Codes = inputs + noise in float32: the float32 systems' own error is ~5e-5 here.
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 8, dtype=torch.float64, generator=g)
+    E = (z[torch.randint(6, (24,), generator=g)] + 0.05 * torch.randn(24, 8, dtype=torch.float64, generator=g)).float()
+    z = z.float()
+    exact = scq.solve_scq(z.double(), E.double(), lam=0.01, method="pgd")
+    fused.ENABLED = False
+    torch_path = scq.solve_scq(z, E, lam=0.01, method="pgd")
+    fused.ENABLED = True
+    fused.backend = lambda H: "triton"  # the round loop with the Triton kernels, interpreted
+    got, info = scq.solve_scq(z, E, lam=0.01, method="pgd", return_info=True)
+    working_set.refines = lambda dtype: False
+    unrefined = scq.solve_scq(z, E, lam=0.01, method="pgd")
+    dev = lambda a, b: float((a.double() - b.double()).abs().max())
+    print(json.dumps(dict(converged=bool(info.converged), exact=dev(got, exact), torch=dev(got, torch_path),
+                          unrefined=dev(unrefined, exact))))
+""")
+
+
+@needs_triton
+def test_the_fused_active_set_refines_float32_answers_as_the_torch_path_does(interpreted):
+    out = interpreted["refine"]
+    assert out["converged"], out
+    assert out["unrefined"] > 1e-5, out  # float32's own error: a case the refinement must fix
+    assert out["exact"] < 1e-6 and out["torch"] < 1e-7, out
 
 
 @needs_triton

@@ -44,7 +44,12 @@ def _active_set(f: str) -> dict:
                     out_nu="float", out_state="i32", out_res="float")
     scalars = dict(m="i32", max_iter="i32", max_support="i32", drop_tol="fp32", tiny="fp32", slack="fp32",
                    **{name: "i32" for name in ("s_hn", "s_hi", "s_hj", "s_bn", "s_pn", "s_sn", "s_vn", "s_op", "s_os")})
-    return _signature(f, pointers, scalars, ("SIMPLEX", "CAP_SUPPORT", "BLOCK"))
+    refinement = dict(E="float", code="i64", sign="float", z="float", lin="float")
+    refinement_scalars = dict(D="i32", ridge_hi="fp32", ridge_lo="fp32",
+                              **{name: "i32" for name in ("s_en", "s_cn", "s_gn", "s_zn", "s_ln")})
+    sig = _signature(f, pointers, scalars, ())
+    sig.update(_signature(f, refinement, refinement_scalars, ("SIMPLEX", "CAP_SUPPORT", "BLOCK", "REFINE", "BLOCK_D")))
+    return sig
 
 
 def _fista(f: str) -> dict:
@@ -82,8 +87,10 @@ def _build(kernel, signature: dict, constexprs: dict, block: int):
 @pytest.mark.parametrize("simplex", [True, False])
 def test_the_active_set_kernel_builds_small_for_hopper(dtype, simplex):
     block = fista_triton.MAX_SLOTS  # the widest working set the kernel takes: its largest build
-    size, seconds, spills, registers = _build(active_set_triton._kernel(), _active_set(dtype),
-                                              dict(SIMPLEX=simplex, CAP_SUPPORT=not simplex, BLOCK=block), block)
+    # float32 systems are refined in the kernel (float64 sums from the codes); float64 ones are not.
+    constexprs = dict(SIMPLEX=simplex, CAP_SUPPORT=not simplex, BLOCK=block, REFINE=dtype == "fp32",
+                      BLOCK_D=active_set_triton.REFINE_TILE_D)
+    size, seconds, spills, registers = _build(active_set_triton._kernel(), _active_set(dtype), constexprs, block)
     # A loop over the live slots, not 64 unrolled steps: ~0.5 MB of PTX, a few seconds.
     assert size < 1_500_000 and seconds < 60, (size, seconds)
     assert spills <= 1024 and registers <= 255, (spills, registers)
@@ -96,3 +103,16 @@ def test_the_fista_kernel_builds_without_spilling_for_hopper(dtype):
                                               dict(N_ITER=10, SIMPLEX=True, BLOCK=block), block)
     assert size < 1_500_000 and seconds < 60, (size, seconds)
     assert spills == 0, (spills, registers)
+
+
+@pytest.mark.parametrize("block", [16, 64])
+def test_the_refinement_costs_the_active_set_kernel_no_registers(block):
+    # Registers per thread bound the rows resident on an SM: the float64 refinement after the loop
+    # (a gather of the support's codes, tile by tile) must not raise them (tiles of 32 columns of D
+    # took 168 registers instead of 71 at 16 slots).
+    used = {}
+    for refine in (False, True):
+        constexprs = dict(SIMPLEX=True, CAP_SUPPORT=False, BLOCK=block, REFINE=refine,
+                          BLOCK_D=active_set_triton.REFINE_TILE_D)
+        used[refine] = _build(active_set_triton._kernel(), _active_set("fp32"), constexprs, block)[3]
+    assert used[True] <= used[False] + 8, used

@@ -42,7 +42,9 @@ def solve_pgd(
 ) -> "tuple[SparseWeights, SolverInfo]":
     """Options:
         tol: the relative KKT tolerance the answer is certified at (default 1e-10 in float64, 1e-5
-            in float32; docs/math.md §7 says what it guarantees on p and z_q).
+            in float32; docs/math.md §7 says what it guarantees on p and z_q). Without one, a
+            float32 solve works to 1e-6, so that its weights come within ~1e-5 of the exact ones
+            (``working_set.engine_tol``).
         max_rounds: certificate rounds over all K codes; if they run out, ``info.converged`` is
             False and a RuntimeWarning says so.
         max_inner: active-set iterations per round on the working set.

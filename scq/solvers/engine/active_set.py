@@ -83,6 +83,7 @@ class ActiveSetResult:
     iterations: int
     residual: torch.Tensor  # (N,) multiplier violation left on the slots (≤ DEGENERATE_SLACK·tol)
     broken: torch.Tensor  # (N,) bool: a support system was singular; the row stopped, unconverged
+    refined: bool = False  # the finished rows' answers refined once in float64 (working_set._refine)
 
 
 def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex, max_support):

@@ -9,7 +9,10 @@ The torch path runs the batch in lockstep, ~130 launches per iteration and a hos
    off S; no pivoting, as Cholesky: a non-positive pivot means H_SS is not numerically positive
    definite, and the row stops as broken down);
 2. the same ratio test, face optimum, multipliers, multi-add / single-add anti-cycling and
-   degenerate-face acceptance as :func:`scq.solvers.engine.active_set._iterate`, line for line.
+   degenerate-face acceptance as :func:`scq.solvers.engine.active_set._iterate`, line for line;
+3. with ``refine`` (float32 systems), one step of iterative refinement of a finished row on its
+   support, as :func:`scq.solvers.engine.working_set._refine`: the residual summed in float64 from
+   the codes themselves (gathered from E in tiles of D), the correction by the same elimination.
 
 The two paths agree to rounding (tests/test_fused.py runs the kernel under ``TRITON_INTERPRET=1``
 on the CPU against the torch solve). Used where :func:`scq.solvers.engine.fista_triton.wanted` says
@@ -20,10 +23,32 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+
 from .active_set import DEGENERATE_SLACK, ActiveSetResult
 from .fista_triton import LAUNCH_OPTIONS, num_warps
 
 _KERNEL = None
+
+
+# Columns of D per tile of the refinement's gather: 8 keeps the kernel at the registers it has
+# without a refinement (ptxas for sm_90, float32: 72/124/217 at 16/32/64 slots against 71/123/219;
+# tiles of 32 took 168/196/254, i.e. fewer rows resident per SM).
+REFINE_TILE_D = 8
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """What the refinement's residual is summed from: the codes E (K, D), each row's slots
+    ``code`` and ``sign`` (N, m), inputs ``z`` (N, D) and linear term ``linear`` (N, m) (b = Cz +
+    linear), and the ridge ρ, all in the inputs' dtype."""
+
+    E: torch.Tensor
+    code: torch.Tensor
+    sign: torch.Tensor
+    z: torch.Tensor
+    linear: torch.Tensor
+    ridge: float
 
 
 def _kernel():
@@ -33,10 +58,39 @@ def _kernel():
         import triton.language as tl
 
         @triton.jit
+        def eliminate(Hn, sf, rhs, m, i, eye):
+            """H_SS⁻¹rhs and H_SS⁻¹1_S (0 off S) by Gauss–Jordan on H restricted to S (``sf`` 0/1),
+            identity off it; and 1 where a pivot was not positive (not numerically definite)."""
+            A = Hn * (sf[:, None] * sf[None, :]) + tl.where(eye, 1.0 - sf[:, None], 0.0)
+            r1 = rhs * sf
+            r2 = sf
+            failed = m * 0
+            # A loop, not unrolled: unrolling BLOCK = 64 steps of 64×64 tile ops made ~5 MB of PTX
+            # (8 MB in float64) and a compile of ~1 min (4 min in float64) at the first call with
+            # m > 32; and only the m live slots need a step (the padding is identity).
+            for k in range(0, m):
+                col = tl.sum(tl.where(i[None, :] == k, A, 0.0), 1)
+                rowk = tl.sum(tl.where(i[:, None] == k, A, 0.0), 0)
+                piv = tl.sum(tl.where(i == k, col, 0.0), 0)
+                failed = failed | (piv <= 0.0).to(tl.int32)
+                f = tl.where(i == k, 0.0, col / tl.where(piv > 0.0, piv, 1.0))
+                A = A - f[:, None] * rowk[None, :]
+                r1 = r1 - f * tl.sum(tl.where(i == k, r1, 0.0), 0)
+                r2 = r2 - f * tl.sum(tl.where(i == k, r2, 0.0), 0)
+            diag = tl.sum(tl.where(eye, A, 0.0), 1)
+            diag = tl.where(diag > 0.0, diag, 1.0)
+            return r1 / diag, r2 / diag, failed
+
+        # Triton looks a called @jit function up among the caller's module globals, not its closure.
+        globals()["eliminate"] = eliminate
+
+        @triton.jit
         def active_set_rows(H, b, p0, s0, valid, tol, out_p, out_s, out_nu, out_state, out_res, m, max_iter,
                             max_support, drop_tol, tiny, slack,
                             s_hn, s_hi, s_hj, s_bn, s_pn, s_sn, s_vn, s_op, s_os,
-                            SIMPLEX: tl.constexpr, CAP_SUPPORT: tl.constexpr, BLOCK: tl.constexpr):
+                            E, code, sign, z, lin, D, ridge_hi, ridge_lo, s_en, s_cn, s_gn, s_zn, s_ln,
+                            SIMPLEX: tl.constexpr, CAP_SUPPORT: tl.constexpr, BLOCK: tl.constexpr,
+                            REFINE: tl.constexpr, BLOCK_D: tl.constexpr):
             # Flags are int32 0/1 (scalars and vectors alike): the interpreter cannot mix a
             # scalar bool with a vector bool in & and |.
             row = tl.program_id(0)
@@ -61,28 +115,8 @@ def _kernel():
             iters = izero
             while (iters < max_iter) & (done == 0):
                 # 1. Equality solve on S by Gauss–Jordan (identity off S).
-                sf = s.to(p.dtype)
-                A = Hn * (sf[:, None] * sf[None, :]) + tl.where(eye, 1.0 - sf[:, None], 0.0)
-                r1 = bn * sf
-                r2 = sf
-                failed = izero
-                # A loop, not unrolled: unrolling BLOCK = 64 steps of 64×64 tile ops made ~5 MB of
-                # PTX (8 MB in float64) and a compile of ~1 min (4 min in float64) at the first call
-                # with m > 32; and only the m live slots need a step (the padding is identity).
-                for k in range(0, m):
-                    col = tl.sum(tl.where(i[None, :] == k, A, 0.0), 1)
-                    rowk = tl.sum(tl.where(i[:, None] == k, A, 0.0), 0)
-                    piv = tl.sum(tl.where(i == k, col, 0.0), 0)
-                    failed = failed | (piv <= 0.0).to(tl.int32)
-                    f = tl.where(i == k, 0.0, col / tl.where(piv > 0.0, piv, 1.0))
-                    A = A - f[:, None] * rowk[None, :]
-                    r1 = r1 - f * tl.sum(tl.where(i == k, r1, 0.0), 0)
-                    r2 = r2 - f * tl.sum(tl.where(i == k, r2, 0.0), 0)
-                diag = tl.sum(tl.where(eye, A, 0.0), 1)
-                diag = tl.where(diag > 0.0, diag, 1.0)
-                x = r1 / diag
+                x, y, failed = eliminate(Hn, s.to(p.dtype), bn, m, i, eye)
                 if SIMPLEX:
-                    y = r2 / diag
                     nu_eq = (tl.sum(x, 0) - 1.0) / tl.sum(y, 0)
                     p_eq = x - nu_eq * y
                 else:
@@ -129,6 +163,37 @@ def _kernel():
                 single_add = tl.where(keep, single_add, single_add_new)
                 done = done | finished | failed
                 iters += 1
+            if REFINE:
+                # 3. One refinement step on the finished row's support S = {p > 0}: r_S = b_S −
+                # H_SS p_S − ν1 summed in float64 as C(z − Cᵀp) + linear − ρp − ν, not from H.
+                support = (p > 0.0).to(tl.int32) & done & (1 - broken)
+                sf64 = support.to(tl.float64)
+                codes = tl.load(code + row * s_cn + i, mask=support != 0, other=0)
+                sg = tl.load(sign + row * s_gn + i, mask=inside, other=0.0).to(tl.float64)
+                p64 = p.to(tl.float64) * sf64
+                r = p64 * 0.0
+                for d0 in range(0, D, BLOCK_D):  # z − Cᵀp and its products with the codes, a tile of D at a time
+                    dd = d0 + tl.arange(0, BLOCK_D)
+                    tile = tl.load(E + codes[:, None] * s_en + dd[None, :],
+                                   mask=(support != 0)[:, None] & (dd < D)[None, :], other=0.0).to(tl.float64)
+                    v = tl.load(z + row * s_zn + dd, mask=dd < D, other=0.0).to(tl.float64)
+                    v = v - tl.sum((p64 * sg)[:, None] * tile, 0)
+                    r += tl.sum(tile * v[None, :], 1)
+                ridge = (tl.sum(r, 0) * 0.0 + ridge_hi) + ridge_lo  # ρ in float64, from its two float32 parts
+                r = sg * r + tl.load(lin + row * s_ln + i, mask=inside, other=0.0).to(tl.float64) - ridge * p64
+                if SIMPLEX:
+                    r = r - nu.to(tl.float64)
+                dx, dy, bad = eliminate(Hn, support.to(p.dtype), (r * sf64).to(p.dtype), m, i, eye)
+                step = dx.to(tl.float64)
+                d_nu = tl.sum(step, 0) * 0.0
+                if SIMPLEX:  # the correction's sum is the constraint's residual 1 − 1ᵀp
+                    d_nu = (tl.sum(step, 0) - (1.0 - tl.sum(p64, 0))) / tl.sum(dy.to(tl.float64), 0)
+                    step = step - d_nu * dy.to(tl.float64)
+                refined = p64 + step * sf64
+                positive = tl.min(tl.where(support != 0, refined, 1.0), 0) > 0.0
+                take = (tl.max(support, 0) > 0).to(tl.int32) & (bad == 0).to(tl.int32) & positive.to(tl.int32)
+                p = tl.where((support & take) != 0, refined.to(p.dtype), p)
+                nu = tl.where(take != 0, (nu.to(tl.float64) + d_nu).to(p.dtype), nu)
             tl.store(out_p + row * s_op + i, p, mask=inside)
             tl.store(out_s + row * s_os + i, s.to(tl.int8), mask=inside)
             tl.store(out_nu + row, nu)
@@ -142,9 +207,11 @@ def _kernel():
 
 def solve_active_set_fused(H: torch.Tensor, b: torch.Tensor, weights: torch.Tensor, support: torch.Tensor,
                            valid: torch.Tensor, dual_tol: torch.Tensor, *, simplex: bool = True,
-                           max_support: "int | None" = None, max_iter: int = 100) -> ActiveSetResult:
+                           max_support: "int | None" = None, max_iter: int = 100,
+                           refine: "Refinement | None" = None) -> ActiveSetResult:
     """:func:`scq.solvers.engine.active_set.solve_active_set` in one launch. ``iterations`` is a
-    0-d tensor (the most any row ran), so that reading it costs no sync here."""
+    0-d tensor (the most any row ran), so that reading it costs no sync here. ``refine``: refine
+    each finished row once on its support (``refined`` True in the result)."""
     import triton
 
     N, m = b.shape
@@ -159,12 +226,25 @@ def solve_active_set_fused(H: torch.Tensor, b: torch.Tensor, weights: torch.Tens
         tol = dual_tol.reshape(N).to(b.dtype).contiguous()
         block = max(16, triton.next_power_of_2(m))
         finfo = torch.finfo(b.dtype)
+        if refine is None:  # unused arguments: any tensor, zero sizes
+            E = code = sign = z = lin = b
+            D, ridge_hi, ridge_lo, block_d = 0, 0.0, 0.0, 16
+        else:
+            E, z = refine.E.contiguous(), refine.z.contiguous()
+            code, sign, lin = refine.code.contiguous(), refine.sign.contiguous(), refine.linear.contiguous()
+            D = E.shape[1]
+            ridge_hi = float(torch.tensor(refine.ridge, dtype=torch.float32))  # ρ as two float32 scalars
+            ridge_lo = float(refine.ridge - ridge_hi)
+            block_d = REFINE_TILE_D
         _kernel()[(N,)](H, b, weights, s8, v8, tol, out_p, out_s, out_nu, state, out_res, m, int(max_iter),
                         int(max_support or 0), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK,
                         H.stride(0), H.stride(1), H.stride(2), b.stride(0), weights.stride(0), s8.stride(0),
                         v8.stride(0), out_p.stride(0), out_s.stride(0),
+                        E, code, sign, z, lin, D, ridge_hi, ridge_lo, E.stride(0), code.stride(0), sign.stride(0),
+                        z.stride(0), lin.stride(0),
                         SIMPLEX=simplex, CAP_SUPPORT=max_support is not None, BLOCK=block,
-                        num_warps=num_warps(block), **LAUNCH_OPTIONS)
+                        REFINE=refine is not None, BLOCK_D=block_d, num_warps=num_warps(block), **LAUNCH_OPTIONS)
     done, broken = (state & 1) != 0, (state & 2) != 0
     iterations = (state >> 2).amax() if N else torch.zeros((), dtype=torch.int32, device=b.device)
-    return ActiveSetResult(out_p, out_s != 0, out_nu, done & ~broken, iterations, out_res, broken)
+    return ActiveSetResult(out_p, out_s != 0, out_nu, done & ~broken, iterations, out_res, broken,
+                           refined=refine is not None)

@@ -130,15 +130,18 @@ def fista(H, b, u0, valid, step, beta, *, simplex: bool, n_iter: int) -> Optiona
 
 
 def active_set(H, b, weights, support, valid, dual_tol, *, simplex: bool, max_support: Optional[int],
-               max_iter: int) -> Optional[ActiveSetResult]:
+               max_iter: int, refine=None) -> Optional[ActiveSetResult]:
     """The active-set solve of :func:`scq.solvers.engine.active_set.solve_active_set`, each row run
     until its own row is done, or ``None``. ``iterations``: the most any row ran (a 0-d tensor on
-    CUDA, so that reading it costs no sync of its own)."""
+    CUDA, so that reading it costs no sync of its own). ``refine`` (an
+    :class:`~scq.solvers.engine.active_set_triton.Refinement`): the Triton kernel also refines the
+    finished rows once (the result says ``refined``); the CPU's leaves that to the caller."""
     if _chosen(H) == "triton":
         from .active_set_triton import solve_active_set_fused
 
         return _attempt("active-set", lambda: solve_active_set_fused(
-            H, b, weights, support, valid, dual_tol, simplex=simplex, max_support=max_support, max_iter=max_iter))
+            H, b, weights, support, valid, dual_tol, simplex=simplex, max_support=max_support, max_iter=max_iter,
+            refine=refine))
 
     def run(k):
         finfo = torch.finfo(b.dtype)

@@ -41,9 +41,10 @@ import torch
 
 from ...problems import code_scores, max_code_norm, nearest_code, row_scale
 from . import fused
-from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_vjp
+from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_solve, support_vjp
 from ..solution import gather_rows
 from ..threads import one_thread
+from .active_set_triton import Refinement
 from .fista import fista
 
 
@@ -62,8 +63,9 @@ class QPForm:
 
 @dataclass(frozen=True)
 class Options:
-    """``tol``: the relative KKT tolerance the answer is certified at (the engine aims at
-    tol/DEGENERATE_SLACK so that faces it accepts as degenerate still pass)."""
+    """``tol``: the relative KKT tolerance the engine works to (the caller's, which the answer is
+    then certified at, or :func:`engine_tol`); it aims at tol/DEGENERATE_SLACK so that faces it
+    accepts as degenerate still pass."""
 
     tol: float
     max_rounds: int
@@ -74,13 +76,27 @@ class Options:
     pg_iters: int = 10
 
 
-def make_options(dtype: torch.dtype, tol: Optional[float], max_rounds: int, max_inner: int, working_set: int,
-                 add_per_round: int, compact: bool, pg_iters: int) -> Options:
-    """Engine options from a method's keyword options (``tol=None``: the dtype's default)."""
+# Where the caller gives no tolerance, float32 solves aim this many times inside the default the
+# certificate judges them by (1e-5). A code whose multiplier is short of the aim may stay out of
+# the support, and the weight it would have had can reach ~aim·s/λ (docs/math.md §7): aiming at
+# 1e-5 left weights 1.2–1.4e-4 from the exact ones (N = K = 1024, D = 16, λ = 0.1, on each of the
+# three codebooks of the runtime benchmark); 1e-6 left ≤ 1.3e-5 (D = 16–256, K ≤ 4096), in the
+# same rounds and time, and stays above float32's rounding (~1e-7·√D relative).
+FLOAT32_AIM_INSIDE = 10.0
+
+
+def engine_tol(dtype: torch.dtype) -> float:
+    """The relative KKT tolerance the engine aims at when the caller gives none."""
     from ..registry import default_tol
 
+    return default_tol(dtype) / (FLOAT32_AIM_INSIDE if dtype != torch.float64 else 1.0)
+
+
+def make_options(dtype: torch.dtype, tol: Optional[float], max_rounds: int, max_inner: int, working_set: int,
+                 add_per_round: int, compact: bool, pg_iters: int) -> Options:
+    """Engine options from a method's keyword options (``tol=None``: :func:`engine_tol`)."""
     return Options(
-        tol=default_tol(dtype) if tol is None else float(tol),
+        tol=engine_tol(dtype) if tol is None else float(tol),
         max_rounds=max(1, int(max_rounds)),
         max_inner=max(1, int(max_inner)),
         working_set=max(1, int(working_set)),
@@ -116,6 +132,13 @@ def system_dtype(dtype: torch.dtype, ridge: float, e_max_sq: float) -> torch.dty
     if dtype == torch.float32 and ridge < PRECISE_SYSTEMS_BELOW * e_max_sq:
         return torch.float64
     return dtype
+
+
+def refines(sys_dtype: torch.dtype) -> bool:
+    """Whether a round refines its answers once on their support (residual in float64): where the
+    systems are float32, whose Gram products err by ~eps·‖e‖², so weights by ~eps·‖e‖²/ρ (5e-5
+    from the exact ones with codes near the inputs, ρ = 0.1; one step brings that to ~1e-7)."""
+    return sys_dtype != torch.float64
 
 
 def _system_ridge(ridge: float, e_max_sq: float) -> float:
@@ -190,17 +213,49 @@ def _solve_on_w(E, code, sign, z, linear, u, s, valid, dual_tol, problem: QPForm
             u = u * torch.zeros_like(s).scatter_(1, top, True)
         s = u > 0
     # Compiled where a kernel applies: every row runs until its own row is done, in one call.
+    refine = Refinement(E, code, sign, z, linear, sys_ridge) if refines(sys_dtype) else None
     res = fused.active_set(H, b, u, s, valid, dual_tol.to(sys_dtype), simplex=problem.simplex,
-                           max_support=max_support, max_iter=opts.max_inner)
+                           max_support=max_support, max_iter=opts.max_inner, refine=refine)
     if res is None:
         res = solve_active_set(H, b, u, s, valid, dual_tol.to(sys_dtype), simplex=problem.simplex,
                                max_support=max_support, max_iter=opts.max_inner, compact=opts.compact)
+    if refine is not None and not res.refined:
+        res.weights, res.nu = _refine(E, code, sign, z, linear, H, res, problem, sys_ridge, C)
     w = res.weights.to(E.dtype)
     zq = fused.combine(w * sign if problem.signed else w, E, code) if C is None else None
     if zq is None:
         C = _code_rows(E, code, sign, problem.signed) if C is None else C
         zq = torch.bmm(w.unsqueeze(1), C).squeeze(1)
     return res, zq
+
+
+def _refine(E, code, sign, z, linear, H, res, problem: QPForm, ridge: float, C):
+    """One step of iterative refinement of the finished rows' answers on their supports S = {u > 0}
+    (the torch twin of ``cpu_kernels._refine_row``; see :func:`refines`): the residual
+    r_S = b_S − H_SS u_S − ν1 summed in float64 from the codes, r = C(z − Cᵀu) + linear − ρu − ν,
+    not from H; the correction solved with H_SS's factor in the systems' dtype, its sum set to
+    1 − 1ᵀu on the simplex. Rows where a weight would turn non-positive keep their answer.
+    Returns (weights, ν) in the systems' dtype."""
+    u, f64 = res.weights, torch.float64
+    support = (u > 0) & res.converged.unsqueeze(-1)
+    C = _code_rows(E, code, sign, problem.signed) if C is None else C
+    C64 = C.to(f64)
+    u64 = torch.where(support, u, 0).to(f64)
+    v = z.to(f64) - torch.bmm(u64.unsqueeze(1), C64).squeeze(1)  # z − z_q
+    r = torch.bmm(C64, v.unsqueeze(-1)).squeeze(-1) + linear.to(f64) - ridge * u64
+    L, failed = masked_cholesky(H, support)
+    if problem.simplex:
+        r = r - res.nu.to(f64).unsqueeze(-1)
+        x, y = (t.to(f64) for t in support_solve(L, r.to(H.dtype), support))
+        d_nu = (x.sum(-1) - (1 - u64.sum(-1))) / y.sum(-1)
+        d = x - d_nu.unsqueeze(-1) * y
+    else:
+        d_nu = torch.zeros_like(res.nu, dtype=f64)
+        d = torch.cholesky_solve((r.to(H.dtype) * support).unsqueeze(-1), L).squeeze(-1).to(f64)
+    refined = u64 + torch.where(support, d, 0)
+    ok = ~failed & support.any(-1) & ((refined > 0) | ~support).all(-1)
+    weights = torch.where(ok.unsqueeze(-1), refined.to(u.dtype), u)
+    return weights, torch.where(ok, res.nu + d_nu.to(res.nu.dtype), res.nu)
 
 
 def _entering(G, code, sign, valid, n_add: int, problem: QPForm):
@@ -476,7 +531,8 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         cache.exchange(n, 0 if use_table else capacity, rows_t, lambda *cached: k.round_par(
             E_sys, E_out, table_np, scores_np, w[0], w[1], z_sys, extra_sys, start_np, bonus, float(problem.l1),
             float(sys_ridge), *cached, w[2], w[3], w[4], tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE),
-            bool(problem.simplex), int(opts.max_inner), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, nu, res, state,
+            bool(problem.simplex), int(opts.max_inner), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK,
+            refines(sys_dtype), nu, res, state,
             zq.numpy(), bounds))
         inner_total += int(state.max()) >> 2 if n else 0
         if use_table:  # finish_rows makes each row's G from EEᵀ
