@@ -60,7 +60,8 @@ _CASES = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def interpreted():
     """Every interpreted check's output, from one subprocess (Triton and torch import once)."""
-    parts = (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE), ("refine", _REFINE))
+    parts = (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE), ("refine", _REFINE),
+             ("round", _ROUND))
     script = _PROBLEM + "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
                                    for name, body in parts)
     script += "\nimport json\nprint(json.dumps({" + ", ".join(f"'{name}': _{name}()" for name, _ in parts) + "}))"
@@ -220,12 +221,74 @@ _REFINE = textwrap.dedent("""
     fused.ENABLED = True
     fused.backend = lambda H: "triton"  # the round loop with the Triton kernels, interpreted
     got, info = scq.solve_scq(z, E, lam=0.01, method="pgd", return_info=True)
-    working_set.refines = lambda dtype: False
+    refines, working_set.refines = working_set.refines, lambda dtype: False
     unrefined = scq.solve_scq(z, E, lam=0.01, method="pgd")
+    working_set.refines = refines  # (the next script of the subprocess refines again)
     dev = lambda a, b: float((a.double() - b.double()).abs().max())
     print(json.dumps(dict(converged=bool(info.converged), exact=dev(got, exact), torch=dev(got, torch_path),
                           unrefined=dev(unrefined, exact))))
 """)
+
+
+_ROUND = textwrap.dedent("""
+    import json, torch
+    from scq.solvers.engine import fused, round_triton, working_set as W
+
+    def case(seed, dtype, sys_dtype, simplex, signed, with_extra, n=3, m=7, K=20, D=5):
+        # A round's work on W as the engine hands it over: some slots invalid, a feasible start.
+        g = torch.Generator().manual_seed(seed)
+        E = torch.randn(K, D, generator=g, dtype=torch.float64).to(dtype)
+        z = torch.randn(n, D, generator=g, dtype=torch.float64).to(dtype)
+        code = torch.stack([torch.randperm(K, generator=g)[:m] for _ in range(n)])
+        sign = torch.where(torch.rand(n, m, generator=g) < 0.5, -1.0, 1.0).to(dtype) if signed else torch.ones(n, m, dtype=dtype)
+        valid = torch.rand(n, m, generator=g) < 0.8
+        valid[:, 0] = True
+        u = torch.zeros(n, m, dtype=dtype)
+        if simplex:
+            u[:, 0] = 1
+        extra = 0.3 * torch.rand(n, K, generator=g, dtype=torch.float64).to(dtype) if with_extra else None
+        start = None if with_extra or not simplex else code[:, 0].clone()
+        form = W.QPForm(simplex=simplex, signed=signed, ridge=0.1, l1=0.0 if simplex else 0.2,
+                        start_bonus=0.1 if simplex else 0.0)
+        opts = W.Options(tol=1e-10, max_rounds=1, max_inner=100, working_set=m, add_per_round=2, compact=True)
+        tol = torch.full((n,), 1e-9, dtype=dtype)
+        refine = W.refines(sys_dtype)
+        fused.ENABLED = False
+        ref, zq_ref = W._solve_on_w(E, code, sign, z, extra, start, u, u > 0, valid, tol, form, opts, sys_dtype, 0.1,
+                                    None, None, None)
+        fused.ENABLED = True
+        got, zq = round_triton.work_on_w(E, code, sign, z, extra, start, u, u > 0, valid, tol, simplex=simplex,
+                                         ridge=0.1, l1=form.l1, bonus=form.start_bonus, sys_dtype=sys_dtype,
+                                         pg_iters=opts.pg_iters, max_iter=100, refine=refine)
+        both = ref.converged & got.converged
+        dev = lambda a, b: float((a.double() - b.double())[both].abs().max())
+        return dict(case=[str(dtype), str(sys_dtype), simplex, signed, with_extra], both=int(both.sum()),
+                    ref=int(ref.converged.sum()), got=int(got.converged.sum()), u=dev(got.weights, ref.weights),
+                    nu=dev(got.nu, ref.nu), zq=dev(zq, zq_ref), support=bool((got.support == ref.support)[both].all()),
+                    refined=got.refined)
+
+    f32, f64 = torch.float32, torch.float64
+    out = [case(seed, *c) for seed, c in enumerate([
+        (f64, f64, True, False, False), (f64, f64, True, False, True), (f64, f64, False, True, False),
+        (f32, f32, True, False, False), (f32, f64, True, False, True), (f32, f32, False, True, True)])]
+    print(json.dumps(out))
+""")
+
+
+@needs_triton
+def test_the_fused_round_takes_the_torch_paths_steps_under_the_interpreter(interpreted):
+    # round_triton against working_set._solve_on_w's torch steps: SCQ with its start bonus and with
+    # a target, the signed lasso with a ridge; float64, float32, and float32 inputs on float64
+    # systems; invalid slots, m and D below the kernel's tiles.
+    cases = interpreted["round"]
+    assert len(cases) == 6
+    for c in cases:
+        f64_systems = c["case"][1] == "torch.float64"
+        # (float32 inputs on float64 systems: the kernel sums Cz in float64, the torch path in float32)
+        tol = 1e-12 if c["case"][0] == "torch.float64" else 1e-6
+        assert c["got"] == c["ref"] == c["both"] > 0, c
+        assert c["u"] <= tol and c["zq"] <= 10 * tol and c["nu"] <= 10 * tol and c["support"], c
+        assert c["refined"] == (not f64_systems), c
 
 
 @needs_triton
@@ -293,6 +356,7 @@ def test_the_cuda_paths_launches_are_counted_without_a_gpu():
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     ops, rounds = out["ops"], out["rounds"]
-    assert ops["triton:fista"] == ops["triton:active_set"] == rounds >= 1  # one launch each a round
+    assert ops["triton:round"] == rounds >= 1  # one launch a round: the whole work on W (round_triton)
+    assert "triton:fista" not in ops and "triton:active_set" not in ops  # (the capped lasso's step path)
     assert "set_" not in ops and "view" not in ops  # the interpreter's traffic and views are not launches
     assert sum(ops.values()) > 50 * rounds  # the torch bookkeeping around the kernels (~150 a round today)

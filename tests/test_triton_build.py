@@ -52,6 +52,22 @@ def _active_set(f: str) -> dict:
     return sig
 
 
+def _round(f: str, sys: str) -> dict:
+    pointers = dict(E="float", z="float", code="i64", sign="float", u_in="float", s_in="i8", valid="i8",
+                    extra="float", start="i64", tol="sys", out_u="sys", out_s="i8", out_nu="sys", out_state="i32",
+                    out_res="sys", out_zq="float")
+    scalars = dict(m="i32", D="i32", max_iter="i32", drop_tol="fp32", tiny="fp32", slack="fp32",
+                   **{name: "fp32" for name in ("ridge_hi", "ridge_lo", "bonus_hi", "bonus_lo", "l1_hi", "l1_lo")},
+                   **{name: "i32" for name in ("s_en", "s_zn", "s_cn", "s_gn", "s_un", "s_sn", "s_vn", "s_xn", "s_ou",
+                                               "s_os", "s_oz")})
+    sig = {name: f"*{f}" if kind == "float" else f"*{sys}" if kind == "sys" else f"*{kind}"
+           for name, kind in pointers.items()}
+    sig.update(scalars)
+    sig.update({name: "constexpr" for name in ("N_ITER", "SIMPLEX", "HAS_EXTRA", "HAS_START", "REFINE", "SYS_DTYPE",
+                                               "BLOCK", "GRAM_D", "BLOCK_D")})
+    return sig
+
+
 def _fista(f: str) -> dict:
     pointers = dict(H="float", b="float", u0="float", valid="i8", step="float", beta="float", out="float")
     scalars = dict(m="i32", **{name: "i32" for name in ("s_hn", "s_hi", "s_hj", "s_bn", "s_un", "s_vn", "s_on")})
@@ -116,3 +132,24 @@ def test_the_refinement_costs_the_active_set_kernel_no_registers(block):
                           BLOCK_D=active_set_triton.REFINE_TILE_D)
         used[refine] = _build(active_set_triton._kernel(), _active_set("fp32"), constexprs, block)[3]
     assert used[True] <= used[False] + 8, used
+
+
+@pytest.mark.parametrize("inputs, systems", [("fp32", "fp32"), ("fp32", "fp64"), ("fp64", "fp64")])
+@pytest.mark.parametrize("block", [16, 64])
+def test_the_round_kernel_builds_for_hopper_within_the_active_sets_registers(inputs, systems, block):
+    # The whole work on W in one kernel (round_triton): the Gram matrix from the codes (tl.dot at
+    # IEEE precision, float64 too), FISTA, the active set, the refinement and z_q. It must build
+    # for sm_90, small and fast, without spilling more than the active set alone does.
+    import triton.language as tl
+
+    from scq.solvers.engine import round_triton
+
+    constexprs = dict(N_ITER=10, SIMPLEX=True, HAS_EXTRA=False, HAS_START=True, REFINE=systems == "fp32",
+                      SYS_DTYPE=tl.float64 if systems == "fp64" else tl.float32, BLOCK=block,
+                      GRAM_D=round_triton.GRAM_TILE_D, BLOCK_D=active_set_triton.REFINE_TILE_D)
+    size, seconds, spills, registers = _build(round_triton._kernel(), _round(inputs, systems), constexprs, block)
+    alone = _build(active_set_triton._kernel(), _active_set(systems),
+                   dict(SIMPLEX=True, CAP_SUPPORT=False, BLOCK=block, REFINE=systems == "fp32",
+                        BLOCK_D=active_set_triton.REFINE_TILE_D), block)
+    assert size < 2_000_000 and seconds < 60, (size, seconds)
+    assert spills <= max(alone[2], 0) + 256 and registers <= 255, (spills, registers, alone)

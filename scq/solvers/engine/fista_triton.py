@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 
+import numpy as np
 import torch
 
 # H_n lives in registers: 64×64 is 4,096 values per program, the most that stays cheap.
@@ -40,6 +41,14 @@ def num_warps(block: int) -> int:
     return max(2, block // 8)
 
 
+def two_part(x: float) -> "tuple[float, float]":
+    """x as float32 hi + lo, for a kernel argument: Triton passes Python floats as float32, and a
+    float64 kernel adds the two back exactly (to float64's ~1e-16). NumPy's rounding, not a torch
+    scalar's (whose read counts as a host sync)."""
+    hi = float(np.float32(x))
+    return hi, float(x - hi)
+
+
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """Triton is installed (looked up once: this is asked on every solve round)."""
@@ -57,43 +66,7 @@ _KERNEL = None
 def _kernel():
     global _KERNEL
     if _KERNEL is None:
-        import triton
-        import triton.language as tl
-
-        @triton.jit
-        def fista_rows(H, b, u0, valid, step, beta, out, m,
-                       s_hn, s_hi, s_hj, s_bn, s_un, s_vn, s_on,
-                       N_ITER: tl.constexpr, SIMPLEX: tl.constexpr, BLOCK: tl.constexpr):
-            row = tl.program_id(0)
-            i = tl.arange(0, BLOCK)
-            inside = i < m
-            Hn = tl.load(H + row * s_hn + i[:, None] * s_hi + i[None, :] * s_hj,
-                         mask=inside[:, None] & inside[None, :], other=0.0)
-            bn = tl.load(b + row * s_bn + i, mask=inside, other=0.0)
-            u = tl.load(u0 + row * s_un + i, mask=inside, other=0.0)
-            ok = (tl.load(valid + row * s_vn + i, mask=inside, other=0) != 0) & inside
-            t = tl.load(step + row)
-            mom = tl.load(beta + row)
-            y = u
-            rank = (i + 1).to(u.dtype)
-            for _ in range(N_ITER):
-                grad = tl.sum(Hn * y[None, :], axis=1) - bn
-                v = y - t * grad
-                if SIMPLEX:
-                    # Invalid slots far below any threshold, as the torch path does.
-                    v = tl.where(ok, v, -1e30)
-                    srt = tl.sort(v, 0, descending=True)
-                    cs = tl.cumsum(srt, 0)
-                    # Support size k: the last j with srt_j − (cs_j − 1)/j > 0.
-                    k = tl.max(tl.where(srt * rank > cs - 1.0, i + 1, 0), 0)
-                    cs_k = tl.sum(tl.where(i + 1 == k, cs, 0.0), 0)
-                    tau = (cs_k - 1.0) / k.to(u.dtype)
-                    new = tl.maximum(v - tau, 0.0)
-                else:
-                    new = tl.where(ok, tl.maximum(v, 0.0), 0.0)
-                y = new + mom * (new - u)
-                u = new
-            tl.store(out + row * s_on + i, u, mask=inside)
+        from .triton_kernels import fista_rows  # imports Triton: only where it is asked for
 
         _KERNEL = fista_rows
     return _KERNEL

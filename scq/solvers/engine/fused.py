@@ -4,9 +4,12 @@ The engine's small per-vector problems (FISTA's warm start, the active set, the 
 support solve) are written as batched torch ops: the reference every kernel is tested against,
 and what runs where no kernel applies. Where one does, the same arithmetic runs compiled:
 
-- CUDA: Triton kernels (:mod:`~scq.solvers.engine.fista_triton`,
-  :mod:`~scq.solvers.engine.active_set_triton`), m ≤ ``fista_triton.MAX_SLOTS``; one launch each,
-  no host sync. The backward stays torch (a handful of launches, no sync).
+- CUDA: Triton kernels (:mod:`~scq.solvers.engine.triton_kernels`), m ≤ ``fista_triton.MAX_SLOTS``,
+  no host sync: a round's whole work on W in one launch (:mod:`~scq.solvers.engine.round_triton`:
+  Gram matrix, FISTA, active set, refinement, z_q), or where the support is capped (the lasso
+  without a ridge) FISTA and the active set one launch each
+  (:mod:`~scq.solvers.engine.fista_triton`, :mod:`~scq.solvers.engine.active_set_triton`). The
+  backward stays torch (a handful of launches, no sync).
 - CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m: a certificate
   round in three loops (:func:`round_kernels`: the work on W, Gram matrix read from the codebook's
   EEᵀ (where K ≤ N, or K ≤ 4N and K ≤ 1024) or made with :class:`GramCache`, FISTA, active set,
@@ -158,6 +161,21 @@ def active_set(H, b, weights, support, valid, dual_tol, *, simplex: bool, max_su
         return ActiveSetResult(p, s, nu, done & ~broken, iterations, res, broken)
 
     return _on_cpu("active-set", (H,), run)
+
+
+def work_on_w(E, code, sign, z, extra, start, u, s, valid, dual_tol, *, simplex: bool, ridge: float, l1: float,
+              bonus: float, sys_dtype: torch.dtype, pg_iters: int, max_iter: int, refine: bool):
+    """A round's whole work on W in one Triton launch (:func:`scq.solvers.engine.round_triton.work_on_w`:
+    (ActiveSetResult, z_q)), or ``None``: not a device the Triton kernels take, or they are off."""
+    m = code.shape[1]
+    if _chosen(torch.empty((0, m, m), dtype=sys_dtype, device=z.device)) != "triton":
+        return None
+    from .round_triton import work_on_w as fused_round
+
+    return _attempt("round", lambda: fused_round(
+        E.detach(), code, sign.detach(), z.detach(), None if extra is None else extra.detach(), start, u.detach(),
+        s, valid, dual_tol, simplex=simplex, ridge=ridge, l1=l1, bonus=bonus, sys_dtype=sys_dtype, pg_iters=pg_iters,
+        max_iter=max_iter, refine=refine))
 
 
 def _per_range_buffers(bounds: np.ndarray, shape, need: bool, dtype) -> torch.Tensor:

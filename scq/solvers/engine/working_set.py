@@ -25,10 +25,11 @@ ever formed. One host sync per round. Where :mod:`~scq.solvers.engine.fused` has
 on W runs compiled: on the CPU (Numba) a round is three parallel loops over the unfinished rows,
 each row's state kept in place (:func:`_rounds_on_cpu`): a row's work on W (its Gram matrix from
 the products it kept from the last round, FISTA, the active set on its valid slots, z_q), then
-after the round's GEMM its entering codes and verdict, then its next W; on CUDA (Triton) the
-warm start and the active set are one launch each, with no sync. The torch path, the kernels'
-reference, adds a sync per ``check_every`` inner iterations. The backward solves the KKT system on the support (docs/math.md
-§4, §5): exact gradients at the forward's memory, no unrolling.
+after the round's GEMM its entering codes and verdict, then its next W; on CUDA (Triton) a row's
+whole work on W is one launch for the round (:mod:`~scq.solvers.engine.round_triton`), with no
+sync. The torch path, the kernels' reference, adds a sync per ``check_every`` inner iterations.
+The backward solves the KKT system on the support (docs/math.md §4, §5): exact gradients at the
+forward's memory, no unrolling.
 """
 
 from __future__ import annotations
@@ -193,12 +194,21 @@ def _linear_on_w(code, sign, extra, start, problem: QPForm, dtype):
     return lin - problem.l1 if problem.l1 else lin
 
 
-def _solve_on_w(E, code, sign, z, linear, u, s, valid, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge,
-                max_support, cache, rows):
-    """The round's work on W: the systems, FISTA's warm start and the exact active-set solve, then
-    z_q. Returns (ActiveSetResult in the systems' dtype, z_q (n, D)). Step by step, each step
-    compiled where a kernel applies (on the CPU without a cap on the support, the rounds run
-    whole in :func:`_rounds_on_cpu` instead)."""
+def _solve_on_w(E, code, sign, z, extra, start, u, s, valid, dual_tol, problem: QPForm, opts: Options, sys_dtype,
+                sys_ridge, max_support, cache, rows):
+    """The round's work on W: the systems, FISTA's warm start and the exact active-set solve (and
+    the refinement: :func:`refines`), then z_q. Returns (ActiveSetResult in the systems' dtype, z_q
+    (n, D)). On CUDA without a cap on the support, one Triton launch
+    (:mod:`~scq.solvers.engine.round_triton`); else step by step, each step compiled where a kernel
+    applies (on the CPU without a cap, the rounds run whole in :func:`_rounds_on_cpu` instead)."""
+    if max_support is None:
+        fused_round = fused.work_on_w(
+            E, code, sign, z, extra, start, u, s, valid, dual_tol, simplex=problem.simplex, ridge=sys_ridge,
+            l1=problem.l1, bonus=problem.start_bonus, sys_dtype=sys_dtype, pg_iters=opts.pg_iters,
+            max_iter=opts.max_inner, refine=refines(sys_dtype))
+        if fused_round is not None:
+            return fused_round
+    linear = _linear_on_w(code, sign, extra, start, problem, z.dtype)
     H, cz, C = _systems(E, code, sign, z, problem, sys_dtype, sys_ridge, cache, rows)
     b = (cz + linear).to(sys_dtype)
     u = u.to(sys_dtype)
@@ -399,9 +409,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         cr, sgr, ur, sr, vr, zr = take(code), take(sign), take(u), take(s), take(valid), take(z)
         extra_r = None if extra is None else take(extra)
         start_r = None if start is None else take(start)
-        linear = _linear_on_w(cr, sgr, extra_r, start_r, problem, dtype)
-        res, zq = _solve_on_w(E, cr, sgr, zr, linear, ur, sr, vr, take(dual_tol), problem, opts, sys_dtype, sys_ridge,
-                              max_support, gram_cache, rows)
+        res, zq = _solve_on_w(E, cr, sgr, zr, extra_r, start_r, ur, sr, vr, take(dual_tol), problem, opts, sys_dtype,
+                              sys_ridge, max_support, gram_cache, rows)
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
         worst, worst_code, new_sign = _entering(_gradients(zq, zr, E, extra_r, start_r, problem.start_bonus), cr, sgr,
                                                 vr, n_add, problem)

@@ -1,0 +1,85 @@
+r"""A certificate round's whole work on the working set W in one Triton launch (CUDA).
+
+Per row, in one program (:func:`scq.solvers.engine.triton_kernels.round_rows`), the steps of
+:func:`scq.solvers.engine.working_set._solve_on_w`, which the torch path takes as ~40 launches
+a round (the gather of the codes, two batched products, the linear term, dtype copies, FISTA's step
+and momentum, two kernels and z_q's product):
+
+1. H = CCᵀ + ρI and b = Cz + linear from the codes E[code] (a tile of D at a time, ``tl.dot`` at
+   IEEE precision), in the systems' dtype;
+2. FISTA's warm start (:func:`~scq.solvers.engine.triton_kernels.fista_steps`), S = {u > 0};
+3. the active set (:func:`~scq.solvers.engine.triton_kernels.active_set_solve`) and, for float32
+   systems, the refinement on the support
+   (:func:`~scq.solvers.engine.triton_kernels.refine_on_support`);
+4. z_q = Σ_j u_j σ_j e_j, for the round's GEMM.
+
+The same arithmetic as the torch path, up to the order of sums (tests/test_fused.py runs it under
+``TRITON_INTERPRET=1`` against the torch path). Used where the support is not capped (a ridge), on
+the devices and widths :func:`scq.solvers.engine.fista_triton.fits` takes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .active_set import DEGENERATE_SLACK, ActiveSetResult
+from .active_set_triton import REFINE_TILE_D
+from .fista_triton import LAUNCH_OPTIONS, num_warps, two_part
+
+_KERNEL = None
+# Columns of D per ``tl.dot`` of the Gram matrix (its inner dimension must be ≥ 16).
+GRAM_TILE_D = 16
+
+
+def _kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        from .triton_kernels import round_rows  # imports Triton: only where it is asked for
+
+        _KERNEL = round_rows
+    return _KERNEL
+
+
+def work_on_w(E: torch.Tensor, code: torch.Tensor, sign: torch.Tensor, z: torch.Tensor,
+              extra: "torch.Tensor | None", start: "torch.Tensor | None", u: torch.Tensor, s: torch.Tensor,
+              valid: torch.Tensor, dual_tol: torch.Tensor, *, simplex: bool, ridge: float, l1: float, bonus: float,
+              sys_dtype: torch.dtype, pg_iters: int, max_iter: int, refine: bool
+              ) -> "tuple[ActiveSetResult, torch.Tensor]":
+    """One launch for the rows of ``code`` (n, m): (the active set's result in ``sys_dtype``, z_q
+    (n, D) in the inputs' dtype). ``extra`` (n, K) or ``None``; ``start`` (n,) the codes that get
+    ``bonus`` where ``extra`` is ``None`` (else ``None``)."""
+    import triton
+
+    n, m = code.shape
+    D = E.shape[1]
+    dev = z.device
+    out_u = torch.empty(n, m, dtype=sys_dtype, device=dev)
+    out_s = torch.empty(n, m, dtype=torch.int8, device=dev)
+    out_nu = torch.empty(n, dtype=sys_dtype, device=dev)
+    out_res = torch.empty(n, dtype=sys_dtype, device=dev)
+    state = torch.zeros(n, dtype=torch.int32, device=dev)
+    zq = torch.empty(n, D, dtype=z.dtype, device=dev)
+    if n:
+        import triton.language as tl
+
+        E, z, code, sign, u = E.contiguous(), z.contiguous(), code.contiguous(), sign.contiguous(), u.contiguous()
+        s8, v8 = s.to(torch.int8).contiguous(), valid.to(torch.int8).contiguous()
+        has_extra, has_start = extra is not None, extra is None and start is not None and bonus != 0
+        extra_t = extra.contiguous() if has_extra else z
+        start_t = start.contiguous() if has_start else code
+        tol = dual_tol.reshape(n).to(sys_dtype).contiguous()
+        block = max(16, triton.next_power_of_2(m))
+        finfo = torch.finfo(sys_dtype)
+        _kernel()[(n,)](E, z, code, sign, u, s8, v8, extra_t, start_t, tol, out_u, out_s, out_nu, state, out_res, zq,
+                        m, D, int(max_iter), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, *two_part(ridge),
+                        *two_part(bonus), *two_part(l1),
+                        E.stride(0), z.stride(0), code.stride(0), sign.stride(0), u.stride(0), s8.stride(0),
+                        v8.stride(0), extra_t.stride(0), out_u.stride(0), out_s.stride(0), zq.stride(0),
+                        N_ITER=int(pg_iters), SIMPLEX=simplex, HAS_EXTRA=has_extra, HAS_START=has_start,
+                        REFINE=refine, SYS_DTYPE=tl.float64 if sys_dtype == torch.float64 else tl.float32,
+                        BLOCK=block, GRAM_D=GRAM_TILE_D, BLOCK_D=REFINE_TILE_D, num_warps=num_warps(block),
+                        **LAUNCH_OPTIONS)
+    done, broken = (state & 1) != 0, (state & 2) != 0
+    iterations = (state >> 2).amax() if n else torch.zeros((), dtype=torch.int32, device=dev)
+    result = ActiveSetResult(out_u, out_s != 0, out_nu, done & ~broken, iterations, out_res, broken, refined=refine)
+    return result, zq

@@ -1,0 +1,310 @@
+r"""The engine's Triton kernels (CUDA), and the pieces they share.
+
+Imported only where Triton is installed, by the launchers that use them
+(:mod:`~scq.solvers.engine.fista_triton`, :mod:`~scq.solvers.engine.active_set_triton`,
+:mod:`~scq.solvers.engine.round_triton`); everything here runs one program per row, the row's
+m×m system in registers (m ≤ ``fista_triton.MAX_SLOTS``, padded to BLOCK). The pieces are
+``@triton.jit`` functions at module level (Triton looks a called function up among the caller's
+module globals), each the same arithmetic as a torch function the tests compare it with:
+
+- :func:`eliminate`: H_SS⁻¹ rhs and H_SS⁻¹ 1 by Gauss–Jordan (identity off S);
+- :func:`fista_steps`: :func:`scq.solvers.engine.fista.fista_torch`'s steps;
+- :func:`active_set_solve`: :func:`scq.solvers.engine.active_set._iterate` until the row is done;
+- :func:`refine_on_support`: :func:`scq.solvers.engine.working_set._refine`.
+
+Flags are int32 0/1 (scalars and vectors alike): the interpreter cannot mix a scalar bool with a
+vector bool in & and |.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def eliminate(Hn, sf, rhs, m, i, eye):
+    """H_SS⁻¹rhs and H_SS⁻¹1_S (0 off S) by Gauss–Jordan on H restricted to S (``sf`` 0/1),
+    identity off it, without pivoting (as Cholesky); and 1 where a pivot was not positive (H_SS
+    not numerically positive definite)."""
+    A = Hn * (sf[:, None] * sf[None, :]) + tl.where(eye, 1.0 - sf[:, None], 0.0)
+    r1 = rhs * sf
+    r2 = sf
+    failed = m * 0
+    # A loop, not unrolled: unrolling BLOCK = 64 steps of 64×64 tile ops made ~5 MB of PTX (8 MB in
+    # float64) and a compile of ~1 min (4 min in float64) at the first call with m > 32; and only
+    # the m live slots need a step (the padding is identity).
+    for k in range(0, m):
+        col = tl.sum(tl.where(i[None, :] == k, A, 0.0), 1)
+        rowk = tl.sum(tl.where(i[:, None] == k, A, 0.0), 0)
+        piv = tl.sum(tl.where(i == k, col, 0.0), 0)
+        failed = failed | (piv <= 0.0).to(tl.int32)
+        f = tl.where(i == k, 0.0, col / tl.where(piv > 0.0, piv, 1.0))
+        A = A - f[:, None] * rowk[None, :]
+        r1 = r1 - f * tl.sum(tl.where(i == k, r1, 0.0), 0)
+        r2 = r2 - f * tl.sum(tl.where(i == k, r2, 0.0), 0)
+    diag = tl.sum(tl.where(eye, A, 0.0), 1)
+    diag = tl.where(diag > 0.0, diag, 1.0)
+    return r1 / diag, r2 / diag, failed
+
+
+@triton.jit
+def fista_steps(Hn, bn, u, ok, t, mom, i, N_ITER: tl.constexpr, SIMPLEX: tl.constexpr):
+    """``N_ITER`` steps u ← Π_C(y − t(H y − b)), y ← u + β(u − u_prev) from ``u``; ``ok`` the
+    valid slots (bool). Π_C: the simplex projection (sort, cumulative sum, threshold: the formula of
+    :func:`scq.simplex.simplex_threshold`'s ``"sort"``) or the orthant clamp."""
+    y = u
+    rank = (i + 1).to(u.dtype)
+    for _ in range(N_ITER):
+        grad = tl.sum(Hn * y[None, :], axis=1) - bn
+        v = y - t * grad
+        if SIMPLEX:
+            # Invalid slots far below any threshold, as the torch path does.
+            v = tl.where(ok, v, -1e30)
+            srt = tl.sort(v, 0, descending=True)
+            cs = tl.cumsum(srt, 0)
+            # Support size k: the last j with srt_j − (cs_j − 1)/j > 0.
+            k = tl.max(tl.where(srt * rank > cs - 1.0, i + 1, 0), 0)
+            cs_k = tl.sum(tl.where(i + 1 == k, cs, 0.0), 0)
+            tau = (cs_k - 1.0) / k.to(u.dtype)
+            new = tl.maximum(v - tau, 0.0)
+        else:
+            new = tl.where(ok, tl.maximum(v, 0.0), 0.0)
+        y = new + mom * (new - u)
+        u = new
+    return u
+
+
+@triton.jit
+def active_set_solve(Hn, bn, p, s, ok, dual_tol, m, max_iter, max_support, drop_tol, tiny, slack, i, eye,
+                     SIMPLEX: tl.constexpr, CAP_SUPPORT: tl.constexpr):
+    """The active-set iterations of :func:`scq.solvers.engine.active_set._iterate` on one row until
+    it is done (or ``max_iter``), from the feasible ``p`` with support ``s`` (int32 0/1), ``ok``
+    the valid slots (int32 0/1). Returns (p, s, ν, residual, done, broken, iterations)."""
+    zero = tl.sum(p * 0.0, 0)  # a scalar of p's dtype
+    nu = zero
+    residual = zero
+    izero = m * 0  # a scalar int32
+    done = izero
+    broken = izero
+    single_add = izero
+    progress = izero + 1
+    iters = izero
+    while (iters < max_iter) & (done == 0):
+        # 1. Equality solve on S by Gauss–Jordan (identity off S).
+        x, y, failed = eliminate(Hn, s.to(p.dtype), bn, m, i, eye)
+        if SIMPLEX:
+            nu_eq = (tl.sum(x, 0) - 1.0) / tl.sum(y, 0)
+            p_eq = x - nu_eq * y
+        else:
+            nu_eq = zero
+            p_eq = x
+        # 2. Ratio test: the largest step ≤ 1 towards p_eq that keeps p ≥ 0.
+        blocking = s & (p_eq < -drop_tol).to(tl.int32)
+        ratio = tl.where(blocking != 0, p / tl.maximum(p - p_eq, tiny), 2.0)
+        alpha = tl.minimum(tl.min(ratio, 0), 1.0)
+        at_opt = (alpha >= 1.0).to(tl.int32)
+        p_new = tl.where(at_opt != 0, p_eq, p + alpha * (p_eq - p))
+        moved = (alpha > 0.0).to(tl.int32) & (tl.max(tl.abs(p_eq - p), 0) > drop_tol).to(tl.int32)
+        progress_new = progress | moved
+        hit = blocking & (ratio <= alpha).to(tl.int32)
+        gone = at_opt & (p_new <= drop_tol).to(tl.int32)
+        s_new = s & (1 - hit) & (1 - gone)
+        p_new = tl.where(s_new != 0, tl.maximum(p_new, 0.0), 0.0)
+        # 3. Multipliers and the codes to add.
+        mu = tl.sum(Hn * p_new[None, :], 1) - bn + nu_eq
+        violation = tl.where((ok & (1 - s_new)) != 0, -mu, 0.0)
+        worst = tl.max(violation, 0)
+        worst_slot = tl.argmax(violation, 0)
+        has_violation = (worst > dual_tol).to(tl.int32)
+        stalled = at_opt & has_violation & (1 - progress_new)
+        degenerate = stalled & single_add & (worst <= slack * dual_tol).to(tl.int32)
+        finished = at_opt & ((1 - has_violation) | degenerate) & (1 - failed)
+        single_add_new = single_add | stalled
+        adds = (violation > dual_tol).to(tl.int32) & at_opt
+        one_add = (i == worst_slot).to(tl.int32) & adds
+        if CAP_SUPPORT:
+            crowded = (tl.sum(s_new, 0) + tl.sum(adds, 0) > max_support).to(tl.int32)
+            adds = tl.where(crowded != 0, one_add, adds)
+        adds = tl.where(single_add_new != 0, one_add, adds)
+        s_new = s_new | adds
+        progress_new = progress_new & (tl.max(adds, 0) == 0).to(tl.int32)
+        # A failed row keeps its last feasible iterate and stops, flagged.
+        broken = broken | failed
+        keep = failed != 0
+        p = tl.where(keep, p, p_new)
+        s = tl.where(keep, s, s_new)
+        nu = tl.where(keep, nu, nu_eq)
+        residual = tl.where(keep, residual, tl.where(finished != 0, tl.maximum(worst, 0.0), residual))
+        progress = tl.where(keep, progress, progress_new)
+        single_add = tl.where(keep, single_add, single_add_new)
+        done = done | finished | failed
+        iters += 1
+    return p, s, nu, residual, done, broken, iters
+
+
+@triton.jit
+def refine_on_support(Hn, p, nu, finished, E, codes, sg, z_row, lin, D, ridge_hi, ridge_lo, s_en, m, i, eye,
+                      SIMPLEX: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One step of iterative refinement of a finished row (``finished`` int32) on its support
+    S = {p > 0}: r_S = b_S − H_SS p_S − ν1 summed in float64 as C(z − Cᵀp) + lin − ρp − ν from the
+    codes (``codes``, signs ``sg`` float64 and ``lin`` float64 per slot; ``z_row`` the row's
+    pointer), the correction by :func:`eliminate` with H, its sum 1 − 1ᵀp on the simplex. Kept only
+    where every weight of S stays positive. Returns (p, ν)."""
+    support = (p > 0.0).to(tl.int32) & finished
+    sf64 = support.to(tl.float64)
+    p64 = p.to(tl.float64) * sf64
+    r = p64 * 0.0
+    for d0 in range(0, D, BLOCK_D):  # z − Cᵀp and its products with the codes, a tile of D at a time
+        dd = d0 + tl.arange(0, BLOCK_D)
+        tile = tl.load(E + codes[:, None] * s_en + dd[None, :], mask=(support != 0)[:, None] & (dd < D)[None, :],
+                       other=0.0).to(tl.float64)
+        v = tl.load(z_row + dd, mask=dd < D, other=0.0).to(tl.float64)
+        v = v - tl.sum((p64 * sg)[:, None] * tile, 0)
+        r += tl.sum(tile * v[None, :], 1)
+    ridge = (tl.sum(r, 0) * 0.0 + ridge_hi) + ridge_lo  # ρ in float64, from its two float32 parts
+    r = sg * r + lin - ridge * p64
+    if SIMPLEX:
+        r = r - nu.to(tl.float64)
+    dx, dy, bad = eliminate(Hn, support.to(p.dtype), (r * sf64).to(p.dtype), m, i, eye)
+    step = dx.to(tl.float64)
+    d_nu = tl.sum(step, 0) * 0.0
+    if SIMPLEX:  # the correction's sum is the constraint's residual 1 − 1ᵀp
+        d_nu = (tl.sum(step, 0) - (1.0 - tl.sum(p64, 0))) / tl.sum(dy.to(tl.float64), 0)
+        step = step - d_nu * dy.to(tl.float64)
+    refined = p64 + step * sf64
+    positive = tl.min(tl.where(support != 0, refined, 1.0), 0) > 0.0
+    take = (tl.max(support, 0) > 0).to(tl.int32) & (bad == 0).to(tl.int32) & positive.to(tl.int32)
+    p = tl.where((support & take) != 0, refined.to(p.dtype), p)
+    nu = tl.where(take != 0, (nu.to(tl.float64) + d_nu).to(p.dtype), nu)
+    return p, nu
+
+
+@triton.jit
+def fista_rows(H, b, u0, valid, step, beta, out, m,
+               s_hn, s_hi, s_hj, s_bn, s_un, s_vn, s_on,
+               N_ITER: tl.constexpr, SIMPLEX: tl.constexpr, BLOCK: tl.constexpr):
+    """:func:`fista_steps` for row ``program_id`` of a batch of systems (see
+    :mod:`~scq.solvers.engine.fista_triton`)."""
+    row = tl.program_id(0)
+    i = tl.arange(0, BLOCK)
+    inside = i < m
+    Hn = tl.load(H + row * s_hn + i[:, None] * s_hi + i[None, :] * s_hj, mask=inside[:, None] & inside[None, :],
+                 other=0.0)
+    bn = tl.load(b + row * s_bn + i, mask=inside, other=0.0)
+    u = tl.load(u0 + row * s_un + i, mask=inside, other=0.0)
+    ok = (tl.load(valid + row * s_vn + i, mask=inside, other=0) != 0) & inside
+    u = fista_steps(Hn, bn, u, ok, tl.load(step + row), tl.load(beta + row), i, N_ITER, SIMPLEX)
+    tl.store(out + row * s_on + i, u, mask=inside)
+
+
+@triton.jit
+def active_set_rows(H, b, p0, s0, valid, tol, out_p, out_s, out_nu, out_state, out_res, m, max_iter,
+                    max_support, drop_tol, tiny, slack,
+                    s_hn, s_hi, s_hj, s_bn, s_pn, s_sn, s_vn, s_op, s_os,
+                    E, code, sign, z, lin, D, ridge_hi, ridge_lo, s_en, s_cn, s_gn, s_zn, s_ln,
+                    SIMPLEX: tl.constexpr, CAP_SUPPORT: tl.constexpr, BLOCK: tl.constexpr,
+                    REFINE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """:func:`active_set_solve` (then, with ``REFINE``, :func:`refine_on_support`) for row
+    ``program_id`` of a batch of systems (see :mod:`~scq.solvers.engine.active_set_triton`)."""
+    row = tl.program_id(0)
+    i = tl.arange(0, BLOCK)
+    inside = i < m
+    Hn = tl.load(H + row * s_hn + i[:, None] * s_hi + i[None, :] * s_hj, mask=inside[:, None] & inside[None, :],
+                 other=0.0)
+    bn = tl.load(b + row * s_bn + i, mask=inside, other=0.0)
+    p = tl.load(p0 + row * s_pn + i, mask=inside, other=0.0)
+    s = tl.load(s0 + row * s_sn + i, mask=inside, other=0).to(tl.int32)
+    ok = tl.load(valid + row * s_vn + i, mask=inside, other=0).to(tl.int32)
+    eye = i[:, None] == i[None, :]
+    p, s, nu, residual, done, broken, iters = active_set_solve(
+        Hn, bn, p, s, ok, tl.load(tol + row), m, max_iter, max_support, drop_tol, tiny, slack, i, eye, SIMPLEX,
+        CAP_SUPPORT)
+    if REFINE:
+        codes = tl.load(code + row * s_cn + i, mask=inside, other=0)
+        sg = tl.load(sign + row * s_gn + i, mask=inside, other=0.0).to(tl.float64)
+        lin_row = tl.load(lin + row * s_ln + i, mask=inside, other=0.0).to(tl.float64)
+        p, nu = refine_on_support(Hn, p, nu, done & (1 - broken), E, codes, sg, z + row * s_zn, lin_row, D, ridge_hi,
+                                  ridge_lo, s_en, m, i, eye, SIMPLEX, BLOCK_D)
+    tl.store(out_p + row * s_op + i, p, mask=inside)
+    tl.store(out_s + row * s_os + i, s.to(tl.int8), mask=inside)
+    tl.store(out_nu + row, nu)
+    tl.store(out_res + row, residual)
+    # state: bit 0 done, bit 1 broken; the rest: iterations run
+    tl.store(out_state + row, done + 2 * broken + 4 * iters)
+
+
+@triton.jit
+def _two_part(zero, hi, lo):
+    """hi + lo in ``zero``'s dtype: a float64 scalar passed as two float32 ones (Triton passes
+    Python floats as float32), exact in a float64 kernel."""
+    return (zero + hi) + lo
+
+
+@triton.jit
+def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol,
+               out_u, out_s, out_nu, out_state, out_res, out_zq,
+               m, D, max_iter, drop_tol, tiny, slack, ridge_hi, ridge_lo, bonus_hi, bonus_lo, l1_hi, l1_lo,
+               s_en, s_zn, s_cn, s_gn, s_un, s_sn, s_vn, s_xn, s_ou, s_os, s_oz,
+               N_ITER: tl.constexpr, SIMPLEX: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_START: tl.constexpr,
+               REFINE: tl.constexpr, SYS_DTYPE: tl.constexpr, BLOCK: tl.constexpr, GRAM_D: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """A certificate round's whole work on W for row ``program_id`` (see
+    :mod:`~scq.solvers.engine.round_triton`): H = CCᵀ + ρI and b = Cz + linear from the codes,
+    FISTA's warm start, the active set, the refinement (``REFINE``) and z_q = Σ_j u_j σ_j e_j."""
+    row = tl.program_id(0)
+    i = tl.arange(0, BLOCK)
+    inside = i < m
+    eye = i[:, None] == i[None, :]
+    codes = tl.load(code + row * s_cn + i, mask=inside, other=0)
+    sg = tl.load(sign + row * s_gn + i, mask=inside, other=0.0)
+    zero = tl.zeros([BLOCK], SYS_DTYPE)
+    # 1. The systems, from the codes (every slot's, as the torch path's gather): H = CCᵀ + ρI, Cz.
+    H = tl.zeros([BLOCK, BLOCK], SYS_DTYPE)
+    cz = zero
+    for d0 in range(0, D, GRAM_D):
+        dd = d0 + tl.arange(0, GRAM_D)
+        tile = tl.load(E + codes[:, None] * s_en + dd[None, :], mask=inside[:, None] & (dd < D)[None, :],
+                       other=0.0).to(SYS_DTYPE)
+        H += tl.dot(tile, tl.trans(tile), input_precision="ieee")
+        zt = tl.load(z + row * s_zn + dd, mask=dd < D, other=0.0).to(SYS_DTYPE)
+        cz += tl.sum(tile * zt[None, :], 1)
+    sgs = sg.to(SYS_DTYPE)
+    scalar = tl.sum(zero, 0)
+    ridge = _two_part(scalar, ridge_hi, ridge_lo)
+    H = H * (sgs[:, None] * sgs[None, :]) + tl.where(eye, ridge, 0.0)
+    # The linear term in the inputs' dtype, as working_set._linear_on_w makes it.
+    lin = sg * 0.0 - _two_part(tl.sum(sg * 0.0, 0), l1_hi, l1_lo)
+    if HAS_EXTRA:
+        lin += sg * tl.load(extra + row * s_xn + codes, mask=inside, other=0.0)
+    if HAS_START:
+        lin += tl.where(codes == tl.load(start + row), _two_part(tl.sum(sg * 0.0, 0), bonus_hi, bonus_lo), 0.0)
+    b = cz * sgs + lin.to(SYS_DTYPE)
+    u = tl.load(u_in + row * s_un + i, mask=inside, other=0.0).to(SYS_DTYPE)
+    s = tl.load(s_in + row * s_sn + i, mask=inside, other=0).to(tl.int32)
+    ok = tl.load(valid + row * s_vn + i, mask=inside, other=0).to(tl.int32)
+    # 2. FISTA's warm start (step 1/L, L the Gershgorin bound; momentum (√L − √ρ)/(√L + √ρ)).
+    if N_ITER > 0:
+        L = tl.max(tl.sum(tl.abs(H), 1), 0)
+        root_L = tl.sqrt(L)
+        root_rho = tl.sqrt(ridge)
+        u = fista_steps(H, b, u, ok != 0, 1.0 / L, (root_L - root_rho) / (root_L + root_rho), i, N_ITER, SIMPLEX)
+        s = (u > 0.0).to(tl.int32)
+    # 3. The active set, then the refinement.
+    p, s, nu, residual, done, broken, iters = active_set_solve(
+        H, b, u, s, ok, tl.load(tol + row), m, max_iter, 0, drop_tol, tiny, slack, i, eye, SIMPLEX, False)
+    if REFINE:
+        p, nu = refine_on_support(H, p, nu, done & (1 - broken), E, codes, sg.to(tl.float64), z + row * s_zn,
+                                  lin.to(tl.float64), D, ridge_hi, ridge_lo, s_en, m, i, eye, SIMPLEX, BLOCK_D)
+    tl.store(out_u + row * s_ou + i, p, mask=inside)
+    tl.store(out_s + row * s_os + i, s.to(tl.int8), mask=inside)
+    tl.store(out_nu + row, nu)
+    tl.store(out_res + row, residual)
+    tl.store(out_state + row, done + 2 * broken + 4 * iters)
+    # 4. z_q = Σ_j u_j σ_j e_j in the inputs' dtype (the weights as returned), a tile of D at a time.
+    w = p.to(sg.dtype) * sg
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        tile = tl.load(E + codes[:, None] * s_en + dd[None, :], mask=(w != 0.0)[:, None] & (dd < D)[None, :],
+                       other=0.0)
+        tl.store(out_zq + row * s_oz + dd, tl.sum(w[:, None] * tile, 0), mask=dd < D)
