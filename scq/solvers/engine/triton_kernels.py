@@ -181,17 +181,23 @@ def refine_on_support(Hn, p, nu, finished, E, codes, sg, z_row, lin, D, ridge_hi
 
 
 @triton.jit
+def load_system(H, b, row, m, s_hn, s_hi, s_hj, s_bn, BLOCK: tl.constexpr):
+    """Row ``row``'s slots i (BLOCK), which are inside m, its H (BLOCK×BLOCK) and b, 0-padded."""
+    i = tl.arange(0, BLOCK)
+    inside = i < m
+    Hn = tl.load(H + row * s_hn + i[:, None] * s_hi + i[None, :] * s_hj, mask=inside[:, None] & inside[None, :],
+                 other=0.0)
+    return i, inside, Hn, tl.load(b + row * s_bn + i, mask=inside, other=0.0)
+
+
+@triton.jit
 def fista_rows(H, b, u0, valid, step, beta, out, m,
                s_hn, s_hi, s_hj, s_bn, s_un, s_vn, s_on,
                N_ITER: tl.constexpr, SIMPLEX: tl.constexpr, BLOCK: tl.constexpr):
     """:func:`fista_steps` for row ``program_id`` of a batch of systems (see
     :mod:`~scq.solvers.engine.fista_triton`)."""
     row = tl.program_id(0)
-    i = tl.arange(0, BLOCK)
-    inside = i < m
-    Hn = tl.load(H + row * s_hn + i[:, None] * s_hi + i[None, :] * s_hj, mask=inside[:, None] & inside[None, :],
-                 other=0.0)
-    bn = tl.load(b + row * s_bn + i, mask=inside, other=0.0)
+    i, inside, Hn, bn = load_system(H, b, row, m, s_hn, s_hi, s_hj, s_bn, BLOCK)
     u = tl.load(u0 + row * s_un + i, mask=inside, other=0.0)
     ok = (tl.load(valid + row * s_vn + i, mask=inside, other=0) != 0) & inside
     u = fista_steps(Hn, bn, u, ok, tl.load(step + row), tl.load(beta + row), i, N_ITER, SIMPLEX)
@@ -208,11 +214,7 @@ def active_set_rows(H, b, p0, s0, valid, tol, out_p, out_s, out_nu, out_state, o
     """:func:`active_set_solve` (then, with ``REFINE``, :func:`refine_on_support`) for row
     ``program_id`` of a batch of systems (see :mod:`~scq.solvers.engine.active_set_triton`)."""
     row = tl.program_id(0)
-    i = tl.arange(0, BLOCK)
-    inside = i < m
-    Hn = tl.load(H + row * s_hn + i[:, None] * s_hi + i[None, :] * s_hj, mask=inside[:, None] & inside[None, :],
-                 other=0.0)
-    bn = tl.load(b + row * s_bn + i, mask=inside, other=0.0)
+    i, inside, Hn, bn = load_system(H, b, row, m, s_hn, s_hi, s_hj, s_bn, BLOCK)
     p = tl.load(p0 + row * s_pn + i, mask=inside, other=0.0)
     s = tl.load(s0 + row * s_sn + i, mask=inside, other=0).to(tl.int32)
     ok = tl.load(valid + row * s_vn + i, mask=inside, other=0).to(tl.int32)
