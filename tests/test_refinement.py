@@ -111,6 +111,20 @@ def test_float32_pgd_comes_within_float32_storage_of_the_exact_weights(compiled,
     assert float((unrefined.double() - exact).abs().max()) > 1e-5
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["numba-rounds", "torch-rounds"])
+def test_float32_lasso_with_a_ridge_is_refined_too(compiled, monkeypatch):
+    # The lasso's signed codes, without the sum constraint: ridge 0.1 keeps its systems float32.
+    monkeypatch.setattr(fused, "ENABLED", compiled)
+    z, E = codes_near_inputs(64, 256, 64, seed=0)
+    exact = scq.solve_lasso(z.double(), E.double(), alpha=0.5, method="pgd", ridge=LAM)
+    got, info = scq.solve_lasso(z, E, alpha=0.5, method="pgd", ridge=LAM, return_info=True)
+    assert info.converged and info.extra["systems"][0] == f32
+    assert float((got.double() - exact).abs().max()) < 1e-6
+    monkeypatch.setattr(working_set, "refines", lambda dtype: False)
+    unrefined = scq.solve_lasso(z, E, alpha=0.5, method="pgd", ridge=LAM)
+    assert float((unrefined.double() - exact).abs().max()) > 1e-5
+
+
 def test_float32_default_tolerance_leaves_no_code_out_by_more_than_1e5():
     # Without a tol, a float32 solve works to 1e-6 (working_set.engine_tol), so a code whose
     # multiplier is barely negative is not left out: at 1e-5 one such code cost 1.1e-4 here.
