@@ -65,11 +65,13 @@ def count(N: int, K: int, D: int, backward: bool = False, seed: int = 0) -> "tup
     from scq.solvers.engine import active_set_triton, fista_triton, fused, round_triton
 
     mode = _Launches()
-    saved = fused.backend, fista_triton._KERNEL, active_set_triton._KERNEL, round_triton._KERNEL
+    saved = (fused.backend, fista_triton._KERNEL, active_set_triton._KERNEL, round_triton._KERNEL,
+             round_triton._END_KERNEL)
     fused.backend = lambda H: "triton" if H.dtype in (torch.float32, torch.float64) else None
     fista_triton._KERNEL = _CountedKernel(fista_triton._kernel(), "fista", mode)
     active_set_triton._KERNEL = _CountedKernel(active_set_triton._kernel(), "active_set", mode)
     round_triton._KERNEL = _CountedKernel(round_triton._kernel(), "round", mode)
+    round_triton._END_KERNEL = _CountedKernel(round_triton._end_kernel(), "end_of_round", mode)
     try:
         g = torch.Generator().manual_seed(seed)
         E = torch.randn(K, D, generator=g)
@@ -83,7 +85,8 @@ def count(N: int, K: int, D: int, backward: bool = False, seed: int = 0) -> "tup
                 (out.quantized.square().sum() + out.loss).backward()
         return mode.ops, q.last_info.extra["rounds"]
     finally:
-        fused.backend, fista_triton._KERNEL, active_set_triton._KERNEL, round_triton._KERNEL = saved
+        (fused.backend, fista_triton._KERNEL, active_set_triton._KERNEL, round_triton._KERNEL,
+         round_triton._END_KERNEL) = saved
 
 
 def main(argv=None) -> None:

@@ -61,7 +61,7 @@ _CASES = textwrap.dedent("""
 def interpreted():
     """Every interpreted check's output, from one subprocess (Triton and torch import once)."""
     parts = (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE), ("refine", _REFINE),
-             ("round", _ROUND))
+             ("round", _ROUND), ("rounds", _ROUNDS))
     script = _PROBLEM + "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
                                    for name, body in parts)
     script += "\nimport json\nprint(json.dumps({" + ", ".join(f"'{name}': _{name}()" for name, _ in parts) + "}))"
@@ -291,6 +291,54 @@ def test_the_fused_round_takes_the_torch_paths_steps_under_the_interpreter(inter
         assert c["refined"] == (not f64_systems), c
 
 
+_ROUNDS = textwrap.dedent("""
+    import json, torch, scq
+    from scq.solvers.engine import fused
+
+    def case(kind, dtype):
+        # Many rounds: a small initial W and few entries a round, inputs inside the hull (large
+        # supports), so that W grows and the entries double, as in the CPU's rounds test.
+        g = torch.Generator().manual_seed(11)
+        E = torch.randn(60, 4, generator=g, dtype=torch.float64).to(dtype)
+        x = (0.3 * torch.randn(6, 4, generator=g, dtype=torch.float64)).to(dtype)
+        opts = dict(working_set=4, add_per_round=2, max_rounds=60)
+        target = torch.softmax(torch.randn(6, 60, generator=g, dtype=torch.float64), -1).to(dtype)
+
+        def run():
+            if kind == "lasso":
+                return scq.solve_lasso(x, E, alpha=0.05, method="pgd", return_info=True, ridge=0.1, **opts)
+            return scq.solve_scq(x, E, lam=0.05, target=target if kind == "scq-target" else None, method="pgd",
+                                 return_info=True, **opts)
+
+        fused.ENABLED, fused.backend = False, backend
+        ref, ref_info = run()
+        fused.ENABLED, fused.backend = True, lambda H: "triton"
+        got, info = run()
+        return dict(case=[kind, str(dtype)], dev=float((got.double() - ref.double()).abs().max()),
+                    converged=bool(info.converged and ref_info.converged), rounds=[info.extra["rounds"],
+                    ref_info.extra["rounds"]], working_set=[info.extra["working_set"], ref_info.extra["working_set"]])
+
+    backend = fused.backend
+    out = [case(kind, dtype) for kind, dtype in [("scq", torch.float64), ("lasso", torch.float64),
+                                                 ("scq-target", torch.float32)]]
+    fused.backend = backend
+    print(json.dumps(out))
+""")
+
+
+@needs_triton
+def test_the_fused_rounds_take_the_torch_loops_steps_under_the_interpreter(interpreted):
+    # The CUDA path's two kernels a round (round_triton: the work on W, then the verdict, counts
+    # and next W) against the torch loop: the same rounds, W grown to the same width, the same
+    # answer; SCQ with and without a target, the lasso with a ridge, float64 and float32.
+    cases = interpreted["rounds"]
+    assert len(cases) == 3
+    for c in cases:
+        assert c["converged"], c
+        assert c["rounds"][0] == c["rounds"][1] > 4 and c["working_set"][0] == c["working_set"][1] > 4, c
+        assert c["dev"] <= (1e-12 if c["case"][1] == "torch.float64" else 1e-6), c
+
+
 @needs_triton
 def test_the_fused_active_set_refines_float32_answers_as_the_torch_path_does(interpreted):
     out = interpreted["refine"]
@@ -357,6 +405,7 @@ def test_the_cuda_paths_launches_are_counted_without_a_gpu():
     out = json.loads(done.stdout.strip().splitlines()[-1])
     ops, rounds = out["ops"], out["rounds"]
     assert ops["triton:round"] == rounds >= 1  # one launch a round: the whole work on W (round_triton)
+    assert ops["triton:end_of_round"] == rounds  # and one for the verdict, the counts and the next W
     assert "triton:fista" not in ops and "triton:active_set" not in ops  # (the capped lasso's step path)
     assert "set_" not in ops and "view" not in ops  # the interpreter's traffic and views are not launches
     assert sum(ops.values()) > 50 * rounds  # the torch bookkeeping around the kernels (~150 a round today)

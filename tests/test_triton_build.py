@@ -153,3 +153,21 @@ def test_the_round_kernel_builds_for_hopper_within_the_active_sets_registers(inp
                         BLOCK_D=active_set_triton.REFINE_TILE_D), block)
     assert size < 2_000_000 and seconds < 60, (size, seconds)
     assert spills <= max(alone[2], 0) + 256 and registers <= 255, (spills, registers, alone)
+
+
+@pytest.mark.parametrize("f", ["fp32", "fp64"])
+def test_the_end_of_round_kernel_builds_for_hopper(f):
+    # The verdict, the counts (int64 atomics) and the next W laid out by gathers: built for sm_90.
+    from scq.solvers.engine import round_triton
+
+    pointers = dict(worst=f"*{f}", worst_code="*i64", new_sign=f"*{f}", nu=f"*{f}", tol=f"*{f}", scale=f"*{f}",
+                    res_in=f"*{f}", conv_in="*i8", broken_in="*i8", code="*i64", sign=f"*{f}", u=f"*{f}", s="*i8",
+                    valid="*i8", iterations="*i32", out_code="*i64", out_sign=f"*{f}", out_u=f"*{f}", out_s="*i8",
+                    out_valid="*i8", out_conv="*i8", out_res=f"*{f}", counts="*i64")
+    scalars = dict(m="i32", n_add="i32", width="i32", alpha="fp32",
+                   **{name: "i32" for name in ("s_wn", "s_cn", "s_gn", "s_un", "s_sn", "s_vn", "s_oc", "s_og", "s_ou",
+                                               "s_os", "s_ov")})
+    signature = dict(pointers, **scalars, BLOCK="constexpr", BLOCK_ADD="constexpr", BLOCK_W="constexpr")
+    size, seconds, spills, registers = _build(round_triton._end_kernel(), signature,
+                                              dict(BLOCK=64, BLOCK_ADD=64, BLOCK_W=128), 32)
+    assert size < 1_000_000 and seconds < 60 and spills == 0, (size, seconds, spills, registers)

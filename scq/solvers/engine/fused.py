@@ -5,8 +5,8 @@ support solve) are written as batched torch ops: the reference every kernel is t
 and what runs where no kernel applies. Where one does, the same arithmetic runs compiled:
 
 - CUDA: Triton kernels (:mod:`~scq.solvers.engine.triton_kernels`), m ≤ ``fista_triton.MAX_SLOTS``,
-  no host sync: a round's whole work on W in one launch (:mod:`~scq.solvers.engine.round_triton`:
-  Gram matrix, FISTA, active set, refinement, z_q), or where the support is capped (the lasso
+  no host sync: a round's whole work on W in one launch and its end (verdict, counts, next W) in
+  another (:mod:`~scq.solvers.engine.round_triton`), or where the support is capped (the lasso
   without a ridge) FISTA and the active set one launch each
   (:mod:`~scq.solvers.engine.fista_triton`, :mod:`~scq.solvers.engine.active_set_triton`). The
   backward stays torch (a handful of launches, no sync).
@@ -176,6 +176,18 @@ def work_on_w(E, code, sign, z, extra, start, u, s, valid, dual_tol, *, simplex:
         E.detach(), code, sign.detach(), z.detach(), None if extra is None else extra.detach(), start, u.detach(),
         s, valid, dual_tol, simplex=simplex, ridge=ridge, l1=l1, bonus=bonus, sys_dtype=sys_dtype, pg_iters=pg_iters,
         max_iter=max_iter, refine=refine))
+
+
+def end_of_round(worst, worst_code, new_sign, nu, dual_tol, scale, res, code, sign, u, s, valid, alpha: float):
+    """The end of a certificate round in one Triton launch
+    (:func:`scq.solvers.engine.round_triton.end_of_round`), or ``None``."""
+    from .round_triton import MAX_NEXT_WIDTH, end_of_round as fused_end
+
+    n, m = code.shape
+    if m + worst.shape[1] > MAX_NEXT_WIDTH or _chosen(torch.empty((0, m, m), dtype=u.dtype, device=u.device)) != "triton":
+        return None
+    return _attempt("end-of-round", lambda: fused_end(worst, worst_code, new_sign, nu, dual_tol, scale, res, code, sign,
+                                                      u, s, valid, alpha))
 
 
 def _per_range_buffers(bounds: np.ndarray, shape, need: bool, dtype) -> torch.Tensor:

@@ -1,4 +1,6 @@
-r"""A certificate round's whole work on the working set W in one Triton launch (CUDA).
+r"""A certificate round in two Triton launches (CUDA): the whole work on the working set W
+(:func:`work_on_w`), then, after the round's GEMM and top-k, its end (:func:`end_of_round`: each
+row's verdict, the round's counts for its one host read, and the next W).
 
 Per row, in one program (:func:`scq.solvers.engine.triton_kernels.round_rows`), the steps of
 :func:`scq.solvers.engine.working_set._solve_on_w`, which the torch path takes as ~40 launches
@@ -29,6 +31,12 @@ from .fista_triton import LAUNCH_OPTIONS, num_warps, two_part
 _KERNEL = None
 # Columns of D per ``tl.dot`` of the Gram matrix (its inner dimension must be ≥ 16).
 GRAM_TILE_D = 16
+
+
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself where its last dimension is contiguous (the kernels take each row's stride): W
+    kept as a slice of a wider layout costs no copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _kernel():
@@ -62,8 +70,9 @@ def work_on_w(E: torch.Tensor, code: torch.Tensor, sign: torch.Tensor, z: torch.
     if n:
         import triton.language as tl
 
-        E, z, code, sign, u = E.contiguous(), z.contiguous(), code.contiguous(), sign.contiguous(), u.contiguous()
-        s8, v8 = s.to(torch.int8).contiguous(), valid.to(torch.int8).contiguous()
+        E, z = _unit_stride(E), _unit_stride(z)
+        code, sign, u = _unit_stride(code), _unit_stride(sign), _unit_stride(u)
+        s8, v8 = _unit_stride(s).view(torch.int8), _unit_stride(valid).view(torch.int8)
         has_extra, has_start = extra is not None, extra is None and start is not None and bonus != 0
         extra_t = extra.contiguous() if has_extra else z
         start_t = start.contiguous() if has_start else code
@@ -83,3 +92,60 @@ def work_on_w(E: torch.Tensor, code: torch.Tensor, sign: torch.Tensor, z: torch.
     iterations = (state >> 2).amax() if n else torch.zeros((), dtype=torch.int32, device=dev)
     result = ActiveSetResult(out_u, out_s != 0, out_nu, done & ~broken, iterations, out_res, broken, refined=refine)
     return result, zq
+
+
+_END_KERNEL = None
+# The widest next W (m + entries examined) the end-of-round kernel lays out; wider: the torch path.
+MAX_NEXT_WIDTH = 256
+
+
+def _end_kernel():
+    global _END_KERNEL
+    if _END_KERNEL is None:
+        from .triton_kernels import end_of_round_rows  # imports Triton: only where it is asked for
+
+        _END_KERNEL = end_of_round_rows
+    return _END_KERNEL
+
+
+def end_of_round(worst: torch.Tensor, worst_code: torch.Tensor, new_sign: torch.Tensor, nu: torch.Tensor,
+                 dual_tol: torch.Tensor, scale: torch.Tensor, res: ActiveSetResult, code: torch.Tensor,
+                 sign: torch.Tensor, u: torch.Tensor, s: torch.Tensor, valid: torch.Tensor, alpha: float):
+    """The end of a certificate round for the round's rows in one launch, as the torch loop of
+    :func:`scq.solvers.engine.working_set._forward` does it in ~40: from the ``n_add`` most
+    violating codes outside W (``worst`` (n, n_add), descending; their codes and entering signs),
+    each row's verdict (converged, residual relative to ``scale``), the next W laid out m + n_add
+    wide (support, violators, the rest of the old W, then empty slots; the caller keeps as many
+    slots as the widest row needs) and the round's counts (n, 4) int64 on the device: unfinished
+    rows, whether some row's last entry slot violates, the widest W needed, the most active-set
+    iterations. Returns (converged, residual, (code, sign, u, s, valid) of the next W, counts)."""
+    import triton
+
+    n, m = code.shape
+    n_add = worst.shape[1]
+    width = m + n_add
+    dev = code.device
+    counts = torch.zeros(4, dtype=torch.int64, device=dev)
+    out_code = torch.empty(n, width, dtype=code.dtype, device=dev)
+    out_sign = torch.empty(n, width, dtype=sign.dtype, device=dev)
+    out_u = torch.empty(n, width, dtype=u.dtype, device=dev)
+    out_s = torch.empty(n, width, dtype=torch.int8, device=dev)
+    out_valid = torch.empty(n, width, dtype=torch.int8, device=dev)
+    out_conv = torch.empty(n, dtype=torch.int8, device=dev)
+    out_res = torch.empty(n, dtype=u.dtype, device=dev)
+    if n:
+        worst, worst_code, new_sign = worst.contiguous(), worst_code.contiguous(), new_sign.contiguous()
+        code, sign, u = _unit_stride(code), _unit_stride(sign), _unit_stride(u)
+        s8, v8 = _unit_stride(s).view(torch.int8), _unit_stride(valid).view(torch.int8)
+        _end_kernel()[(n,)](worst, worst_code, new_sign, nu.contiguous(), dual_tol.reshape(n).contiguous(),
+                            scale.reshape(n).contiguous(), res.residual.contiguous(),
+                            res.converged.contiguous().view(torch.int8), res.broken.contiguous().view(torch.int8),
+                            code, sign, u, s8, v8, res.iterations, out_code, out_sign, out_u, out_s, out_valid,
+                            out_conv, out_res, counts, m, n_add, width, float(alpha),
+                            worst.stride(0), code.stride(0), sign.stride(0), u.stride(0), s8.stride(0), v8.stride(0),
+                            out_code.stride(0), out_sign.stride(0), out_u.stride(0), out_s.stride(0),
+                            out_valid.stride(0), BLOCK=max(16, triton.next_power_of_2(m)),
+                            BLOCK_ADD=max(16, triton.next_power_of_2(n_add)),
+                            BLOCK_W=max(16, triton.next_power_of_2(width)), num_warps=4, **LAUNCH_OPTIONS)
+    placed = (out_code, out_sign, out_u, out_s.view(torch.bool), out_valid.view(torch.bool))
+    return out_conv.view(torch.bool), out_res, placed, counts

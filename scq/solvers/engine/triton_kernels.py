@@ -310,3 +310,62 @@ def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol,
         tile = tl.load(E + codes[:, None] * s_en + dd[None, :], mask=(w != 0.0)[:, None] & (dd < D)[None, :],
                        other=0.0)
         tl.store(out_zq + row * s_oz + dd, tl.sum(w[:, None] * tile, 0), mask=dd < D)
+
+
+@triton.jit
+def end_of_round_rows(worst, worst_code, new_sign, nu, tol, scale, res_in, conv_in, broken_in, code, sign, u, s,
+                      valid, iterations, out_code, out_sign, out_u, out_s, out_valid, out_conv, out_res, counts, m,
+                      n_add, width, alpha, s_wn, s_cn, s_gn, s_un, s_sn, s_vn, s_oc, s_og, s_ou, s_os, s_ov,
+                      BLOCK: tl.constexpr, BLOCK_ADD: tl.constexpr, BLOCK_W: tl.constexpr):
+    """The end of a certificate round for row ``program_id`` (see
+    :func:`scq.solvers.engine.round_triton.end_of_round`): the row's verdict from its ``n_add`` most
+    violating codes outside W (``worst`` scores, descending), the round's counts (atomics into
+    ``counts``: unfinished rows, rows whose last entry slot violates, the widest W needed), and
+    the next W (``width`` slots: the support first, then the violators, then the rest of the old
+    W, then empty slots), made by gathering each new slot's source."""
+    row = tl.program_id(0)
+    j = tl.arange(0, BLOCK_ADD)
+    entry = j < n_add
+    violation = tl.load(worst + row * s_wn + j, mask=entry, other=float("-inf")) - alpha - tl.load(nu + row)
+    dual_tol = tl.load(tol + row)
+    violating = ((violation > dual_tol) & entry).to(tl.int32)  # a prefix: the scores are descending
+    first = tl.sum(tl.where(j == 0, violation, 0.0), 0)
+    converged = (tl.load(conv_in + row) != 0).to(tl.int32) & (first <= dual_tol).to(tl.int32)
+    residual = tl.maximum(tl.maximum(first, 0.0), tl.load(res_in + row)) / tl.load(scale + row)
+    tl.store(out_conv + row, converged.to(tl.int8))
+    tl.store(out_res + row, residual)
+    finished = converged | (tl.load(broken_in + row) != 0).to(tl.int32)
+    i = tl.arange(0, BLOCK)
+    inside = i < m
+    sr = (tl.load(s + row * s_sn + i, mask=inside, other=0) != 0).to(tl.int32)
+    n_support = tl.sum(sr, 0)
+    n_violating = tl.sum(violating, 0)
+    tl.atomic_add(counts + 0, (1 - finished).to(tl.int64))
+    tl.atomic_max(counts + 1, tl.sum(tl.where(j == n_add - 1, violating, 0), 0).to(tl.int64))
+    tl.atomic_max(counts + 2, (n_support + n_violating).to(tl.int64))
+    tl.atomic_max(counts + 3, tl.load(iterations).to(tl.int64))  # the round's most active-set iterations
+    # Each old slot's place in the next W: the support in order, then the others in order from
+    # n_support on; the first n_violating of those places go to the violators instead.
+    rest = (1 - sr) * inside.to(tl.int32)
+    place = tl.where(sr != 0, tl.cumsum(sr, 0) - 1, n_support + tl.cumsum(rest, 0) - 1)
+    kept = (sr != 0) | ((rest != 0) & (place >= n_support + n_violating))
+    c = tl.arange(0, BLOCK_W)
+    src_hit = kept[None, :] & (place[None, :] == c[:, None])
+    has_src = tl.max(src_hit.to(tl.int32), 1) != 0
+    src = tl.sum(tl.where(src_hit, i[None, :], 0), 1)
+    entering = (c >= n_support) & (c < n_support + n_violating)
+    t = tl.where(entering, c - n_support, 0)
+    cols = c < width
+    old = has_src & cols
+    new_code = tl.where(entering, tl.load(worst_code + row * s_wn + t, mask=entering & cols, other=0),
+                        tl.load(code + row * s_cn + src, mask=old, other=0))
+    new_sg = tl.where(entering, tl.load(new_sign + row * s_wn + t, mask=entering & cols, other=1.0),
+                      tl.load(sign + row * s_gn + src, mask=old, other=1.0))
+    new_u = tl.load(u + row * s_un + src, mask=old & ~entering, other=0.0)
+    new_s = tl.load(s + row * s_sn + src, mask=old & ~entering, other=0)
+    new_valid = tl.where(entering, 1, tl.load(valid + row * s_vn + src, mask=old, other=0))
+    tl.store(out_code + row * s_oc + c, new_code, mask=cols)
+    tl.store(out_sign + row * s_og + c, new_sg, mask=cols)
+    tl.store(out_u + row * s_ou + c, new_u, mask=cols)
+    tl.store(out_s + row * s_os + c, new_s, mask=cols)
+    tl.store(out_valid + row * s_ov + c, new_valid.to(tl.int8), mask=cols)

@@ -414,24 +414,35 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
         worst, worst_code, new_sign = _entering(_gradients(zq, zr, E, extra_r, start_r, problem.start_bonus), cr, sgr,
                                                 vr, n_add, problem)
-        violation = worst - alpha - nu.unsqueeze(1)
-        violating = violation > take(dual_tol).unsqueeze(1)
-        conv_r = res.converged & ~violating[:, 0]
-        res_r = torch.maximum(violation[:, 0].clamp_min(0), res.residual) / take(scale)
+        # On CUDA the verdict, the counts and the next W in one launch (round_triton.end_of_round).
+        ended = fused.end_of_round(worst, worst_code, new_sign, nu, take(dual_tol), take(scale), res, cr, sgr, ur, sr,
+                                   vr, alpha) if torch.is_tensor(res.iterations) else None
+        if ended is not None:
+            conv_r, res_r, placed, counts_t = ended
+        else:
+            violation = worst - alpha - nu.unsqueeze(1)
+            violating = violation > take(dual_tol).unsqueeze(1)
+            conv_r = res.converged & ~violating[:, 0]
+            res_r = torch.maximum(violation[:, 0].clamp_min(0), res.residual) / take(scale)
         if rows is None:
             u, s, converged, residual, broken = ur, sr, conv_r, res_r, res.broken
         else:
             u[rows], s[rows], converged[rows], residual[rows], broken[rows] = ur, sr, conv_r, res_r, res.broken
         finished = converged | broken  # a broken row stops; the certificate will flag it
-        n_support = sr.sum(1)
         # The round's one host sync: how many rows are left, did some row fill every entry slot,
         # and how wide must W grow?
         # (The fused solve's iteration count is a tensor: it is read here too, not by a sync of its own.)
         fused_count = torch.is_tensor(res.iterations)
-        counts = [(~finished).sum(), violating[:, -1].any(), (n_support + violating.sum(1)).max()]
-        counts += [res.iterations] if fused_count else []
-        counts += [e_max.square()] if e_max_sq is None else []
-        counts = torch.stack([c.to(torch.float64) for c in counts]).tolist()  # exact below 2⁵³
+        if ended is not None:  # the kernel counted (n_left, saturated, need, iterations)
+            counts = counts_t if e_max_sq is not None else torch.cat([counts_t.to(torch.float64),
+                                                                       e_max.square().reshape(1)])
+        else:
+            n_support = sr.sum(1)
+            counts = [(~finished).sum(), violating[:, -1].any(), (n_support + violating.sum(1)).max()]
+            counts += [res.iterations] if fused_count else []
+            counts += [e_max.square()] if e_max_sq is None else []
+            counts = torch.stack([c.to(torch.float64) for c in counts])
+        counts = counts.tolist()  # exact below 2⁵³
         n_left, saturated, need = (int(c) for c in counts[:3])
         inner_total += int(counts[3]) if fused_count else res.iterations
         if e_max_sq is None:
@@ -451,15 +462,19 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
             pad = need - m
             grow = lambda t, fill=0: torch.cat([t, torch.full((t.shape[0], pad), fill, dtype=t.dtype, device=device)], 1)
             code, sign, u, s, valid = grow(code), grow(sign, 1), grow(u), grow(s), grow(valid)
-            cr, sgr, ur, sr, vr = grow(cr), grow(sgr, 1), grow(ur), grow(sr), grow(vr)
+            if ended is None:
+                cr, sgr, ur, sr, vr = grow(cr), grow(sgr, 1), grow(ur), grow(sr), grow(vr)
             m = need
-        order = torch.argsort((~sr).to(torch.int8), dim=1, stable=True)
-        cr, sgr, ur, sr, vr = (t.gather(1, order) for t in (cr, sgr, ur, sr, vr))
-        # Violators go to slots n_support, n_support+1, …; the others to a scratch column.
-        slot = n_support.unsqueeze(1) + torch.arange(n_add, device=device)
-        slot = torch.where(violating, slot, torch.full_like(slot, m))
-        put = lambda t, val: torch.cat([t, t[:, :1]], 1).scatter_(1, slot, val)[:, :m]
-        cr, sgr, vr = put(cr, worst_code), put(sgr, new_sign), put(vr, torch.ones_like(violating))
+        if ended is not None:  # laid out by the kernel, m + n_add wide: the first m slots
+            cr, sgr, ur, sr, vr = (t[:, :m] for t in placed)
+        else:
+            order = torch.argsort((~sr).to(torch.int8), dim=1, stable=True)
+            cr, sgr, ur, sr, vr = (t.gather(1, order) for t in (cr, sgr, ur, sr, vr))
+            # Violators go to slots n_support, n_support+1, …; the others to a scratch column.
+            slot = n_support.unsqueeze(1) + torch.arange(n_add, device=device)
+            slot = torch.where(violating, slot, torch.full_like(slot, m))
+            put = lambda t, val: torch.cat([t, t[:, :1]], 1).scatter_(1, slot, val)[:, :m]
+            cr, sgr, vr = put(cr, worst_code), put(sgr, new_sign), put(vr, torch.ones_like(violating))
         if rows is None:
             code, sign, u, s, valid = cr, sgr, ur, sr, vr
         else:
