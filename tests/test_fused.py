@@ -226,7 +226,7 @@ _REFINE = textwrap.dedent("""
     working_set.refines = refines  # (the next script of the subprocess refines again)
     dev = lambda a, b: float((a.double() - b.double()).abs().max())
     print(json.dumps(dict(converged=bool(info.converged), exact=dev(got, exact), torch=dev(got, torch_path),
-                          unrefined=dev(unrefined, exact))))
+                          unrefined=dev(unrefined, exact), kernels_on=fused.ENABLED)))
 """)
 
 
@@ -314,6 +314,7 @@ _ROUNDS = textwrap.dedent("""
         ref, ref_info = run()
         fused.ENABLED, fused.backend = True, lambda H: "triton"
         got, info = run()
+        assert fused.ENABLED, "a kernel failed over to the torch path"
         return dict(case=[kind, str(dtype)], dev=float((got.double() - ref.double()).abs().max()),
                     converged=bool(info.converged and ref_info.converged), rounds=[info.extra["rounds"],
                     ref_info.extra["rounds"]], working_set=[info.extra["working_set"], ref_info.extra["working_set"]])
@@ -345,6 +346,7 @@ def test_the_fused_active_set_refines_float32_answers_as_the_torch_path_does(int
     assert out["converged"], out
     assert out["unrefined"] > 1e-5, out  # float32's own error: a case the refinement must fix
     assert out["exact"] < 1e-6 and out["torch"] < 1e-7, out
+    assert out["kernels_on"], out  # no kernel failed over to the torch path on the way
 
 
 @needs_triton

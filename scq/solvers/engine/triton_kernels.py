@@ -170,7 +170,8 @@ def refine_on_support(Hn, p, nu, finished, E, codes, sg, z_row, lin, D, ridge_hi
     step = dx.to(tl.float64)
     d_nu = tl.sum(step, 0) * 0.0
     if SIMPLEX:  # the correction's sum is the constraint's residual 1 − 1ᵀp
-        d_nu = (tl.sum(step, 0) - (1.0 - tl.sum(p64, 0))) / tl.sum(dy.to(tl.float64), 0)
+        ones = tl.sum(dy.to(tl.float64), 0)  # 0 only without a support: then nothing is taken below
+        d_nu = (tl.sum(step, 0) - (1.0 - tl.sum(p64, 0))) / tl.where(ones != 0.0, ones, 1.0)
         step = step - d_nu * dy.to(tl.float64)
     refined = p64 + step * sf64
     positive = tl.min(tl.where(support != 0, refined, 1.0), 0) > 0.0
