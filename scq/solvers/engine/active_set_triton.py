@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .active_set import DEGENERATE_SLACK, ActiveSetResult
-from .fista_triton import LAUNCH_OPTIONS, num_warps, two_part
+from .fista_triton import LAUNCH_OPTIONS, lazy_kernel, num_warps, two_part
 
 _KERNEL = None
 
@@ -53,12 +53,7 @@ class Refinement:
 
 
 def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        from .triton_kernels import active_set_rows  # imports Triton: only where it is asked for
-
-        _KERNEL = active_set_rows
-    return _KERNEL
+    return lazy_kernel(globals(), "_KERNEL", "active_set_rows")
 
 
 def solve_active_set_fused(H: torch.Tensor, b: torch.Tensor, weights: torch.Tensor, support: torch.Tensor,

@@ -63,13 +63,20 @@ def fits(H: torch.Tensor) -> bool:
 _KERNEL = None
 
 
-def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        from .triton_kernels import fista_rows  # imports Triton: only where it is asked for
+def lazy_kernel(owner: dict, slot: str, name: str):
+    """The kernel ``name`` of :mod:`~scq.solvers.engine.triton_kernels`, kept in the module global
+    ``slot`` of ``owner`` (a launcher's ``globals()``): imported at the first launch, so Triton is
+    imported only where a kernel is asked for; a module global so that
+    ``benchmarks/cuda_launches.py`` can put a counting wrapper in its place."""
+    if owner[slot] is None:
+        from . import triton_kernels
 
-        _KERNEL = fista_rows
-    return _KERNEL
+        owner[slot] = getattr(triton_kernels, name)
+    return owner[slot]
+
+
+def _kernel():
+    return lazy_kernel(globals(), "_KERNEL", "fista_rows")
 
 
 def fista_fused(H: torch.Tensor, b: torch.Tensor, u0: torch.Tensor, valid: torch.Tensor, step: torch.Tensor,

@@ -26,7 +26,7 @@ import torch
 
 from .active_set import DEGENERATE_SLACK, ActiveSetResult
 from .active_set_triton import REFINE_TILE_D
-from .fista_triton import LAUNCH_OPTIONS, num_warps, two_part
+from .fista_triton import LAUNCH_OPTIONS, lazy_kernel, num_warps, two_part
 
 _KERNEL = None
 # Columns of D per ``tl.dot`` of the Gram matrix (its inner dimension must be ≥ 16).
@@ -40,12 +40,7 @@ def _unit_stride(t: torch.Tensor) -> torch.Tensor:
 
 
 def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        from .triton_kernels import round_rows  # imports Triton: only where it is asked for
-
-        _KERNEL = round_rows
-    return _KERNEL
+    return lazy_kernel(globals(), "_KERNEL", "round_rows")
 
 
 def work_on_w(E: torch.Tensor, code: torch.Tensor, sign: torch.Tensor, z: torch.Tensor,
@@ -100,12 +95,7 @@ MAX_NEXT_WIDTH = 256
 
 
 def _end_kernel():
-    global _END_KERNEL
-    if _END_KERNEL is None:
-        from .triton_kernels import end_of_round_rows  # imports Triton: only where it is asked for
-
-        _END_KERNEL = end_of_round_rows
-    return _END_KERNEL
+    return lazy_kernel(globals(), "_END_KERNEL", "end_of_round_rows")
 
 
 def end_of_round(worst: torch.Tensor, worst_code: torch.Tensor, new_sign: torch.Tensor, nu: torch.Tensor,
