@@ -240,7 +240,9 @@ _ROUND = textwrap.dedent("""
         E = torch.randn(K, D, generator=g, dtype=torch.float64).to(dtype)
         z = torch.randn(n, D, generator=g, dtype=torch.float64).to(dtype)
         code = torch.stack([torch.randperm(K, generator=g)[:m] for _ in range(n)])
-        sign = torch.where(torch.rand(n, m, generator=g) < 0.5, -1.0, 1.0).to(dtype) if signed else torch.ones(n, m, dtype=dtype)
+        sign = torch.ones(n, m, dtype=dtype)
+        if signed:
+            sign = torch.where(torch.rand(n, m, generator=g) < 0.5, -1.0, 1.0).to(dtype)
         valid = torch.rand(n, m, generator=g) < 0.8
         valid[:, 0] = True
         u = torch.zeros(n, m, dtype=dtype)

@@ -668,8 +668,8 @@ def round_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, 
     the Gram matrix (:func:`_gram_row`, with the cache), b = Cz + the linear term, ``n_iter``
     FISTA steps (then S = {u > 0}; with none, S comes in ``s``), the active set
     (:func:`_active_set_row`; ``u``, ``s`` updated in place), with ``refine`` (float32 systems) one
-    step of iterative refinement of a finished row (:func:`_refine_row`), and z_q = Σ_j u_j c_j from ``E_out``
-    (E in the inputs' dtype). The same arithmetic as :func:`gram_rows`, :func:`fista_rows`,
+    step of iterative refinement of a finished row (:func:`_refine_row`), and z_q = Σ_j u_j c_j
+    from ``E_out`` (E in the inputs' dtype). The same arithmetic as :func:`gram_rows`, :func:`fista_rows`,
     :func:`active_set_rows` and :func:`combine_rows` run one after the other, without writing H to
     memory between them.
 
@@ -739,8 +739,8 @@ def round_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, 
             H, b, un, sn, all_valid[:k], tol[r], max_iter, -1, simplex, drop_tol, tiny, slack, A, idx, work[0, :k],
             work[1, :k], work[2, :k], work[3, :k], work[4, :k], flags[0, :k], flags[1, :k], work[5, :k])
         if refine and state[n] & 3 == 1:  # finished, not broken down
-            out_nu[n] = _refine_row(E, z[r], row_code[:k], row_sign[:k], lin_k[:k], ridge, simplex, H, un, out_nu[n], A, idx,
-                                    k_fact, support, work[0, :k], work[1, :k], v)
+            out_nu[n] = _refine_row(E, z[r], row_code[:k], row_sign[:k], lin_k[:k], ridge, simplex, H, un, out_nu[n],
+                                    A, idx, k_fact, support, work[0, :k], work[1, :k], v)
         for a in range(m):  # padding slots end at 0, off the support
             u[r, a] = 0
             s[r, a] = False

@@ -163,12 +163,17 @@ def active_set(H, b, weights, support, valid, dual_tol, *, simplex: bool, max_su
     return _on_cpu("active-set", (H,), run)
 
 
+def _triton_takes(m: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the Triton kernels take systems of m slots in ``dtype`` on ``device`` (asked through
+    :func:`backend`, which tests may force, with an empty stand-in: no launch)."""
+    return _chosen(torch.empty((0, m, m), dtype=dtype, device=device)) == "triton"
+
+
 def work_on_w(E, code, sign, z, extra, start, u, s, valid, dual_tol, *, simplex: bool, ridge: float, l1: float,
               bonus: float, sys_dtype: torch.dtype, pg_iters: int, max_iter: int, refine: bool):
     """A round's whole work on W in one Triton launch (:func:`scq.solvers.engine.round_triton.work_on_w`:
     (ActiveSetResult, z_q)), or ``None``: not a device the Triton kernels take, or they are off."""
-    m = code.shape[1]
-    if _chosen(torch.empty((0, m, m), dtype=sys_dtype, device=z.device)) != "triton":
+    if not _triton_takes(code.shape[1], sys_dtype, z.device):
         return None
     from .round_triton import work_on_w as fused_round
 
@@ -181,10 +186,12 @@ def work_on_w(E, code, sign, z, extra, start, u, s, valid, dual_tol, *, simplex:
 def end_of_round(worst, worst_code, new_sign, nu, dual_tol, scale, res, code, sign, u, s, valid, alpha: float):
     """The end of a certificate round in one Triton launch
     (:func:`scq.solvers.engine.round_triton.end_of_round`), or ``None``."""
+    m = code.shape[1]
+    if not _triton_takes(m, u.dtype, u.device):
+        return None
     from .round_triton import MAX_NEXT_WIDTH, end_of_round as fused_end
 
-    n, m = code.shape
-    if m + worst.shape[1] > MAX_NEXT_WIDTH or _chosen(torch.empty((0, m, m), dtype=u.dtype, device=u.device)) != "triton":
+    if m + worst.shape[1] > MAX_NEXT_WIDTH:
         return None
     return _attempt("end-of-round", lambda: fused_end(worst, worst_code, new_sign, nu, dual_tol, scale, res, code, sign,
                                                       u, s, valid, alpha))

@@ -273,15 +273,15 @@ def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol,
         zt = tl.load(z + row * s_zn + dd, mask=dd < D, other=0.0).to(SYS_DTYPE)
         cz += tl.sum(tile * zt[None, :], 1)
     sgs = sg.to(SYS_DTYPE)
-    scalar = tl.sum(zero, 0)
-    ridge = _two_part(scalar, ridge_hi, ridge_lo)
+    ridge = _two_part(tl.sum(zero, 0), ridge_hi, ridge_lo)
     H = H * (sgs[:, None] * sgs[None, :]) + tl.where(eye, ridge, 0.0)
     # The linear term in the inputs' dtype, as working_set._linear_on_w makes it.
-    lin = sg * 0.0 - _two_part(tl.sum(sg * 0.0, 0), l1_hi, l1_lo)
+    scalar_in = tl.sum(sg * 0.0, 0)  # a 0 of the inputs' dtype
+    lin = sg * 0.0 - _two_part(scalar_in, l1_hi, l1_lo)
     if HAS_EXTRA:
         lin += sg * tl.load(extra + row * s_xn + codes, mask=inside, other=0.0)
     if HAS_START:
-        lin += tl.where(codes == tl.load(start + row), _two_part(tl.sum(sg * 0.0, 0), bonus_hi, bonus_lo), 0.0)
+        lin += tl.where(codes == tl.load(start + row), _two_part(scalar_in, bonus_hi, bonus_lo), 0.0)
     b = cz * sgs + lin.to(SYS_DTYPE)
     u = tl.load(u_in + row * s_un + i, mask=inside, other=0.0).to(SYS_DTYPE)
     s = tl.load(s_in + row * s_sn + i, mask=inside, other=0).to(tl.int32)

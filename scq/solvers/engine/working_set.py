@@ -409,19 +409,20 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         cr, sgr, ur, sr, vr, zr = take(code), take(sign), take(u), take(s), take(valid), take(z)
         extra_r = None if extra is None else take(extra)
         start_r = None if start is None else take(start)
-        res, zq = _solve_on_w(E, cr, sgr, zr, extra_r, start_r, ur, sr, vr, take(dual_tol), problem, opts, sys_dtype,
+        tol_r = take(dual_tol)
+        res, zq = _solve_on_w(E, cr, sgr, zr, extra_r, start_r, ur, sr, vr, tol_r, problem, opts, sys_dtype,
                               sys_ridge, max_support, gram_cache, rows)
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
         worst, worst_code, new_sign = _entering(_gradients(zq, zr, E, extra_r, start_r, problem.start_bonus), cr, sgr,
                                                 vr, n_add, problem)
         # On CUDA the verdict, the counts and the next W in one launch (round_triton.end_of_round).
-        ended = fused.end_of_round(worst, worst_code, new_sign, nu, take(dual_tol), take(scale), res, cr, sgr, ur, sr,
+        ended = fused.end_of_round(worst, worst_code, new_sign, nu, tol_r, take(scale), res, cr, sgr, ur, sr,
                                    vr, alpha) if torch.is_tensor(res.iterations) else None
         if ended is not None:
             conv_r, res_r, placed, counts_t = ended
         else:
             violation = worst - alpha - nu.unsqueeze(1)
-            violating = violation > take(dual_tol).unsqueeze(1)
+            violating = violation > tol_r.unsqueeze(1)
             conv_r = res.converged & ~violating[:, 0]
             res_r = torch.maximum(violation[:, 0].clamp_min(0), res.residual) / take(scale)
         if rows is None:
