@@ -62,16 +62,17 @@ class _CountedKernel:
 def count(N: int, K: int, D: int, backward: bool = False, seed: int = 0) -> "tuple[collections.Counter, int]":
     """(launches by op, certificate rounds) of one `pgd` forward (and backward) on the CUDA path."""
     import scq
-    from scq.solvers.engine import active_set_triton, fista_triton, fused, round_triton
+    from scq.solvers.engine import active_set_triton, backward_triton, fista_triton, fused, round_triton
 
     mode = _Launches()
     saved = (fused.backend, fista_triton._KERNEL, active_set_triton._KERNEL, round_triton._KERNEL,
-             round_triton._END_KERNEL)
+             round_triton._END_KERNEL, backward_triton._KERNEL)
     fused.backend = lambda H: "triton" if H.dtype in (torch.float32, torch.float64) else None
     fista_triton._KERNEL = _CountedKernel(fista_triton._kernel(), "fista", mode)
     active_set_triton._KERNEL = _CountedKernel(active_set_triton._kernel(), "active_set", mode)
     round_triton._KERNEL = _CountedKernel(round_triton._kernel(), "round", mode)
     round_triton._END_KERNEL = _CountedKernel(round_triton._end_kernel(), "end_of_round", mode)
+    backward_triton._KERNEL = _CountedKernel(backward_triton._kernel(), "backward", mode)
     try:
         g = torch.Generator().manual_seed(seed)
         E = torch.randn(K, D, generator=g)
@@ -86,7 +87,7 @@ def count(N: int, K: int, D: int, backward: bool = False, seed: int = 0) -> "tup
         return mode.ops, q.last_info.extra["rounds"]
     finally:
         (fused.backend, fista_triton._KERNEL, active_set_triton._KERNEL, round_triton._KERNEL,
-         round_triton._END_KERNEL) = saved
+         round_triton._END_KERNEL, backward_triton._KERNEL) = saved
 
 
 def main(argv=None) -> None:
@@ -96,11 +97,16 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if len(a.sizes) != 3:
         ap.error("give N K D")
-    ops, rounds = count(*a.sizes, backward=a.backward)
+    ops, rounds = count(*a.sizes)
     total = sum(ops.values())
-    print(f"N, K, D = {tuple(a.sizes)}: {total} launches, {rounds} certificate rounds "
+    print(f"N, K, D = {tuple(a.sizes)}: forward {total} launches, {rounds} certificate rounds "
           f"(~{total / rounds:.0f} per round); the most frequent: "
           + ", ".join(f"{name} {n}" for name, n in ops.most_common(12)))
+    if a.backward:  # the same forward again, then its backward: the difference
+        both, _ = count(*a.sizes, backward=True)
+        back = both - ops
+        print(f"backward (the engine's and the layer's around it): {sum(back.values())} launches: "
+              + ", ".join(f"{name} {n}" for name, n in back.most_common()))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import scq
-from scq.solvers.engine import fista_triton, fused
+from scq.solvers.engine import fused, triton_launch
 from scq.solvers.engine import fista as torch_fista
 
 from .conftest import cuda_devices
 
-needs_triton = pytest.mark.skipif(not fista_triton.available(), reason="needs triton (pip install triton)")
+needs_triton = pytest.mark.skipif(not triton_launch.available(), reason="needs triton (pip install triton)")
 
 
 def _interpreted(script: str) -> list:
@@ -83,9 +83,9 @@ def test_each_device_gets_its_kernels_and_the_switch_turns_them_off(monkeypatch)
     H = torch.eye(4).expand(2, 4, 4)
     assert fused.backend(H) == ("cpu" if fused.cpu_available() else None)
     assert fused.backend(H.to(torch.float16)) is None
-    if torch.cuda.is_available() and fista_triton.available():
+    if torch.cuda.is_available() and triton_launch.available():
         assert fused.backend(H.cuda()) == "triton"
-        assert fused.backend(torch.eye(fista_triton.MAX_SLOTS + 1, device="cuda").expand(2, -1, -1)) is None
+        assert fused.backend(torch.eye(triton_launch.MAX_SLOTS + 1, device="cuda").expand(2, -1, -1)) is None
     monkeypatch.setattr(fused, "ENABLED", False)
     assert fused.backend(H) is None
 
@@ -168,7 +168,7 @@ def test_fused_active_set_on_cuda_matches_the_torch_solve(device, dtype, simplex
     from .helpers import small_qps
 
     tol_value = 1e-5 if dtype == torch.float32 else 1e-10
-    for seed, m in enumerate((5, 16, fista_triton.MAX_SLOTS)):
+    for seed, m in enumerate((5, 16, triton_launch.MAX_SLOTS)):
         H, b, valid, u0 = small_qps(512, m, dtype, simplex, seed, b_scale=3.0)
         tol = torch.full((512,), tol_value, dtype=dtype)
         ref = A.solve_active_set(H, b, u0, u0 > 0, valid, tol, simplex=simplex, max_support=max_support, compact=False)
@@ -184,6 +184,65 @@ def test_fused_active_set_on_cuda_matches_the_torch_solve(device, dtype, simplex
         assert bool((got.weights >= 0).all())
         if dtype == torch.float64:
             assert bool((got.support.cpu() == ref.support)[both].all())
+
+
+_CUDA_BACKWARD_ROWS_CODES = (512, 256)
+
+
+@needs_triton
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["scq", "scq-target", "lasso"])
+def test_fused_backward_on_cuda_matches_the_torch_path(device, dtype, kind, monkeypatch):
+    # The interpreted backward check on the GPU itself (the compiled kernel, float32 and float64
+    # atomics into ∂E), many rows, against the torch path's backward on the same device.
+    g = torch.Generator().manual_seed(5)
+    E = torch.randn(_CUDA_BACKWARD_ROWS_CODES[1], 16, generator=g, dtype=torch.float64)
+    x = 0.5 * torch.randn(_CUDA_BACKWARD_ROWS_CODES[0], 16, generator=g, dtype=torch.float64)
+    target = torch.softmax(torch.randn(*_CUDA_BACKWARD_ROWS_CODES, generator=g, dtype=torch.float64), -1)
+    weigh = torch.randn(*_CUDA_BACKWARD_ROWS_CODES, generator=g, dtype=torch.float64)
+
+    def grads(dtype):
+        inputs = [t.to(device, dtype).requires_grad_(True) for t in (x, E, target)]
+        if kind == "lasso":
+            p = scq.solve_lasso(inputs[0], inputs[1], alpha=0.05, method="pgd", ridge=0.1)
+        else:
+            p = scq.solve_scq(inputs[0], inputs[1], lam=0.05, method="pgd",
+                              target=inputs[2] if kind == "scq-target" else None)
+        (p * weigh.to(device, dtype)).sum().backward()
+        return [t.grad.double().cpu() for t in inputs if t.grad is not None]
+
+    from scq.solvers.engine import backward_triton
+
+    got = grads(dtype)
+    assert backward_triton._KERNEL is not None  # the kernel ran
+    monkeypatch.setattr(fused, "backward", lambda *a, **k: None)  # the torch path's backward
+    ref, exact = grads(dtype), grads(torch.float64)
+    for a, b, c in zip(got, ref, exact):
+        scale = max(1.0, float(c.abs().max()))
+        dev = lambda u, w: float((u - w).abs().max())
+        if dtype == torch.float64:
+            assert dev(a, b) <= 1e-10 * scale
+        else:  # the kernel solves in float64: as close to the float64 gradients as the torch path
+            assert dev(a, c) <= 2 * dev(b, c) + 1e-6 * scale
+
+
+def test_the_fused_backward_gives_way_to_deterministic_algorithms(monkeypatch):
+    # ∂E summed by atomics depends in its last bits on the order rows finish: under
+    # torch.use_deterministic_algorithms the torch path runs (no launch is tried: on the CPU it
+    # would fail and switch the kernels off).
+    monkeypatch.setattr(fused, "backend", lambda H: "triton")
+    z, E = torch.randn(4, 3), torch.randn(6, 3)
+    code = torch.zeros(4, 2, dtype=torch.long)
+    args = (z, E, code, torch.ones(4, 2), torch.zeros(4, 2), torch.zeros(4, 2, dtype=torch.bool), torch.zeros(4, 2))
+    kwargs = dict(ridge=0.1, simplex=True, signed=False, need_E=True, sys_dtype=torch.float32)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert fused.backward(*args, **kwargs) is None
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert fused.ENABLED
 
 
 _ENGINE = textwrap.dedent("""
@@ -301,26 +360,39 @@ _ROUNDS = textwrap.dedent("""
         # Many rounds: a small initial W and few entries a round, inputs inside the hull (large
         # supports), so that W grows and the entries double, as in the CPU's rounds test.
         g = torch.Generator().manual_seed(11)
-        E = torch.randn(60, 4, generator=g, dtype=torch.float64).to(dtype)
-        x = (0.3 * torch.randn(6, 4, generator=g, dtype=torch.float64)).to(dtype)
+        E = torch.randn(60, 4, generator=g, dtype=torch.float64)
+        x = 0.3 * torch.randn(6, 4, generator=g, dtype=torch.float64)
         opts = dict(working_set=4, add_per_round=2, max_rounds=60)
-        target = torch.softmax(torch.randn(6, 60, generator=g, dtype=torch.float64), -1).to(dtype)
+        target = torch.softmax(torch.randn(6, 60, generator=g, dtype=torch.float64), -1)
+        weigh = torch.randn(6, 60, generator=g, dtype=torch.float64)  # the backward's incoming gradient
 
-        def run():
+        def run(dtype):
+            inputs = [t.to(dtype).clone().requires_grad_(True) for t in (x, E, target)]
+            xd, Ed, td = inputs
             if kind == "lasso":
-                return scq.solve_lasso(x, E, alpha=0.05, method="pgd", return_info=True, ridge=0.1, **opts)
-            return scq.solve_scq(x, E, lam=0.05, target=target if kind == "scq-target" else None, method="pgd",
-                                 return_info=True, **opts)
+                p, info = scq.solve_lasso(xd, Ed, alpha=0.05, method="pgd", return_info=True, ridge=0.1, **opts)
+            else:
+                p, info = scq.solve_scq(xd, Ed, lam=0.05, target=td if kind == "scq-target" else None,
+                                        method="pgd", return_info=True, **opts)
+            (p * weigh.to(dtype)).sum().backward()
+            return p.detach(), info, [t.grad for t in inputs if t.grad is not None]
 
         fused.ENABLED, fused.backend = False, backend
-        ref, ref_info = run()
+        ref, ref_info, ref_grads = run(dtype)
+        _, _, exact_grads = run(torch.float64)
         fused.ENABLED, fused.backend = True, lambda H: "triton"
-        got, info = run()
+        got, info, grads = run(dtype)
         assert fused.ENABLED, "a kernel failed over to the torch path"
-        return dict(case=[kind, str(dtype)], dev=float((got.double() - ref.double()).abs().max()),
+        dev = lambda a, b: float((a.double() - b.double()).abs().max())
+        return dict(case=[kind, str(dtype)], dev=dev(got, ref),
                     converged=bool(info.converged and ref_info.converged), rounds=[info.extra["rounds"],
-                    ref_info.extra["rounds"]], working_set=[info.extra["working_set"], ref_info.extra["working_set"]])
+                    ref_info.extra["rounds"]], working_set=[info.extra["working_set"], ref_info.extra["working_set"]],
+                    grads=len(grads), grad_dev=[dev(a, b) for a, b in zip(grads, ref_grads)],
+                    grad_error=[[dev(a, c), dev(b, c)] for a, b, c in zip(grads, ref_grads, exact_grads)],
+                    grad_scale=[float(c.abs().max()) for c in exact_grads],
+                    backward_kernel=backward_triton._KERNEL is not None)
 
+    from scq.solvers.engine import backward_triton
     backend = fused.backend
     out = [case(kind, dtype) for kind, dtype in [("scq", torch.float64), ("lasso", torch.float64),
                                                  ("scq-target", torch.float32)]]
@@ -340,6 +412,23 @@ def test_the_fused_rounds_take_the_torch_loops_steps_under_the_interpreter(inter
         assert c["converged"], c
         assert c["rounds"][0] == c["rounds"][1] > 4 and c["working_set"][0] == c["working_set"][1] > 4, c
         assert c["dev"] <= (1e-12 if c["case"][1] == "torch.float64" else 1e-6), c
+
+
+@needs_triton
+def test_the_fused_backward_gives_the_torch_paths_gradients_under_the_interpreter(interpreted):
+    # backward_triton (one launch: H_SS from the codes, v = M g, ∂z, ∂E by atomics) against the
+    # torch path's backward, after the same solves as above: ∂x, ∂E, and ∂target where there is one.
+    cases = interpreted["rounds"]
+    for c in cases:
+        assert c["backward_kernel"], c
+        assert c["grads"] == (3 if c["case"][0] == "scq-target" else 2), c
+        if c["case"][1] == "torch.float64":
+            assert max(c["grad_dev"]) <= 1e-12, c
+            continue
+        # float32 inputs: the kernel solves in float64, so its gradients are as close to the float64
+        # ones as the torch path's float32 Cholesky (the same kernel in float32 was 2.7× further off)
+        for kernel, torch_path in c["grad_error"]:
+            assert kernel <= 2 * torch_path + 1e-6 and kernel <= 1e-5 * max(c["grad_scale"]), c
 
 
 @needs_triton
@@ -411,5 +500,7 @@ def test_the_cuda_paths_launches_are_counted_without_a_gpu():
     assert ops["triton:round"] == rounds >= 1  # one launch a round: the whole work on W (round_triton)
     assert ops["triton:end_of_round"] == rounds  # and one for the verdict, the counts and the next W
     assert "triton:fista" not in ops and "triton:active_set" not in ops  # (the capped lasso's step path)
+    # the engine's backward in one launch (backward_triton), no batched factor or solve of the torch path
+    assert ops["triton:backward"] == 1 and "linalg_cholesky_ex" not in ops and "cholesky_solve" not in ops
     assert "set_" not in ops and "view" not in ops  # the interpreter's traffic and views are not launches
     assert sum(ops.values()) > 20 * rounds  # the torch bookkeeping around the kernels (~85–100 a round today)

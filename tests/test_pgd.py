@@ -153,7 +153,8 @@ def test_cuda_matches_cpu(device, dtype):
 def test_cuda_gradcheck(device):
     z, E = problem(N=3, K=8, D=3, seed=35, device=device)
     args = (z.clone().requires_grad_(), E.clone().requires_grad_())
-    assert gradcheck(lambda a, b: scq.solve_scq(a, b, 0.2), args)
+    # (nondet_tol: ∂E is summed by atomics on CUDA, its last bits in the order rows finish)
+    assert gradcheck(lambda a, b: scq.solve_scq(a, b, 0.2), args, nondet_tol=1e-12)
 
 
 @pytest.mark.parametrize("device", cuda_devices())

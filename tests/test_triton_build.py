@@ -17,7 +17,7 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-from scq.solvers.engine import active_set_triton, fista_triton  # noqa: E402
+from scq.solvers.engine import active_set_triton, fista_triton, triton_launch  # noqa: E402
 
 try:
     from triton.backends.compiler import GPUTarget
@@ -80,7 +80,7 @@ def _build(kernel, signature: dict, constexprs: dict, block: int):
     assert list(signature) == list(kernel.arg_names)  # a changed kernel signature must change this test
     start = time.perf_counter()
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=HOPPER,
-                              options=dict(num_warps=fista_triton.num_warps(block), **fista_triton.LAUNCH_OPTIONS))
+                              options=dict(num_warps=triton_launch.num_warps(block), **triton_launch.LAUNCH_OPTIONS))
     seconds = time.perf_counter() - start
     ptx = compiled.asm["ptx"]
     report = subprocess.run([PTXAS, "-arch=sm_90a", "-v", "-", "-o", "/dev/null"], input=ptx, capture_output=True,
@@ -102,7 +102,7 @@ def _build(kernel, signature: dict, constexprs: dict, block: int):
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 @pytest.mark.parametrize("simplex", [True, False])
 def test_the_active_set_kernel_builds_small_for_hopper(dtype, simplex):
-    block = fista_triton.MAX_SLOTS  # the widest working set the kernel takes: its largest build
+    block = triton_launch.MAX_SLOTS  # the widest working set the kernel takes: its largest build
     # float32 systems are refined in the kernel (float64 sums from the codes); float64 ones are not.
     constexprs = dict(SIMPLEX=simplex, CAP_SUPPORT=not simplex, BLOCK=block, REFINE=dtype == "fp32",
                       BLOCK_D=active_set_triton.REFINE_TILE_D)
@@ -114,7 +114,7 @@ def test_the_active_set_kernel_builds_small_for_hopper(dtype, simplex):
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_the_fista_kernel_builds_without_spilling_for_hopper(dtype):
-    block = fista_triton.MAX_SLOTS
+    block = triton_launch.MAX_SLOTS
     size, seconds, spills, registers = _build(fista_triton._kernel(), _fista(dtype),
                                               dict(N_ITER=10, SIMPLEX=True, BLOCK=block), block)
     assert size < 1_500_000 and seconds < 60, (size, seconds)
@@ -171,3 +171,27 @@ def test_the_end_of_round_kernel_builds_for_hopper(f):
     size, seconds, spills, registers = _build(round_triton._end_kernel(), signature,
                                               dict(BLOCK=64, BLOCK_ADD=64, BLOCK_W=128), 32)
     assert size < 1_000_000 and seconds < 60 and spills == 0, (size, seconds, spills, registers)
+
+
+@pytest.mark.parametrize("inputs", ["fp32", "fp64"])
+@pytest.mark.parametrize("block", [16, 32, 64])
+def test_the_backward_kernel_builds_for_hopper_without_spilling(inputs, block):
+    # The engine's backward in one kernel (backward_triton): H_SS from the codes and its elimination
+    # in float64 whatever the inputs, ∂z, and ∂E by atomics (float32 and float64 atomic adds).
+    import triton.language as tl
+
+    from scq.solvers.engine import backward_triton, round_triton
+
+    pointers = dict(E="float", z="float", code="i64", sign="float", u="float", s="i8", grad_u="float",
+                    out_v="fp64", grad_z="float", grad_E="float")
+    scalars = dict(m="i32", D="i32", ridge_hi="fp32", ridge_lo="fp32",
+                   **{name: "i32" for name in ("s_en", "s_zn", "s_cn", "s_gn", "s_un", "s_sn", "s_qn", "s_vn", "s_oz",
+                                               "s_ge")})
+    signature = {name: f"*{inputs}" if kind == "float" else f"*{kind}" for name, kind in pointers.items()}
+    signature.update(scalars)
+    signature.update({name: "constexpr" for name in ("SIMPLEX", "NEED_E", "SYS_DTYPE", "BLOCK", "GRAM_D", "BLOCK_D")})
+    constexprs = dict(SIMPLEX=True, NEED_E=True, SYS_DTYPE=tl.float64, BLOCK=block, GRAM_D=round_triton.GRAM_TILE_D,
+                      BLOCK_D=backward_triton.TILE_D)
+    size, seconds, spills, registers = _build(backward_triton._kernel(), signature, constexprs, block)
+    # (4 bytes spilled at 32 slots in float64 with tiles of 8; 181 registers at 64 slots)
+    assert size < 1_000_000 and seconds < 60 and spills <= 8 and registers <= 192, (size, seconds, spills, registers)

@@ -16,7 +16,7 @@ The torch path runs the batch in lockstep, ~130 launches per iteration and a hos
 
 The kernel is :func:`scq.solvers.engine.triton_kernels.active_set_rows`. The two paths agree to
 rounding (tests/test_fused.py runs the kernel under ``TRITON_INTERPRET=1`` on the CPU against the
-torch solve). Used where :func:`scq.solvers.engine.fista_triton.fits` says
+torch solve). Used where :func:`scq.solvers.engine.triton_launch.fits` says
 (CUDA, m ≤ ``MAX_SLOTS``, Triton installed, fused kernels not switched off).
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .active_set import DEGENERATE_SLACK, ActiveSetResult
-from .fista_triton import LAUNCH_OPTIONS, lazy_kernel, num_warps, two_part
+from .triton_launch import LAUNCH_OPTIONS, lazy_kernel, num_warps, two_part
 
 _KERNEL = None
 

@@ -4,12 +4,12 @@ The engine's small per-vector problems (FISTA's warm start, the active set, the 
 support solve) are written as batched torch ops: the reference every kernel is tested against,
 and what runs where no kernel applies. Where one does, the same arithmetic runs compiled:
 
-- CUDA: Triton kernels (:mod:`~scq.solvers.engine.triton_kernels`), m ≤ ``fista_triton.MAX_SLOTS``,
+- CUDA: Triton kernels (:mod:`~scq.solvers.engine.triton_kernels`), m ≤ ``triton_launch.MAX_SLOTS``,
   no host sync: a round's whole work on W in one launch and its end (verdict, counts, next W) in
   another (:mod:`~scq.solvers.engine.round_triton`), or where the support is capped (the lasso
   without a ridge) FISTA and the active set one launch each
-  (:mod:`~scq.solvers.engine.fista_triton`, :mod:`~scq.solvers.engine.active_set_triton`). The
-  backward stays torch (a handful of launches, no sync).
+  (:mod:`~scq.solvers.engine.fista_triton`, :mod:`~scq.solvers.engine.active_set_triton`); the
+  backward in one launch (:mod:`~scq.solvers.engine.backward_triton`).
 - CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m: a certificate
   round in three loops (:func:`round_kernels`: the work on W, Gram matrix read from the codebook's
   EEᵀ (where K ≤ N, or K ≤ 4N and K ≤ 1024) or made with :class:`GramCache`, FISTA, active set,
@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import fista_triton
+from . import fista_triton, triton_launch
 from .active_set import DEGENERATE_SLACK, ActiveSetResult
 
 # The one switch of every kernel. False: the torch path everywhere (to compare the two, e.g. in
@@ -54,7 +54,7 @@ def backend(H: torch.Tensor) -> Optional[str]:
     if not ENABLED or H.dtype not in (torch.float32, torch.float64):
         return None
     if H.is_cuda:
-        return "triton" if fista_triton.fits(H) else None
+        return "triton" if triton_launch.fits(H) else None
     if H.device.type == "cpu" and cpu_available():
         return "cpu"
     return None
@@ -205,9 +205,20 @@ def _per_range_buffers(bounds: np.ndarray, shape, need: bool, dtype) -> torch.Te
 
 def backward(z, E, code, sign, u, support, grad_u, *, ridge: float, simplex: bool, signed: bool, need_E: bool,
              sys_dtype: torch.dtype, table: Optional[torch.Tensor] = None):
-    """The engine's backward on the CPU (:func:`scq.solvers.engine.cpu_kernels.backward_rows`):
-    ``(v, ∂z, ∂E or None)``, or ``None`` (the torch path). ``table``: the forward's codebook Gram
-    matrix EEᵀ (K, K) in ``sys_dtype``, where it had one: the supports' products are read from it."""
+    """The engine's backward, compiled: ``(v, ∂z, ∂E or None)``, or ``None`` (the torch path). On
+    CUDA one Triton launch (:func:`scq.solvers.engine.backward_triton.backward`; not under
+    ``torch.use_deterministic_algorithms``, its ∂E being summed by atomics); on the CPU
+    :func:`scq.solvers.engine.cpu_kernels.backward_rows`, with ``table``, the forward's codebook Gram
+    matrix EEᵀ (K, K) in ``sys_dtype`` where it had one: the supports' products are read from it."""
+    if _triton_takes(code.shape[1], sys_dtype, z.device):
+        if torch.are_deterministic_algorithms_enabled() or E.dtype != z.dtype:
+            return None
+        from .backward_triton import backward as fused_backward
+
+        # (``sign`` as it is: an unsigned problem's are ones, which the forward never flips)
+        return _attempt("backward", lambda: fused_backward(z.detach(), E.detach(), code, sign.detach(), u.detach(),
+                                                           support, grad_u, ridge=ridge, simplex=simplex,
+                                                           need_E=need_E))
 
     def run(k):
         gram_table = table if table is not None else torch.zeros(0, 0, dtype=sys_dtype)

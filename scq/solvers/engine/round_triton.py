@@ -17,7 +17,7 @@ and momentum, two kernels and z_q's product):
 
 The same arithmetic as the torch path, up to the order of sums (tests/test_fused.py runs it under
 ``TRITON_INTERPRET=1`` against the torch path). Used where the support is not capped (a ridge), on
-the devices and widths :func:`scq.solvers.engine.fista_triton.fits` takes.
+the devices and widths :func:`scq.solvers.engine.triton_launch.fits` takes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from .active_set import DEGENERATE_SLACK, ActiveSetResult
 from .active_set_triton import REFINE_TILE_D
-from .fista_triton import LAUNCH_OPTIONS, lazy_kernel, num_warps, two_part
+from .triton_launch import LAUNCH_OPTIONS, lazy_kernel, num_warps, two_part
 
 _KERNEL = None
 # Columns of D per ``tl.dot`` of the Gram matrix (its inner dimension must be ≥ 16).

@@ -3,7 +3,7 @@ r"""The engine's Triton kernels (CUDA), and the pieces they share.
 Imported only where Triton is installed, by the launchers that use them
 (:mod:`~scq.solvers.engine.fista_triton`, :mod:`~scq.solvers.engine.active_set_triton`,
 :mod:`~scq.solvers.engine.round_triton`); everything here runs one program per row, the row's
-m×m system in registers (m ≤ ``fista_triton.MAX_SLOTS``, padded to BLOCK). The pieces are
+m×m system in registers (m ≤ ``triton_launch.MAX_SLOTS``, padded to BLOCK). The pieces are
 ``@triton.jit`` functions at module level (Triton looks a called function up among the caller's
 module globals), each the same arithmetic as a torch function the tests compare it with:
 
@@ -370,3 +370,58 @@ def end_of_round_rows(worst, worst_code, new_sign, nu, tol, scale, res_in, conv_
     tl.store(out_u + row * s_ou + c, new_u, mask=cols)
     tl.store(out_s + row * s_os + c, new_s, mask=cols)
     tl.store(out_valid + row * s_ov + c, new_valid.to(tl.int8), mask=cols)
+
+
+@triton.jit
+def backward_rows(E, z, code, sign, u, s, grad_u, out_v, grad_z, grad_E, m, D, ridge_hi, ridge_lo,
+                  s_en, s_zn, s_cn, s_gn, s_un, s_sn, s_qn, s_vn, s_oz, s_ge,
+                  SIMPLEX: tl.constexpr, NEED_E: tl.constexpr, SYS_DTYPE: tl.constexpr, BLOCK: tl.constexpr,
+                  GRAM_D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The engine's backward (docs/math.md §4–5) for row ``program_id`` (see
+    :mod:`~scq.solvers.engine.backward_triton`), on its support S from the codes in place: H_SS =
+    C_S C_Sᵀ + ρI (``tl.dot`` at IEEE precision, in the systems' dtype), v = M g on S by
+    :func:`eliminate` (M = H_SS⁻¹, less the rank-one term of the simplex's 1ᵀu = 1; 0 where H_SS
+    does not factor: the forward flagged the row as broken down), ∂z = Σ_j v_j c_j, and, with
+    ``NEED_E``, σ_j(v_j (z − z_q) − u_j ∂z) added into code k_j's row of ``grad_E`` (atomics)."""
+    row = tl.program_id(0)
+    i = tl.arange(0, BLOCK)
+    inside = i < m
+    eye = i[:, None] == i[None, :]
+    sup = tl.load(s + row * s_sn + i, mask=inside, other=0).to(tl.int32)
+    on = sup != 0
+    codes = tl.load(code + row * s_cn + i, mask=inside, other=0)
+    sg = tl.load(sign + row * s_gn + i, mask=inside, other=0.0)
+    # 1. H_SS from the support's codes (identity off S comes from the elimination).
+    H = tl.zeros([BLOCK, BLOCK], SYS_DTYPE)
+    for d0 in range(0, D, GRAM_D):
+        dd = d0 + tl.arange(0, GRAM_D)
+        tile = tl.load(E + codes[:, None] * s_en + dd[None, :], mask=on[:, None] & (dd < D)[None, :],
+                       other=0.0).to(SYS_DTYPE)
+        H += tl.dot(tile, tl.trans(tile), input_precision="ieee")
+    sgs = sg.to(SYS_DTYPE)
+    ridge = _two_part(tl.sum(sgs * 0.0, 0), ridge_hi, ridge_lo)
+    H = H * (sgs[:, None] * sgs[None, :]) + tl.where(eye, ridge, 0.0)
+    # 2. v = M g on S.
+    g = tl.load(grad_u + row * s_qn + i, mask=inside, other=0.0).to(SYS_DTYPE)
+    x, y, failed = eliminate(H, sup.to(SYS_DTYPE), g, m, i, eye)
+    v = x
+    if SIMPLEX:
+        ones = tl.sum(y, 0)  # > 0 where S is not empty (H_SS positive definite)
+        v = x - tl.sum(x, 0) / tl.where(ones > 0.0, ones, 1.0) * y
+    v = tl.where((failed == 0) & on, v, 0.0)
+    tl.store(out_v + row * s_vn + i, v, mask=inside)
+    # 3. ∂z = Σ_j v_j σ_j e_j and ∂E, a tile of D at a time, in the inputs' dtype.
+    vi = v.to(sg.dtype)
+    uu = tl.load(u + row * s_un + i, mask=inside, other=0.0)
+    rows_used = on | (uu != 0.0)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        cols = dd < D
+        tile = tl.load(E + codes[:, None] * s_en + dd[None, :], mask=rows_used[:, None] & cols[None, :], other=0.0)
+        vc = tl.sum((vi * sg)[:, None] * tile, 0)
+        tl.store(grad_z + row * s_oz + dd, vc, mask=cols)
+        if NEED_E:
+            r = tl.load(z + row * s_zn + dd, mask=cols, other=0.0) - tl.sum((uu * sg)[:, None] * tile, 0)
+            part = sg[:, None] * (vi[:, None] * r[None, :] - uu[:, None] * vc[None, :])
+            tl.atomic_add(grad_E + codes[:, None] * s_ge + dd[None, :], part, mask=rows_used[:, None] & cols[None, :],
+                          sem="relaxed")
