@@ -65,14 +65,17 @@ def count(N: int, K: int, D: int, backward: bool = False, seed: int = 0) -> "tup
     from scq.solvers.engine import active_set_triton, backward_triton, fista_triton, fused, round_triton
 
     mode = _Launches()
-    saved = (fused.backend, fista_triton._KERNEL, active_set_triton._KERNEL, round_triton._KERNEL,
-             round_triton._END_KERNEL, backward_triton._KERNEL)
+    # Each launcher's kernel slots (module global, getter, name counted).
+    slots = [(fista_triton, "_KERNEL", fista_triton._kernel, "fista"),
+             (active_set_triton, "_KERNEL", active_set_triton._kernel, "active_set"),
+             (round_triton, "_KERNEL", round_triton._kernel, "round"),
+             (round_triton, "_SCORES_KERNEL", round_triton._scores_kernel, "entering_scores"),
+             (round_triton, "_END_KERNEL", round_triton._end_kernel, "end_of_round"),
+             (backward_triton, "_KERNEL", backward_triton._kernel, "backward")]
+    saved = fused.backend, [getattr(module, slot) for module, slot, _, _ in slots]
     fused.backend = lambda H: "triton" if H.dtype in (torch.float32, torch.float64) else None
-    fista_triton._KERNEL = _CountedKernel(fista_triton._kernel(), "fista", mode)
-    active_set_triton._KERNEL = _CountedKernel(active_set_triton._kernel(), "active_set", mode)
-    round_triton._KERNEL = _CountedKernel(round_triton._kernel(), "round", mode)
-    round_triton._END_KERNEL = _CountedKernel(round_triton._end_kernel(), "end_of_round", mode)
-    backward_triton._KERNEL = _CountedKernel(backward_triton._kernel(), "backward", mode)
+    for module, slot, getter, name in slots:
+        setattr(module, slot, _CountedKernel(getter(), name, mode))
     try:
         g = torch.Generator().manual_seed(seed)
         E = torch.randn(K, D, generator=g)
@@ -86,8 +89,9 @@ def count(N: int, K: int, D: int, backward: bool = False, seed: int = 0) -> "tup
                 (out.quantized.square().sum() + out.loss).backward()
         return mode.ops, q.last_info.extra["rounds"]
     finally:
-        (fused.backend, fista_triton._KERNEL, active_set_triton._KERNEL, round_triton._KERNEL,
-         round_triton._END_KERNEL, backward_triton._KERNEL) = saved
+        fused.backend = saved[0]
+        for (module, slot, _, _), kernel in zip(slots, saved[1]):
+            setattr(module, slot, kernel)
 
 
 def main(argv=None) -> None:

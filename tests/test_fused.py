@@ -61,7 +61,7 @@ _CASES = textwrap.dedent("""
 def interpreted():
     """Every interpreted check's output, from one subprocess (Triton and torch import once)."""
     parts = (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE), ("refine", _REFINE),
-             ("round", _ROUND), ("rounds", _ROUNDS))
+             ("round", _ROUND), ("rounds", _ROUNDS), ("scores", _SCORES))
     script = _PROBLEM + "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
                                    for name, body in parts)
     script += "\nimport json\nprint(json.dumps({" + ", ".join(f"'{name}': _{name}()" for name, _ in parts) + "}))"
@@ -336,6 +336,52 @@ _ROUND = textwrap.dedent("""
 """)
 
 
+_SCORES = textwrap.dedent("""
+    import json, torch
+    from scq.solvers.engine import round_triton, working_set as W
+
+    def case(seed, dtype, signed, linear, n=4, m=6, K=300, D=5, n_add=5):
+        # K over the kernel's tile of codes; W's codes (some slots invalid) masked; a code of W may
+        # also be the start.
+        g = torch.Generator().manual_seed(seed)
+        E = torch.randn(K, D, generator=g, dtype=torch.float64).to(dtype)
+        z = torch.randn(n, D, generator=g, dtype=torch.float64).to(dtype)
+        zq = 0.5 * z
+        code = torch.stack([torch.randperm(K, generator=g)[:m] for _ in range(n)])
+        sign = torch.where(torch.rand(n, m, generator=g) < 0.5, -1.0, 1.0).to(dtype) if signed else \
+            torch.ones(n, m, dtype=dtype)
+        valid = torch.rand(n, m, generator=g) < 0.7
+        extra = 0.3 * torch.rand(n, K, generator=g, dtype=torch.float64).to(dtype) if linear == "extra" else None
+        start = code[:, 0].clone() if linear == "start" else None
+        bonus = 0.2 if linear == "start" else 0.0
+        form = W.QPForm(simplex=not signed, signed=signed, ridge=0.1, l1=0.0, start_bonus=bonus)
+        ref = W._entering(W._gradients(zq, z, E, extra, start, bonus), code, sign, valid, n_add, form)
+        G = (zq - z) @ E.T
+        score = round_triton.entering_scores(G.clone(), code, sign, valid, extra, start, bonus=bonus, signed=signed)
+        worst, worst_code = score.topk(n_add, dim=1)
+        return dict(case=[str(dtype), signed, linear], codes=bool((worst_code == ref[1]).all()),
+                    dev=float((worst - ref[0]).abs().max()), masked=int((score == float("-inf")).sum()),
+                    expected_masked=int(valid.sum()) if not signed else -1)
+
+    out = [case(seed, dtype, signed, linear) for seed, (dtype, signed, linear) in enumerate([
+        (torch.float64, False, "start"), (torch.float32, False, "extra"), (torch.float64, True, None),
+        (torch.float32, True, "extra")])]
+    print(json.dumps(out))
+""")
+
+
+@needs_triton
+def test_the_fused_entering_scores_pick_the_torch_paths_codes_under_the_interpreter(interpreted):
+    # round_triton.entering_scores (one launch: the linear term, the signs, W's codes masked)
+    # against working_set._gradients + _entering: the same codes and scores after the top-k.
+    cases = interpreted["scores"]
+    assert len(cases) == 4
+    for c in cases:
+        assert c["codes"] and c["dev"] <= (1e-12 if c["case"][0] == "torch.float64" else 1e-6), c
+        if c["expected_masked"] >= 0:  # unsigned: every valid slot's code masked, nothing else
+            assert c["masked"] == c["expected_masked"], c
+
+
 @needs_triton
 def test_the_fused_round_takes_the_torch_paths_steps_under_the_interpreter(interpreted):
     # round_triton against working_set._solve_on_w's torch steps: SCQ with its start bonus and with
@@ -499,6 +545,8 @@ def test_the_cuda_paths_launches_are_counted_without_a_gpu():
     ops, rounds = out["ops"], out["rounds"]
     assert ops["triton:round"] == rounds >= 1  # one launch a round: the whole work on W (round_triton)
     assert ops["triton:end_of_round"] == rounds  # and one for the verdict, the counts and the next W
+    # the scores before each top-k: the start's and each round's
+    assert ops["triton:entering_scores"] == rounds + 1 and "scatter_reduce_" not in ops
     assert "triton:fista" not in ops and "triton:active_set" not in ops  # (the capped lasso's step path)
     # the engine's backward in one launch (backward_triton), no batched factor or solve of the torch path
     assert ops["triton:backward"] == 1 and "linalg_cholesky_ex" not in ops and "cholesky_solve" not in ops

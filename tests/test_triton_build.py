@@ -54,8 +54,8 @@ def _active_set(f: str) -> dict:
 
 def _round(f: str, sys: str) -> dict:
     pointers = dict(E="float", z="float", code="i64", sign="float", u_in="float", s_in="i8", valid="i8",
-                    extra="float", start="i64", tol="sys", out_u="sys", out_s="i8", out_nu="sys", out_state="i32",
-                    out_res="sys", out_zq="float")
+                    extra="float", start="i64", tol="sys", out_u="sys", out_s="i8", out_nu="sys", out_converged="i8",
+                    out_broken="i8", iterations="i64", out_res="sys", out_zq="float")
     scalars = dict(m="i32", D="i32", max_iter="i32", drop_tol="fp32", tiny="fp32", slack="fp32",
                    **{name: "fp32" for name in ("ridge_hi", "ridge_lo", "bonus_hi", "bonus_lo", "l1_hi", "l1_lo")},
                    **{name: "i32" for name in ("s_en", "s_zn", "s_cn", "s_gn", "s_un", "s_sn", "s_vn", "s_xn", "s_ou",
@@ -162,14 +162,15 @@ def test_the_end_of_round_kernel_builds_for_hopper(f):
 
     pointers = dict(worst=f"*{f}", worst_code="*i64", new_sign=f"*{f}", nu=f"*{f}", tol=f"*{f}", scale=f"*{f}",
                     res_in=f"*{f}", conv_in="*i8", broken_in="*i8", code="*i64", sign=f"*{f}", u=f"*{f}", s="*i8",
-                    valid="*i8", iterations="*i32", out_code="*i64", out_sign=f"*{f}", out_u=f"*{f}", out_s="*i8",
+                    valid="*i8", iterations="*i64", out_code="*i64", out_sign=f"*{f}", out_u=f"*{f}", out_s="*i8",
                     out_valid="*i8", out_conv="*i8", out_res=f"*{f}", counts="*i64")
     scalars = dict(m="i32", n_add="i32", width="i32", alpha="fp32",
                    **{name: "i32" for name in ("s_wn", "s_cn", "s_gn", "s_un", "s_sn", "s_vn", "s_oc", "s_og", "s_ou",
                                                "s_os", "s_ov")})
-    signature = dict(pointers, **scalars, BLOCK="constexpr", BLOCK_ADD="constexpr", BLOCK_W="constexpr")
+    signature = dict(pointers, **scalars, BLOCK="constexpr", BLOCK_ADD="constexpr", BLOCK_W="constexpr",
+                     HAS_SIGN="constexpr")
     size, seconds, spills, registers = _build(round_triton._end_kernel(), signature,
-                                              dict(BLOCK=64, BLOCK_ADD=64, BLOCK_W=128), 32)
+                                              dict(BLOCK=64, BLOCK_ADD=64, BLOCK_W=128, HAS_SIGN=True), 32)
     assert size < 1_000_000 and seconds < 60 and spills == 0, (size, seconds, spills, registers)
 
 
@@ -195,3 +196,21 @@ def test_the_backward_kernel_builds_for_hopper_without_spilling(inputs, block):
     size, seconds, spills, registers = _build(backward_triton._kernel(), signature, constexprs, block)
     # (4 bytes spilled at 32 slots in float64 with tiles of 8; 181 registers at 64 slots)
     assert size < 1_000_000 and seconds < 60 and spills <= 8 and registers <= 192, (size, seconds, spills, registers)
+
+
+@pytest.mark.parametrize("f", ["fp32", "fp64"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_entering_scores_kernel_builds_for_hopper(f, signed):
+    # The scores before each round's top-k (round_triton.entering_scores): a sweep over K in tiles,
+    # a barrier, then W's codes masked.
+    from scq.solvers.engine import round_triton
+
+    pointers = dict(G=f"*{f}", score=f"*{f}", code="*i64", sign=f"*{f}", valid="*i8", extra=f"*{f}", start="*i64")
+    scalars = dict(K="i32", m="i32", bonus_hi="fp32", bonus_lo="fp32",
+                   **{name: "i32" for name in ("s_gn", "s_on", "s_cn", "s_sn", "s_vn", "s_xn")})
+    signature = dict(pointers, **scalars, **{name: "constexpr" for name in ("SIGNED", "HAS_EXTRA", "HAS_START", "BLOCK",
+                                                                            "BLOCK_K")})
+    constexprs = dict(SIGNED=signed, HAS_EXTRA=signed, HAS_START=not signed, BLOCK=64,
+                      BLOCK_K=round_triton.SCORES_TILE_K)
+    size, seconds, spills, registers = _build(round_triton._scores_kernel(), signature, constexprs, 32)
+    assert size < 500_000 and seconds < 60 and spills == 0, (size, seconds, spills, registers)

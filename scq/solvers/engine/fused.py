@@ -183,6 +183,17 @@ def work_on_w(E, code, sign, z, extra, start, u, s, valid, dual_tol, *, simplex:
         max_iter=max_iter, refine=refine))
 
 
+def entering_scores(G, code, sign, valid, extra, start, *, bonus: float, signed: bool):
+    """The round's entering scores from its gradients in one Triton launch
+    (:func:`scq.solvers.engine.round_triton.entering_scores`), or ``None``."""
+    if not _triton_takes(code.shape[1], G.dtype, G.device):
+        return None
+    from .round_triton import entering_scores as fused_scores
+
+    return _attempt("entering-scores", lambda: fused_scores(G, code, sign, valid, extra, start, bonus=bonus,
+                                                             signed=signed))
+
+
 def end_of_round(worst, worst_code, new_sign, nu, dual_tol, scale, res, code, sign, u, s, valid, alpha: float):
     """The end of a certificate round in one Triton launch
     (:func:`scq.solvers.engine.round_triton.end_of_round`), or ``None``."""

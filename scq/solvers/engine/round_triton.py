@@ -1,6 +1,7 @@
-r"""A certificate round in two Triton launches (CUDA): the whole work on the working set W
-(:func:`work_on_w`), then, after the round's GEMM and top-k, its end (:func:`end_of_round`: each
-row's verdict, the round's counts for its one host read, and the next W).
+r"""A certificate round in three Triton launches (CUDA): the whole work on the working set W
+(:func:`work_on_w`), then, after the round's GEMM, the entering scores (:func:`entering_scores`),
+and after their top-k the round's end (:func:`end_of_round`: each row's verdict, the round's counts
+for its one host read, and the next W).
 
 Per row, in one program (:func:`scq.solvers.engine.triton_kernels.round_rows`), the steps of
 :func:`scq.solvers.engine.working_set._solve_on_w`, which the torch path takes as ~40 launches
@@ -60,7 +61,9 @@ def work_on_w(E: torch.Tensor, code: torch.Tensor, sign: torch.Tensor, z: torch.
     out_s = torch.empty(n, m, dtype=torch.int8, device=dev)
     out_nu = torch.empty(n, dtype=sys_dtype, device=dev)
     out_res = torch.empty(n, dtype=sys_dtype, device=dev)
-    state = torch.zeros(n, dtype=torch.int32, device=dev)
+    converged = torch.empty(n, dtype=torch.int8, device=dev)
+    broken = torch.empty(n, dtype=torch.int8, device=dev)
+    iterations = torch.zeros((), dtype=torch.int64, device=dev)
     zq = torch.empty(n, D, dtype=z.dtype, device=dev)
     if n:
         import triton.language as tl
@@ -74,7 +77,8 @@ def work_on_w(E: torch.Tensor, code: torch.Tensor, sign: torch.Tensor, z: torch.
         tol = dual_tol.reshape(n).to(sys_dtype).contiguous()
         block = max(16, triton.next_power_of_2(m))
         finfo = torch.finfo(sys_dtype)
-        _kernel()[(n,)](E, z, code, sign, u, s8, v8, extra_t, start_t, tol, out_u, out_s, out_nu, state, out_res, zq,
+        _kernel()[(n,)](E, z, code, sign, u, s8, v8, extra_t, start_t, tol, out_u, out_s, out_nu, converged, broken,
+                        iterations, out_res, zq,
                         m, D, int(max_iter), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, *two_part(ridge),
                         *two_part(bonus), *two_part(l1),
                         E.stride(0), z.stride(0), code.stride(0), sign.stride(0), u.stride(0), s8.stride(0),
@@ -83,10 +87,47 @@ def work_on_w(E: torch.Tensor, code: torch.Tensor, sign: torch.Tensor, z: torch.
                         REFINE=refine, SYS_DTYPE=tl.float64 if sys_dtype == torch.float64 else tl.float32,
                         BLOCK=block, GRAM_D=GRAM_TILE_D, BLOCK_D=REFINE_TILE_D, num_warps=num_warps(block),
                         **LAUNCH_OPTIONS)
-    done, broken = (state & 1) != 0, (state & 2) != 0
-    iterations = (state >> 2).amax() if n else torch.zeros((), dtype=torch.int32, device=dev)
-    result = ActiveSetResult(out_u, out_s != 0, out_nu, done & ~broken, iterations, out_res, broken, refined=refine)
+    # (The kernel stores 0/1 bytes: viewed as bools, no launch.)
+    result = ActiveSetResult(out_u, out_s.view(torch.bool), out_nu, converged.view(torch.bool), iterations, out_res,
+                             broken.view(torch.bool), refined=refine)
     return result, zq
+
+
+_SCORES_KERNEL = None
+# Codes per tile of the scores' sweep over K.
+SCORES_TILE_K = 256
+
+
+def _scores_kernel():
+    return lazy_kernel(globals(), "_SCORES_KERNEL", "entering_scores_rows")
+
+
+def entering_scores(G: torch.Tensor, code: torch.Tensor, sign: torch.Tensor, valid: torch.Tensor,
+                    extra: "torch.Tensor | None", start: "torch.Tensor | None", *, bonus: float, signed: bool
+                    ) -> torch.Tensor:
+    """The round's entering scores (n, K) from its gradients G = E(z_q − z) (n, K), in one launch
+    where the torch path takes ~8 (the linear term, the sign, the mask of W's codes): −(G − extra)
+    (or less ``bonus`` at the ``start`` codes; |G − extra| for ``signed`` codes), −inf at the codes
+    already in W; the caller takes their top-k. Unsigned: written over G, which is returned; signed:
+    a new tensor (G is kept, for the entering signs)."""
+    import triton
+
+    n, K = G.shape
+    m = code.shape[1]
+    score = torch.empty_like(G) if signed else G
+    if n == 0:
+        return score
+    has_extra, has_start = extra is not None, extra is None and start is not None and bonus != 0
+    extra_t = extra.contiguous() if has_extra else G
+    start_t = start.contiguous() if has_start else code
+    code, sign = _unit_stride(code), _unit_stride(sign)
+    v8 = _unit_stride(valid).view(torch.int8)
+    block = max(16, triton.next_power_of_2(m))
+    _scores_kernel()[(n,)](G, score, code, sign, v8, extra_t, start_t, K, m, *two_part(bonus), G.stride(0),
+                           score.stride(0), code.stride(0), sign.stride(0), v8.stride(0), extra_t.stride(0),
+                           SIGNED=signed, HAS_EXTRA=has_extra, HAS_START=has_start, BLOCK=block,
+                           BLOCK_K=SCORES_TILE_K, num_warps=4, **LAUNCH_OPTIONS)
+    return score
 
 
 _END_KERNEL = None
@@ -98,12 +139,13 @@ def _end_kernel():
     return lazy_kernel(globals(), "_END_KERNEL", "end_of_round_rows")
 
 
-def end_of_round(worst: torch.Tensor, worst_code: torch.Tensor, new_sign: torch.Tensor, nu: torch.Tensor,
+def end_of_round(worst: torch.Tensor, worst_code: torch.Tensor, new_sign: "torch.Tensor | None", nu: torch.Tensor,
                  dual_tol: torch.Tensor, scale: torch.Tensor, res: ActiveSetResult, code: torch.Tensor,
                  sign: torch.Tensor, u: torch.Tensor, s: torch.Tensor, valid: torch.Tensor, alpha: float):
     """The end of a certificate round for the round's rows in one launch, as the torch loop of
     :func:`scq.solvers.engine.working_set._forward` does it in ~40: from the ``n_add`` most
-    violating codes outside W (``worst`` (n, n_add), descending; their codes and entering signs),
+    violating codes outside W (``worst`` (n, n_add), descending; their codes and entering signs,
+    ``None`` for unsigned codes),
     each row's verdict (converged, residual relative to ``scale``), the next W laid out m + n_add
     wide (support, violators, the rest of the old W, then empty slots; the caller keeps as many
     slots as the widest row needs) and the round's counts (n, 4) int64 on the device: unfinished
@@ -124,7 +166,9 @@ def end_of_round(worst: torch.Tensor, worst_code: torch.Tensor, new_sign: torch.
     out_conv = torch.empty(n, dtype=torch.int8, device=dev)
     out_res = torch.empty(n, dtype=u.dtype, device=dev)
     if n:
-        worst, worst_code, new_sign = worst.contiguous(), worst_code.contiguous(), new_sign.contiguous()
+        has_sign = new_sign is not None
+        worst, worst_code = worst.contiguous(), worst_code.contiguous()
+        new_sign = new_sign.contiguous() if has_sign else worst  # (not read without signs)
         code, sign, u = _unit_stride(code), _unit_stride(sign), _unit_stride(u)
         s8, v8 = _unit_stride(s).view(torch.int8), _unit_stride(valid).view(torch.int8)
         _end_kernel()[(n,)](worst, worst_code, new_sign, nu.contiguous(), dual_tol.reshape(n).contiguous(),
@@ -136,6 +180,7 @@ def end_of_round(worst: torch.Tensor, worst_code: torch.Tensor, new_sign: torch.
                             out_code.stride(0), out_sign.stride(0), out_u.stride(0), out_s.stride(0),
                             out_valid.stride(0), BLOCK=max(16, triton.next_power_of_2(m)),
                             BLOCK_ADD=max(16, triton.next_power_of_2(n_add)),
-                            BLOCK_W=max(16, triton.next_power_of_2(width)), num_warps=4, **LAUNCH_OPTIONS)
+                            BLOCK_W=max(16, triton.next_power_of_2(width)), HAS_SIGN=has_sign, num_warps=4,
+                            **LAUNCH_OPTIONS)
     placed = (out_code, out_sign, out_u, out_s.view(torch.bool), out_valid.view(torch.bool))
     return out_conv.view(torch.bool), out_res, placed, counts

@@ -246,7 +246,7 @@ def _two_part(zero, hi, lo):
 
 @triton.jit
 def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol,
-               out_u, out_s, out_nu, out_state, out_res, out_zq,
+               out_u, out_s, out_nu, out_converged, out_broken, iterations, out_res, out_zq,
                m, D, max_iter, drop_tol, tiny, slack, ridge_hi, ridge_lo, bonus_hi, bonus_lo, l1_hi, l1_lo,
                s_en, s_zn, s_cn, s_gn, s_un, s_sn, s_vn, s_xn, s_ou, s_os, s_oz,
                N_ITER: tl.constexpr, SIMPLEX: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_START: tl.constexpr,
@@ -254,7 +254,9 @@ def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol,
                BLOCK_D: tl.constexpr):
     """A certificate round's whole work on W for row ``program_id`` (see
     :mod:`~scq.solvers.engine.round_triton`): H = CCᵀ + ρI and b = Cz + linear from the codes,
-    FISTA's warm start, the active set, the refinement (``REFINE``) and z_q = Σ_j u_j σ_j e_j."""
+    FISTA's warm start, the active set, the refinement (``REFINE``) and z_q = Σ_j u_j σ_j e_j; the
+    row's verdict on W as int8 flags (converged: done and not broken down), the most active-set
+    iterations of the round by an atomic max into ``iterations`` (int64)."""
     row = tl.program_id(0)
     i = tl.arange(0, BLOCK)
     inside = i < m
@@ -303,7 +305,9 @@ def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol,
     tl.store(out_s + row * s_os + i, s.to(tl.int8), mask=inside)
     tl.store(out_nu + row, nu)
     tl.store(out_res + row, residual)
-    tl.store(out_state + row, done + 2 * broken + 4 * iters)
+    tl.store(out_converged + row, (done & (1 - broken)).to(tl.int8))
+    tl.store(out_broken + row, broken.to(tl.int8))
+    tl.atomic_max(iterations, iters.to(tl.int64))
     # 4. z_q = Σ_j u_j σ_j e_j in the inputs' dtype (the weights as returned), a tile of D at a time.
     w = p.to(sg.dtype) * sg
     for d0 in range(0, D, BLOCK_D):
@@ -317,7 +321,7 @@ def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol,
 def end_of_round_rows(worst, worst_code, new_sign, nu, tol, scale, res_in, conv_in, broken_in, code, sign, u, s,
                       valid, iterations, out_code, out_sign, out_u, out_s, out_valid, out_conv, out_res, counts, m,
                       n_add, width, alpha, s_wn, s_cn, s_gn, s_un, s_sn, s_vn, s_oc, s_og, s_ou, s_os, s_ov,
-                      BLOCK: tl.constexpr, BLOCK_ADD: tl.constexpr, BLOCK_W: tl.constexpr):
+                      BLOCK: tl.constexpr, BLOCK_ADD: tl.constexpr, BLOCK_W: tl.constexpr, HAS_SIGN: tl.constexpr):
     """The end of a certificate round for row ``program_id`` (see
     :func:`scq.solvers.engine.round_triton.end_of_round`): the row's verdict from its ``n_add`` most
     violating codes outside W (``worst`` scores, descending), the round's counts (atomics into
@@ -360,8 +364,11 @@ def end_of_round_rows(worst, worst_code, new_sign, nu, tol, scale, res_in, conv_
     old = has_src & cols
     new_code = tl.where(entering, tl.load(worst_code + row * s_wn + t, mask=entering & cols, other=0),
                         tl.load(code + row * s_cn + src, mask=old, other=0))
-    new_sg = tl.where(entering, tl.load(new_sign + row * s_wn + t, mask=entering & cols, other=1.0),
-                      tl.load(sign + row * s_gn + src, mask=old, other=1.0))
+    old_sg = tl.load(sign + row * s_gn + src, mask=old, other=1.0)
+    if HAS_SIGN:
+        new_sg = tl.where(entering, tl.load(new_sign + row * s_wn + t, mask=entering & cols, other=1.0), old_sg)
+    else:  # unsigned codes enter as +e_k
+        new_sg = tl.where(entering, 1.0, old_sg)
     new_u = tl.load(u + row * s_un + src, mask=old & ~entering, other=0.0)
     new_s = tl.load(s + row * s_sn + src, mask=old & ~entering, other=0)
     new_valid = tl.where(entering, 1, tl.load(valid + row * s_vn + src, mask=old, other=0))
@@ -425,3 +432,41 @@ def backward_rows(E, z, code, sign, u, s, grad_u, out_v, grad_z, grad_E, m, D, r
             part = sg[:, None] * (vi[:, None] * r[None, :] - uu[:, None] * vc[None, :])
             tl.atomic_add(grad_E + codes[:, None] * s_ge + dd[None, :], part, mask=rows_used[:, None] & cols[None, :],
                           sem="relaxed")
+
+
+@triton.jit
+def entering_scores_rows(G, score, code, sign, valid, extra, start, K, m, bonus_hi, bonus_lo,
+                         s_gn, s_on, s_cn, s_sn, s_vn, s_xn,
+                         SIGNED: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_START: tl.constexpr, BLOCK: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+    """Row ``program_id``'s entering scores from its gradients G = E(z_q − z) (see
+    :func:`scq.solvers.engine.round_triton.entering_scores`): g = G − extra (or less the bonus at
+    the ``start`` code), the score −g (|g| for signed codes, which enter with sign −sign(g)), and
+    −inf at the codes already in W (for signed codes, where W holds the code with its entering
+    sign), as :func:`scq.solvers.engine.working_set._gradients` and ``_entering`` make them."""
+    row = tl.program_id(0)
+    i = tl.arange(0, BLOCK)
+    inside = i < m
+    codes = tl.load(code + row * s_cn + i, mask=inside, other=0)
+    in_w = (tl.load(valid + row * s_vn + i, mask=inside, other=0) != 0) & inside
+    bonus = _two_part(tl.sum(tl.zeros([BLOCK], G.dtype.element_ty), 0), bonus_hi, bonus_lo)
+    if HAS_START:
+        first = tl.load(start + row)
+    if SIGNED:  # W's codes count as in W only with their entering sign (read before any write)
+        g_w = tl.load(G + row * s_gn + codes, mask=in_w, other=0.0)
+        if HAS_EXTRA:
+            g_w -= tl.load(extra + row * s_xn + codes, mask=in_w, other=0.0)
+        if HAS_START:
+            g_w = tl.where(codes == first, g_w - bonus, g_w)
+        in_w = in_w & (tl.where(g_w > 0.0, -1.0, 1.0) == tl.load(sign + row * s_sn + i, mask=inside, other=0.0))
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        live = kk < K
+        g = tl.load(G + row * s_gn + kk, mask=live, other=0.0)
+        if HAS_EXTRA:
+            g -= tl.load(extra + row * s_xn + kk, mask=live, other=0.0)
+        if HAS_START:
+            g = tl.where(kk == first, g - bonus, g)
+        tl.store(score + row * s_on + kk, tl.abs(g) if SIGNED else -g, mask=live)
+    tl.debug_barrier()  # the sweep's stores before the mask's, which may fall on the same codes
+    tl.store(score + row * s_on + codes, tl.full([BLOCK], float("-inf"), score.dtype.element_ty), mask=in_w)

@@ -158,12 +158,14 @@ def _gram(C: torch.Tensor, ridge) -> torch.Tensor:
     return H + ridge * torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
 
 
-def _gradients(zq, z, E, extra, start, bonus: float):
+def _gradients(zq, z, E, extra, start, bonus: float, G: Optional[torch.Tensor] = None):
     """G (n, K): g_k = e_kᵀ(z_q − z) − extra_k, the gradient of the objective's smooth part along
     each + code without the ridge term (which vanishes outside W, where weights are 0). ``extra``
     None: SCQ's default target adds ``bonus`` (λ) at the nearest code ``start``. One GEMM on the
-    rows' points: the (N, K) linear term is never formed, nor gathered per round."""
-    G = (zq - z) @ E.transpose(0, 1)
+    rows' points (or its product ``G``, given): the (N, K) linear term is never formed, nor
+    gathered per round."""
+    if G is None:
+        G = (zq - z) @ E.transpose(0, 1)
     if extra is not None:
         G.sub_(extra)
     elif bonus:
@@ -266,6 +268,27 @@ def _refine(E, code, sign, z, linear, H, res, problem: QPForm, ridge: float, C):
     ok = ~failed & support.any(-1) & ((refined > 0) | ~support).all(-1)
     weights = torch.where(ok.unsqueeze(-1), refined.to(u.dtype), u)
     return weights, torch.where(ok, res.nu + d_nu.to(res.nu.dtype), res.nu)
+
+
+def _entering_codes(zq, z, E, extra, start, code, sign, valid, n_add: int, problem: QPForm):
+    """:func:`_entering` at the round's points z_q: one GEMM for the gradients, then on CUDA the
+    scores in one launch (:func:`scq.solvers.engine.round_triton.entering_scores`) and their top-k."""
+    G = (zq - z) @ E.transpose(0, 1)
+    bonus = problem.start_bonus
+    score = fused.entering_scores(G, code, sign, valid, extra, start, bonus=bonus, signed=problem.signed)
+    if score is None:
+        return _entering(_gradients(zq, z, E, extra, start, bonus, G=G), code, sign, valid, n_add, problem)
+    worst, worst_code = score.topk(n_add, dim=1)
+    # Entering signs −sign(g_k) from G, which the signed scores kept (unsigned: none, see end_of_round)
+    new_sign = None
+    if problem.signed:
+        g = G.gather(1, worst_code)
+        if extra is not None:
+            g = g - extra.gather(1, worst_code)
+        elif start is not None and bonus:
+            g = g - bonus * (worst_code == start.unsqueeze(1))
+        new_sign = torch.where(g > 0, -1.0, 1.0).to(G.dtype)
+    return worst, worst_code, new_sign
 
 
 def _entering(G, code, sign, valid, n_add: int, problem: QPForm):
@@ -375,9 +398,9 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
                                             u, code, sign, valid, min(n_first, K), signed=problem.signed)
         if entering is None:
             zq = E[start] if start is not None else z.new_zeros(N, D)
-            entering = _entering(_gradients(zq, z, E, extra, start, problem.start_bonus), code, sign, valid,
-                                 min(n_first, K), problem)
+            entering = _entering_codes(zq, z, E, extra, start, code, sign, valid, min(n_first, K), problem)
         _, top, top_sign = entering
+        top_sign = torch.ones_like(top, dtype=dtype) if top_sign is None else top_sign
         code = torch.cat([code, top], dim=1)
         sign = torch.cat([sign, top_sign], dim=1)
         u = torch.cat([u, u.new_zeros(N, top.shape[1])], dim=1)
@@ -413,8 +436,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         res, zq = _solve_on_w(E, cr, sgr, zr, extra_r, start_r, ur, sr, vr, tol_r, problem, opts, sys_dtype,
                               sys_ridge, max_support, gram_cache, rows)
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
-        worst, worst_code, new_sign = _entering(_gradients(zq, zr, E, extra_r, start_r, problem.start_bonus), cr, sgr,
-                                                vr, n_add, problem)
+        worst, worst_code, new_sign = _entering_codes(zq, zr, E, extra_r, start_r, cr, sgr, vr, n_add, problem)
         # On CUDA the verdict, the counts and the next W in one launch (round_triton.end_of_round).
         ended = fused.end_of_round(worst, worst_code, new_sign, nu, tol_r, take(scale), res, cr, sgr, ur, sr,
                                    vr, alpha) if torch.is_tensor(res.iterations) else None
@@ -475,6 +497,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
             slot = n_support.unsqueeze(1) + torch.arange(n_add, device=device)
             slot = torch.where(violating, slot, torch.full_like(slot, m))
             put = lambda t, val: torch.cat([t, t[:, :1]], 1).scatter_(1, slot, val)[:, :m]
+            new_sign = torch.ones_like(worst) if new_sign is None else new_sign
             cr, sgr, vr = put(cr, worst_code), put(sgr, new_sign), put(vr, torch.ones_like(violating))
         if rows is None:
             code, sign, u, s, valid = cr, sgr, ur, sr, vr
