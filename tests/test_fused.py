@@ -61,7 +61,7 @@ _CASES = textwrap.dedent("""
 def interpreted():
     """Every interpreted check's output, from one subprocess (Triton and torch import once)."""
     parts = (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE), ("refine", _REFINE),
-             ("round", _ROUND), ("rounds", _ROUNDS), ("scores", _SCORES))
+             ("round", _ROUND), ("rounds", _ROUNDS), ("scores", _SCORES), ("outgrown", _OUTGROWN))
     script = _PROBLEM + "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
                                    for name, body in parts)
     script += "\nimport json\nprint(json.dumps({" + ", ".join(f"'{name}': _{name}()" for name, _ in parts) + "}))"
@@ -318,14 +318,14 @@ _ROUND = textwrap.dedent("""
         ref, zq_ref = W._solve_on_w(E, code, sign, z, extra, start, u, u > 0, valid, tol, form, opts, sys_dtype, 0.1,
                                     None, None, None)
         fused.ENABLED = True
-        got, zq = round_triton.work_on_w(E, code, sign, z, extra, start, u, u > 0, valid, tol, simplex=simplex,
+        got, diff = round_triton.work_on_w(E, code, sign, z, extra, start, u, u > 0, valid, tol, simplex=simplex,
                                          ridge=0.1, l1=form.l1, bonus=form.start_bonus, sys_dtype=sys_dtype,
                                          pg_iters=opts.pg_iters, max_iter=100, refine=refine)
         both = ref.converged & got.converged
         dev = lambda a, b: float((a.double() - b.double())[both].abs().max())
         return dict(case=[str(dtype), str(sys_dtype), simplex, signed, with_extra], both=int(both.sum()),
                     ref=int(ref.converged.sum()), got=int(got.converged.sum()), u=dev(got.weights, ref.weights),
-                    nu=dev(got.nu, ref.nu), zq=dev(zq, zq_ref), support=bool((got.support == ref.support)[both].all()),
+                    nu=dev(got.nu, ref.nu), zq=dev(diff, zq_ref - z), support=bool((got.support == ref.support)[both].all()),
                     refined=got.refined)
 
     f32, f64 = torch.float32, torch.float64
@@ -458,6 +458,36 @@ def test_the_fused_rounds_take_the_torch_loops_steps_under_the_interpreter(inter
         assert c["converged"], c
         assert c["rounds"][0] == c["rounds"][1] > 4 and c["working_set"][0] == c["working_set"][1] > 4, c
         assert c["dev"] <= (1e-12 if c["case"][1] == "torch.float64" else 1e-6), c
+
+
+_OUTGROWN = textwrap.dedent("""
+    import json, torch, scq
+    from scq.solvers.engine import fused, triton_launch, working_set as W
+
+    # Large supports (inputs inside the hull): W outgrows the kernels (their widest W made 5 slots
+    # here), and the torch loop takes over from round 0's W.
+    g = torch.Generator().manual_seed(11)
+    E = torch.randn(60, 4, generator=g, dtype=torch.float64)
+    x = 0.3 * torch.randn(6, 4, generator=g, dtype=torch.float64)
+    backend, widest = fused.backend, triton_launch.MAX_SLOTS
+    fused.ENABLED = False
+    ref, ref_info = scq.solve_scq(x, E, lam=0.05, method="pgd", return_info=True, working_set=4, add_per_round=2)
+    fused.ENABLED, fused.backend, triton_launch.MAX_SLOTS = True, lambda H: "triton", 5
+    handed = []
+    loop = W._rounds_on_triton
+    W._rounds_on_triton = lambda *a, **k: handed.append(loop(*a, **k)) or handed[-1]
+    got, info = scq.solve_scq(x, E, lam=0.05, method="pgd", return_info=True, working_set=4, add_per_round=2)
+    fused.backend, triton_launch.MAX_SLOTS, W._rounds_on_triton = backend, widest, loop
+    print(json.dumps(dict(dev=float((got - ref).abs().max()), converged=bool(info.converged), handed=len(handed),
+                          took_over=handed == [None], working_set=info.extra["working_set"], on=fused.ENABLED)))
+""")
+
+
+@needs_triton
+def test_a_working_set_wider_than_the_kernels_hands_the_rounds_to_the_torch_loop(interpreted):
+    out = interpreted["outgrown"]
+    assert out["handed"] == 1 and out["took_over"] and out["working_set"] > 5, out
+    assert out["converged"] and out["dev"] <= 1e-12 and out["on"], out
 
 
 @needs_triton

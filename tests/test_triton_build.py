@@ -54,8 +54,8 @@ def _active_set(f: str) -> dict:
 
 def _round(f: str, sys: str) -> dict:
     pointers = dict(E="float", z="float", code="i64", sign="float", u_in="float", s_in="i8", valid="i8",
-                    extra="float", start="i64", tol="sys", out_u="sys", out_s="i8", out_nu="sys", out_converged="i8",
-                    out_broken="i8", iterations="i64", out_res="sys", out_zq="float")
+                    extra="float", start="i64", tol="sys", rows="i64", out_u="sys", out_s="i8", out_nu="sys",
+                    out_converged="i8", out_broken="i8", iterations="i64", out_res="sys", out_diff="float")
     scalars = dict(m="i32", D="i32", max_iter="i32", drop_tol="fp32", tiny="fp32", slack="fp32",
                    **{name: "fp32" for name in ("ridge_hi", "ridge_lo", "bonus_hi", "bonus_lo", "l1_hi", "l1_lo")},
                    **{name: "i32" for name in ("s_en", "s_zn", "s_cn", "s_gn", "s_un", "s_sn", "s_vn", "s_xn", "s_ou",
@@ -64,7 +64,7 @@ def _round(f: str, sys: str) -> dict:
            for name, kind in pointers.items()}
     sig.update(scalars)
     sig.update({name: "constexpr" for name in ("N_ITER", "SIMPLEX", "HAS_EXTRA", "HAS_START", "REFINE", "SYS_DTYPE",
-                                               "BLOCK", "GRAM_D", "BLOCK_D")})
+                                               "BLOCK", "GRAM_D", "BLOCK_D", "HAS_ROWS")})
     return sig
 
 
@@ -146,7 +146,7 @@ def test_the_round_kernel_builds_for_hopper_within_the_active_sets_registers(inp
 
     constexprs = dict(N_ITER=10, SIMPLEX=True, HAS_EXTRA=False, HAS_START=True, REFINE=systems == "fp32",
                       SYS_DTYPE=tl.float64 if systems == "fp64" else tl.float32, BLOCK=block,
-                      GRAM_D=round_triton.GRAM_TILE_D, BLOCK_D=active_set_triton.REFINE_TILE_D)
+                      GRAM_D=round_triton.GRAM_TILE_D, BLOCK_D=active_set_triton.REFINE_TILE_D, HAS_ROWS=True)
     size, seconds, spills, registers = _build(round_triton._kernel(), _round(inputs, systems), constexprs, block)
     alone = _build(active_set_triton._kernel(), _active_set(systems),
                    dict(SIMPLEX=True, CAP_SUPPORT=False, BLOCK=block, REFINE=systems == "fp32",
@@ -157,20 +157,20 @@ def test_the_round_kernel_builds_for_hopper_within_the_active_sets_registers(inp
 
 @pytest.mark.parametrize("f", ["fp32", "fp64"])
 def test_the_end_of_round_kernel_builds_for_hopper(f):
-    # The verdict, the counts (int64 atomics) and the next W laid out by gathers: built for sm_90.
+    # The verdict, the counts (int64 atomics), the rows left and the next W laid out in place by
+    # gathers (a barrier between the old W's reads and the new one's writes): built for sm_90.
     from scq.solvers.engine import round_triton
 
-    pointers = dict(worst=f"*{f}", worst_code="*i64", new_sign=f"*{f}", nu=f"*{f}", tol=f"*{f}", scale=f"*{f}",
-                    res_in=f"*{f}", conv_in="*i8", broken_in="*i8", code="*i64", sign=f"*{f}", u=f"*{f}", s="*i8",
-                    valid="*i8", iterations="*i64", out_code="*i64", out_sign=f"*{f}", out_u=f"*{f}", out_s="*i8",
-                    out_valid="*i8", out_conv="*i8", out_res=f"*{f}", counts="*i64")
+    pointers = dict(worst=f"*{f}", worst_code="*i64", new_sign=f"*{f}", nu=f"*{f}", tol=f"*{f}", conv_in="*i8",
+                    broken_in="*i8", weights=f"*{f}", support="*i8", iterations="*i64", rows="*i64", code="*i64",
+                    sign=f"*{f}", u=f"*{f}", s="*i8", valid="*i8", broken="*i8", next_rows="*i64", counts="*i64")
     scalars = dict(m="i32", n_add="i32", width="i32", alpha="fp32",
-                   **{name: "i32" for name in ("s_wn", "s_cn", "s_gn", "s_un", "s_sn", "s_vn", "s_oc", "s_og", "s_ou",
-                                               "s_os", "s_ov")})
-    signature = dict(pointers, **scalars, BLOCK="constexpr", BLOCK_ADD="constexpr", BLOCK_W="constexpr",
-                     HAS_SIGN="constexpr")
+                   **{name: "i32" for name in ("s_wn", "s_pn", "s_qn", "s_cn", "s_gn", "s_un", "s_sn", "s_vn")})
+    signature = dict(pointers, **scalars, **{name: "constexpr" for name in ("BLOCK", "BLOCK_ADD", "BLOCK_W",
+                                                                            "HAS_SIGN", "HAS_ROWS")})
     size, seconds, spills, registers = _build(round_triton._end_kernel(), signature,
-                                              dict(BLOCK=64, BLOCK_ADD=64, BLOCK_W=128, HAS_SIGN=True), 32)
+                                              dict(BLOCK=64, BLOCK_ADD=64, BLOCK_W=128, HAS_SIGN=True, HAS_ROWS=True),
+                                              32)
     assert size < 1_000_000 and seconds < 60 and spills == 0, (size, seconds, spills, registers)
 
 
@@ -205,12 +205,13 @@ def test_the_entering_scores_kernel_builds_for_hopper(f, signed):
     # a barrier, then W's codes masked.
     from scq.solvers.engine import round_triton
 
-    pointers = dict(G=f"*{f}", score=f"*{f}", code="*i64", sign=f"*{f}", valid="*i8", extra=f"*{f}", start="*i64")
+    pointers = dict(G=f"*{f}", score=f"*{f}", code="*i64", sign=f"*{f}", valid="*i8", extra=f"*{f}", start="*i64",
+                    rows="*i64")
     scalars = dict(K="i32", m="i32", bonus_hi="fp32", bonus_lo="fp32",
                    **{name: "i32" for name in ("s_gn", "s_on", "s_cn", "s_sn", "s_vn", "s_xn")})
     signature = dict(pointers, **scalars, **{name: "constexpr" for name in ("SIGNED", "HAS_EXTRA", "HAS_START", "BLOCK",
-                                                                            "BLOCK_K")})
+                                                                            "BLOCK_K", "HAS_ROWS")})
     constexprs = dict(SIGNED=signed, HAS_EXTRA=signed, HAS_START=not signed, BLOCK=64,
-                      BLOCK_K=round_triton.SCORES_TILE_K)
+                      BLOCK_K=round_triton.SCORES_TILE_K, HAS_ROWS=True)
     size, seconds, spills, registers = _build(round_triton._scores_kernel(), signature, constexprs, 32)
     assert size < 500_000 and seconds < 60 and spills == 0, (size, seconds, spills, registers)

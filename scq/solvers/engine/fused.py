@@ -163,49 +163,21 @@ def active_set(H, b, weights, support, valid, dual_tol, *, simplex: bool, max_su
     return _on_cpu("active-set", (H,), run)
 
 
-def _triton_takes(m: int, dtype: torch.dtype, device: torch.device) -> bool:
+def triton_takes(m: int, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether the Triton kernels take systems of m slots in ``dtype`` on ``device`` (asked through
     :func:`backend`, which tests may force, with an empty stand-in: no launch)."""
     return _chosen(torch.empty((0, m, m), dtype=dtype, device=device)) == "triton"
 
 
-def work_on_w(E, code, sign, z, extra, start, u, s, valid, dual_tol, *, simplex: bool, ridge: float, l1: float,
-              bonus: float, sys_dtype: torch.dtype, pg_iters: int, max_iter: int, refine: bool):
-    """A round's whole work on W in one Triton launch (:func:`scq.solvers.engine.round_triton.work_on_w`:
-    (ActiveSetResult, z_q)), or ``None``: not a device the Triton kernels take, or they are off."""
-    if not _triton_takes(code.shape[1], sys_dtype, z.device):
-        return None
-    from .round_triton import work_on_w as fused_round
-
-    return _attempt("round", lambda: fused_round(
-        E.detach(), code, sign.detach(), z.detach(), None if extra is None else extra.detach(), start, u.detach(),
-        s, valid, dual_tol, simplex=simplex, ridge=ridge, l1=l1, bonus=bonus, sys_dtype=sys_dtype, pg_iters=pg_iters,
-        max_iter=max_iter, refine=refine))
-
-
 def entering_scores(G, code, sign, valid, extra, start, *, bonus: float, signed: bool):
     """The round's entering scores from its gradients in one Triton launch
     (:func:`scq.solvers.engine.round_triton.entering_scores`), or ``None``."""
-    if not _triton_takes(code.shape[1], G.dtype, G.device):
+    if not triton_takes(code.shape[1], G.dtype, G.device):
         return None
     from .round_triton import entering_scores as fused_scores
 
     return _attempt("entering-scores", lambda: fused_scores(G, code, sign, valid, extra, start, bonus=bonus,
                                                              signed=signed))
-
-
-def end_of_round(worst, worst_code, new_sign, nu, dual_tol, scale, res, code, sign, u, s, valid, alpha: float):
-    """The end of a certificate round in one Triton launch
-    (:func:`scq.solvers.engine.round_triton.end_of_round`), or ``None``."""
-    m = code.shape[1]
-    if not _triton_takes(m, u.dtype, u.device):
-        return None
-    from .round_triton import MAX_NEXT_WIDTH, end_of_round as fused_end
-
-    if m + worst.shape[1] > MAX_NEXT_WIDTH:
-        return None
-    return _attempt("end-of-round", lambda: fused_end(worst, worst_code, new_sign, nu, dual_tol, scale, res, code, sign,
-                                                      u, s, valid, alpha))
 
 
 def _per_range_buffers(bounds: np.ndarray, shape, need: bool, dtype) -> torch.Tensor:
@@ -221,7 +193,7 @@ def backward(z, E, code, sign, u, support, grad_u, *, ridge: float, simplex: boo
     ``torch.use_deterministic_algorithms``, its ∂E being summed by atomics); on the CPU
     :func:`scq.solvers.engine.cpu_kernels.backward_rows`, with ``table``, the forward's codebook Gram
     matrix EEᵀ (K, K) in ``sys_dtype`` where it had one: the supports' products are read from it."""
-    if _triton_takes(code.shape[1], sys_dtype, z.device):
+    if triton_takes(code.shape[1], sys_dtype, z.device):
         if torch.are_deterministic_algorithms_enabled() or E.dtype != z.dtype:
             return None
         from .backward_triton import backward as fused_backward

@@ -245,19 +245,22 @@ def _two_part(zero, hi, lo):
 
 
 @triton.jit
-def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol,
-               out_u, out_s, out_nu, out_converged, out_broken, iterations, out_res, out_zq,
+def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol, rows,
+               out_u, out_s, out_nu, out_converged, out_broken, iterations, out_res, out_diff,
                m, D, max_iter, drop_tol, tiny, slack, ridge_hi, ridge_lo, bonus_hi, bonus_lo, l1_hi, l1_lo,
                s_en, s_zn, s_cn, s_gn, s_un, s_sn, s_vn, s_xn, s_ou, s_os, s_oz,
                N_ITER: tl.constexpr, SIMPLEX: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_START: tl.constexpr,
                REFINE: tl.constexpr, SYS_DTYPE: tl.constexpr, BLOCK: tl.constexpr, GRAM_D: tl.constexpr,
-               BLOCK_D: tl.constexpr):
-    """A certificate round's whole work on W for row ``program_id`` (see
-    :mod:`~scq.solvers.engine.round_triton`): H = CCᵀ + ρI and b = Cz + linear from the codes,
-    FISTA's warm start, the active set, the refinement (``REFINE``) and z_q = Σ_j u_j σ_j e_j; the
+               BLOCK_D: tl.constexpr, HAS_ROWS: tl.constexpr):
+    """A certificate round's whole work on W for the round's row ``program_id`` (see
+    :mod:`~scq.solvers.engine.round_triton`), the batch's row ``rows[program_id]`` (``HAS_ROWS``;
+    else the same): H = CCᵀ + ρI and b = Cz + linear from the codes, FISTA's warm start, the active
+    set, the refinement (``REFINE``) and z_q − z (z_q = Σ_j u_j σ_j e_j) for the round's GEMM; the
     row's verdict on W as int8 flags (converged: done and not broken down), the most active-set
-    iterations of the round by an atomic max into ``iterations`` (int64)."""
-    row = tl.program_id(0)
+    iterations of the round by an atomic max into ``iterations`` (int64). The inputs are read at
+    the batch's row, the outputs written at the round's."""
+    out = tl.program_id(0)
+    row = tl.load(rows + out) if HAS_ROWS else out
     i = tl.arange(0, BLOCK)
     inside = i < m
     eye = i[:, None] == i[None, :]
@@ -301,51 +304,59 @@ def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol,
     if REFINE:
         p, nu = refine_on_support(H, p, nu, done & (1 - broken), E, codes, sg.to(tl.float64), z + row * s_zn,
                                   lin.to(tl.float64), D, ridge_hi, ridge_lo, s_en, m, i, eye, SIMPLEX, BLOCK_D)
-    tl.store(out_u + row * s_ou + i, p, mask=inside)
-    tl.store(out_s + row * s_os + i, s.to(tl.int8), mask=inside)
-    tl.store(out_nu + row, nu)
-    tl.store(out_res + row, residual)
-    tl.store(out_converged + row, (done & (1 - broken)).to(tl.int8))
-    tl.store(out_broken + row, broken.to(tl.int8))
+    tl.store(out_u + out * s_ou + i, p, mask=inside)
+    tl.store(out_s + out * s_os + i, s.to(tl.int8), mask=inside)
+    tl.store(out_nu + out, nu)
+    tl.store(out_res + out, residual)
+    tl.store(out_converged + out, (done & (1 - broken)).to(tl.int8))
+    tl.store(out_broken + out, broken.to(tl.int8))
     tl.atomic_max(iterations, iters.to(tl.int64))
-    # 4. z_q = Σ_j u_j σ_j e_j in the inputs' dtype (the weights as returned), a tile of D at a time.
+    # 4. z_q − z, z_q = Σ_j u_j σ_j e_j in the inputs' dtype (the weights as returned), a tile of D
+    # at a time.
     w = p.to(sg.dtype) * sg
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
         tile = tl.load(E + codes[:, None] * s_en + dd[None, :], mask=(w != 0.0)[:, None] & (dd < D)[None, :],
                        other=0.0)
-        tl.store(out_zq + row * s_oz + dd, tl.sum(w[:, None] * tile, 0), mask=dd < D)
+        zt = tl.load(z + row * s_zn + dd, mask=dd < D, other=0.0)
+        tl.store(out_diff + out * s_oz + dd, tl.sum(w[:, None] * tile, 0) - zt, mask=dd < D)
 
 
 @triton.jit
-def end_of_round_rows(worst, worst_code, new_sign, nu, tol, scale, res_in, conv_in, broken_in, code, sign, u, s,
-                      valid, iterations, out_code, out_sign, out_u, out_s, out_valid, out_conv, out_res, counts, m,
-                      n_add, width, alpha, s_wn, s_cn, s_gn, s_un, s_sn, s_vn, s_oc, s_og, s_ou, s_os, s_ov,
-                      BLOCK: tl.constexpr, BLOCK_ADD: tl.constexpr, BLOCK_W: tl.constexpr, HAS_SIGN: tl.constexpr):
-    """The end of a certificate round for row ``program_id`` (see
+def end_of_round_rows(worst, worst_code, new_sign, nu, tol, conv_in, broken_in, weights, support, iterations, rows,
+                      code, sign, u, s, valid, broken, next_rows, counts, m, n_add, width, alpha,
+                      s_wn, s_pn, s_qn, s_cn, s_gn, s_un, s_sn, s_vn,
+                      BLOCK: tl.constexpr, BLOCK_ADD: tl.constexpr, BLOCK_W: tl.constexpr, HAS_SIGN: tl.constexpr,
+                      HAS_ROWS: tl.constexpr):
+    """The end of a certificate round for the round's row ``program_id``, the batch's row
+    ``rows[program_id]`` (``HAS_ROWS``; else the same; see
     :func:`scq.solvers.engine.round_triton.end_of_round`): the row's verdict from its ``n_add`` most
-    violating codes outside W (``worst`` scores, descending), the round's counts (atomics into
-    ``counts``: unfinished rows, rows whose last entry slot violates, the widest W needed), and
-    the next W (``width`` slots: the support first, then the violators, then the rest of the old
-    W, then empty slots), made by gathering each new slot's source."""
-    row = tl.program_id(0)
+    violating codes outside W (``worst`` scores, descending) and the round kernel's (``conv_in``,
+    ``broken_in``, ``nu``), the round's counts (atomics into ``counts``: unfinished rows, rows
+    whose last entry slot violates, the widest W needed, the most active-set iterations), the row
+    appended to ``next_rows`` if unfinished, and its next W written over the old one in place
+    (``width`` slots: the support first, then the violators, then the rest of the old W, then empty
+    slots), made by gathering each new slot's source; the weights and support from the round's
+    outputs (``weights``, ``support``), the rest from W itself."""
+    out = tl.program_id(0)
+    row = tl.load(rows + out) if HAS_ROWS else out
     j = tl.arange(0, BLOCK_ADD)
     entry = j < n_add
-    violation = tl.load(worst + row * s_wn + j, mask=entry, other=float("-inf")) - alpha - tl.load(nu + row)
+    violation = tl.load(worst + out * s_wn + j, mask=entry, other=float("-inf")) - alpha - tl.load(nu + out)
     dual_tol = tl.load(tol + row)
     violating = ((violation > dual_tol) & entry).to(tl.int32)  # a prefix: the scores are descending
     first = tl.sum(tl.where(j == 0, violation, 0.0), 0)
-    converged = (tl.load(conv_in + row) != 0).to(tl.int32) & (first <= dual_tol).to(tl.int32)
-    residual = tl.maximum(tl.maximum(first, 0.0), tl.load(res_in + row)) / tl.load(scale + row)
-    tl.store(out_conv + row, converged.to(tl.int8))
-    tl.store(out_res + row, residual)
-    finished = converged | (tl.load(broken_in + row) != 0).to(tl.int32)
+    was_broken = (tl.load(broken_in + out) != 0).to(tl.int32)
+    converged = (tl.load(conv_in + out) != 0).to(tl.int32) & (first <= dual_tol).to(tl.int32)
+    finished = converged | was_broken  # a broken row stops too; the certificate will flag it
+    tl.store(broken + row, was_broken.to(tl.int8))
     i = tl.arange(0, BLOCK)
     inside = i < m
-    sr = (tl.load(s + row * s_sn + i, mask=inside, other=0) != 0).to(tl.int32)
+    sr = (tl.load(support + out * s_qn + i, mask=inside, other=0) != 0).to(tl.int32)
     n_support = tl.sum(sr, 0)
     n_violating = tl.sum(violating, 0)
-    tl.atomic_add(counts + 0, (1 - finished).to(tl.int64))
+    slot = tl.atomic_add(counts + 0, (1 - finished).to(tl.int64))  # the unfinished rows, counted and listed
+    tl.store(next_rows + slot, row.to(tl.int64), mask=finished == 0)
     tl.atomic_max(counts + 1, tl.sum(tl.where(j == n_add - 1, violating, 0), 0).to(tl.int64))
     tl.atomic_max(counts + 2, (n_support + n_violating).to(tl.int64))
     tl.atomic_max(counts + 3, tl.load(iterations).to(tl.int64))  # the round's most active-set iterations
@@ -362,21 +373,22 @@ def end_of_round_rows(worst, worst_code, new_sign, nu, tol, scale, res_in, conv_
     t = tl.where(entering, c - n_support, 0)
     cols = c < width
     old = has_src & cols
-    new_code = tl.where(entering, tl.load(worst_code + row * s_wn + t, mask=entering & cols, other=0),
+    new_code = tl.where(entering, tl.load(worst_code + out * s_wn + t, mask=entering & cols, other=0),
                         tl.load(code + row * s_cn + src, mask=old, other=0))
     old_sg = tl.load(sign + row * s_gn + src, mask=old, other=1.0)
     if HAS_SIGN:
-        new_sg = tl.where(entering, tl.load(new_sign + row * s_wn + t, mask=entering & cols, other=1.0), old_sg)
+        new_sg = tl.where(entering, tl.load(new_sign + out * s_wn + t, mask=entering & cols, other=1.0), old_sg)
     else:  # unsigned codes enter as +e_k
         new_sg = tl.where(entering, 1.0, old_sg)
-    new_u = tl.load(u + row * s_un + src, mask=old & ~entering, other=0.0)
-    new_s = tl.load(s + row * s_sn + src, mask=old & ~entering, other=0)
+    new_u = tl.load(weights + out * s_pn + src, mask=old & ~entering, other=0.0).to(u.dtype.element_ty)
+    new_s = tl.load(support + out * s_qn + src, mask=old & ~entering, other=0)
     new_valid = tl.where(entering, 1, tl.load(valid + row * s_vn + src, mask=old, other=0))
-    tl.store(out_code + row * s_oc + c, new_code, mask=cols)
-    tl.store(out_sign + row * s_og + c, new_sg, mask=cols)
-    tl.store(out_u + row * s_ou + c, new_u, mask=cols)
-    tl.store(out_s + row * s_os + c, new_s, mask=cols)
-    tl.store(out_valid + row * s_ov + c, new_valid.to(tl.int8), mask=cols)
+    tl.debug_barrier()  # every slot of the old W read before the new one is written over it
+    tl.store(code + row * s_cn + c, new_code, mask=cols)
+    tl.store(sign + row * s_gn + c, new_sg, mask=cols)
+    tl.store(u + row * s_un + c, new_u, mask=cols)
+    tl.store(s + row * s_sn + c, new_s, mask=cols)
+    tl.store(valid + row * s_vn + c, new_valid.to(tl.int8), mask=cols)
 
 
 @triton.jit
@@ -435,16 +447,19 @@ def backward_rows(E, z, code, sign, u, s, grad_u, out_v, grad_z, grad_E, m, D, r
 
 
 @triton.jit
-def entering_scores_rows(G, score, code, sign, valid, extra, start, K, m, bonus_hi, bonus_lo,
+def entering_scores_rows(G, score, code, sign, valid, extra, start, rows, K, m, bonus_hi, bonus_lo,
                          s_gn, s_on, s_cn, s_sn, s_vn, s_xn,
                          SIGNED: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_START: tl.constexpr, BLOCK: tl.constexpr,
-                         BLOCK_K: tl.constexpr):
+                         BLOCK_K: tl.constexpr, HAS_ROWS: tl.constexpr):
     """Row ``program_id``'s entering scores from its gradients G = E(z_q − z) (see
     :func:`scq.solvers.engine.round_triton.entering_scores`): g = G − extra (or less the bonus at
     the ``start`` code), the score −g (|g| for signed codes, which enter with sign −sign(g)), and
     −inf at the codes already in W (for signed codes, where W holds the code with its entering
-    sign), as :func:`scq.solvers.engine.working_set._gradients` and ``_entering`` make them."""
-    row = tl.program_id(0)
+    sign), as :func:`scq.solvers.engine.working_set._gradients` and ``_entering`` make them. G and
+    the scores at the round's row ``program_id``, W, ``extra`` and ``start`` at the batch's row
+    ``rows[program_id]`` (``HAS_ROWS``; else the same)."""
+    out = tl.program_id(0)
+    row = tl.load(rows + out) if HAS_ROWS else out
     i = tl.arange(0, BLOCK)
     inside = i < m
     codes = tl.load(code + row * s_cn + i, mask=inside, other=0)
@@ -453,7 +468,7 @@ def entering_scores_rows(G, score, code, sign, valid, extra, start, K, m, bonus_
     if HAS_START:
         first = tl.load(start + row)
     if SIGNED:  # W's codes count as in W only with their entering sign (read before any write)
-        g_w = tl.load(G + row * s_gn + codes, mask=in_w, other=0.0)
+        g_w = tl.load(G + out * s_gn + codes, mask=in_w, other=0.0)
         if HAS_EXTRA:
             g_w -= tl.load(extra + row * s_xn + codes, mask=in_w, other=0.0)
         if HAS_START:
@@ -462,11 +477,11 @@ def entering_scores_rows(G, score, code, sign, valid, extra, start, K, m, bonus_
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         live = kk < K
-        g = tl.load(G + row * s_gn + kk, mask=live, other=0.0)
+        g = tl.load(G + out * s_gn + kk, mask=live, other=0.0)
         if HAS_EXTRA:
             g -= tl.load(extra + row * s_xn + kk, mask=live, other=0.0)
         if HAS_START:
             g = tl.where(kk == first, g - bonus, g)
-        tl.store(score + row * s_on + kk, tl.abs(g) if SIGNED else -g, mask=live)
+        tl.store(score + out * s_on + kk, tl.abs(g) if SIGNED else -g, mask=live)
     tl.debug_barrier()  # the sweep's stores before the mask's, which may fall on the same codes
-    tl.store(score + row * s_on + codes, tl.full([BLOCK], float("-inf"), score.dtype.element_ty), mask=in_w)
+    tl.store(score + out * s_on + codes, tl.full([BLOCK], float("-inf"), score.dtype.element_ty), mask=in_w)

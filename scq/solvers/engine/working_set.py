@@ -200,16 +200,8 @@ def _solve_on_w(E, code, sign, z, extra, start, u, s, valid, dual_tol, problem: 
                 sys_ridge, max_support, cache, rows):
     """The round's work on W: the systems, FISTA's warm start and the exact active-set solve (and
     the refinement: :func:`refines`), then z_q. Returns (ActiveSetResult in the systems' dtype, z_q
-    (n, D)). On CUDA without a cap on the support, one Triton launch
-    (:mod:`~scq.solvers.engine.round_triton`); else step by step, each step compiled where a kernel
-    applies (on the CPU without a cap, the rounds run whole in :func:`_rounds_on_cpu` instead)."""
-    if max_support is None:
-        fused_round = fused.work_on_w(
-            E, code, sign, z, extra, start, u, s, valid, dual_tol, simplex=problem.simplex, ridge=sys_ridge,
-            l1=problem.l1, bonus=problem.start_bonus, sys_dtype=sys_dtype, pg_iters=opts.pg_iters,
-            max_iter=opts.max_inner, refine=refines(sys_dtype))
-        if fused_round is not None:
-            return fused_round
+    (n, D)). Step by step, each step compiled where a kernel applies (without a cap on the support
+    the rounds run whole instead, compiled: :func:`_rounds_on_cpu`, :func:`_rounds_on_triton`)."""
     linear = _linear_on_w(code, sign, extra, start, problem, z.dtype)
     H, cz, C = _systems(E, code, sign, z, problem, sys_dtype, sys_ridge, cache, rows)
     b = (cz + linear).to(sys_dtype)
@@ -279,7 +271,7 @@ def _entering_codes(zq, z, E, extra, start, code, sign, valid, n_add: int, probl
     if score is None:
         return _entering(_gradients(zq, z, E, extra, start, bonus, G=G), code, sign, valid, n_add, problem)
     worst, worst_code = score.topk(n_add, dim=1)
-    # Entering signs −sign(g_k) from G, which the signed scores kept (unsigned: none, see end_of_round)
+    # Entering signs −sign(g_k) from G, which the signed scores kept (unsigned codes: None, all enter as +e_k)
     new_sign = None
     if problem.signed:
         g = G.gather(1, worst_code)
@@ -413,6 +405,11 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
             diagnostics, certify_scale, table, scores))
         if out is not None:
             return out + (table,)
+    if max_support is None and fused.triton_takes(m, sys_dtype, device):
+        out = _rounds_on_triton(z, E, extra, start, dual_tol, problem, opts, sys_dtype, sys_ridge, code, sign, u, s,
+                                valid, n_add, e_max, e_max_sq, diagnostics)
+        if out is not None:
+            return out + (None,)
     # Where round 1 starts again if it ran in the wrong precision (only float32 inputs can).
     first = (code, sign, u.clone(), s.clone(), valid, m) if e_max_sq is None and dtype == torch.float32 else None
     gram_cache = fused.GramCache(N, sys_dtype)
@@ -437,16 +434,10 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
                               sys_ridge, max_support, gram_cache, rows)
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
         worst, worst_code, new_sign = _entering_codes(zq, zr, E, extra_r, start_r, cr, sgr, vr, n_add, problem)
-        # On CUDA the verdict, the counts and the next W in one launch (round_triton.end_of_round).
-        ended = fused.end_of_round(worst, worst_code, new_sign, nu, tol_r, take(scale), res, cr, sgr, ur, sr,
-                                   vr, alpha) if torch.is_tensor(res.iterations) else None
-        if ended is not None:
-            conv_r, res_r, placed, counts_t = ended
-        else:
-            violation = worst - alpha - nu.unsqueeze(1)
-            violating = violation > tol_r.unsqueeze(1)
-            conv_r = res.converged & ~violating[:, 0]
-            res_r = torch.maximum(violation[:, 0].clamp_min(0), res.residual) / take(scale)
+        violation = worst - alpha - nu.unsqueeze(1)
+        violating = violation > tol_r.unsqueeze(1)
+        conv_r = res.converged & ~violating[:, 0]
+        res_r = torch.maximum(violation[:, 0].clamp_min(0), res.residual) / take(scale)
         if rows is None:
             u, s, converged, residual, broken = ur, sr, conv_r, res_r, res.broken
         else:
@@ -456,16 +447,11 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         # and how wide must W grow?
         # (The fused solve's iteration count is a tensor: it is read here too, not by a sync of its own.)
         fused_count = torch.is_tensor(res.iterations)
-        if ended is not None:  # the kernel counted (n_left, saturated, need, iterations)
-            counts = counts_t if e_max_sq is not None else torch.cat([counts_t.to(torch.float64),
-                                                                       e_max.square().reshape(1)])
-        else:
-            n_support = sr.sum(1)
-            counts = [(~finished).sum(), violating[:, -1].any(), (n_support + violating.sum(1)).max()]
-            counts += [res.iterations] if fused_count else []
-            counts += [e_max.square()] if e_max_sq is None else []
-            counts = torch.stack([c.to(torch.float64) for c in counts])
-        counts = counts.tolist()  # exact below 2⁵³
+        n_support = sr.sum(1)
+        counts = [(~finished).sum(), violating[:, -1].any(), (n_support + violating.sum(1)).max()]
+        counts += [res.iterations] if fused_count else []
+        counts += [e_max.square()] if e_max_sq is None else []
+        counts = torch.stack([c.to(torch.float64) for c in counts]).tolist()  # exact below 2⁵³
         n_left, saturated, need = (int(c) for c in counts[:3])
         inner_total += int(counts[3]) if fused_count else res.iterations
         if e_max_sq is None:
@@ -485,20 +471,16 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
             pad = need - m
             grow = lambda t, fill=0: torch.cat([t, torch.full((t.shape[0], pad), fill, dtype=t.dtype, device=device)], 1)
             code, sign, u, s, valid = grow(code), grow(sign, 1), grow(u), grow(s), grow(valid)
-            if ended is None:
-                cr, sgr, ur, sr, vr = grow(cr), grow(sgr, 1), grow(ur), grow(sr), grow(vr)
+            cr, sgr, ur, sr, vr = grow(cr), grow(sgr, 1), grow(ur), grow(sr), grow(vr)
             m = need
-        if ended is not None:  # laid out by the kernel, m + n_add wide: the first m slots
-            cr, sgr, ur, sr, vr = (t[:, :m] for t in placed)
-        else:
-            order = torch.argsort((~sr).to(torch.int8), dim=1, stable=True)
-            cr, sgr, ur, sr, vr = (t.gather(1, order) for t in (cr, sgr, ur, sr, vr))
-            # Violators go to slots n_support, n_support+1, …; the others to a scratch column.
-            slot = n_support.unsqueeze(1) + torch.arange(n_add, device=device)
-            slot = torch.where(violating, slot, torch.full_like(slot, m))
-            put = lambda t, val: torch.cat([t, t[:, :1]], 1).scatter_(1, slot, val)[:, :m]
-            new_sign = torch.ones_like(worst) if new_sign is None else new_sign
-            cr, sgr, vr = put(cr, worst_code), put(sgr, new_sign), put(vr, torch.ones_like(violating))
+        order = torch.argsort((~sr).to(torch.int8), dim=1, stable=True)
+        cr, sgr, ur, sr, vr = (t.gather(1, order) for t in (cr, sgr, ur, sr, vr))
+        # Violators go to slots n_support, n_support+1, …; the others to a scratch column.
+        slot = n_support.unsqueeze(1) + torch.arange(n_add, device=device)
+        slot = torch.where(violating, slot, torch.full_like(slot, m))
+        put = lambda t, val: torch.cat([t, t[:, :1]], 1).scatter_(1, slot, val)[:, :m]
+        new_sign = torch.ones_like(worst) if new_sign is None else new_sign
+        cr, sgr, vr = put(cr, worst_code), put(sgr, new_sign), put(vr, torch.ones_like(violating))
         if rows is None:
             code, sign, u, s, valid = cr, sgr, ur, sr, vr
         else:
@@ -518,6 +500,98 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     diagnostics.update(iterations=inner_total, rounds=rounds, working_set=m, support_size=s.sum(1),
                        broken_down=broken, systems=(sys_dtype, sys_ridge), finished=all_finished)
     return code, sign, u, s, None
+
+
+def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code,
+                      sign, u, s, valid, n_add: int, e_max, e_max_sq: Optional[float], diagnostics: dict):
+    """The certificate rounds of :func:`_forward` on CUDA, three Triton launches a round
+    (:mod:`~scq.solvers.engine.round_triton`) around its GEMM and top-k, the batch's state kept in
+    place (W as wide as the widest row needs, in arrays of at least twice that capacity): the work
+    on W reads the round's rows where they are (no gathers), the end of the round writes their next
+    W and lists the rows left (no write-backs, no sort). The same steps, rounds and answers as the
+    torch loop, with one host sync a round (its counts). Returns ``(code, sign, u, s)``, or ``None``
+    where W outgrows the kernels or one fails: the torch loop then runs from round 0's W (``code``,
+    ``sign``, ``u``, ``s``, ``valid``, which this loop leaves as they are)."""
+    from . import round_triton
+    from .triton_launch import MAX_SLOTS
+
+    z, E = z.detach(), E.detach()
+    extra = None if extra is None else extra.detach()
+    N, K = z.shape[0], E.shape[0]
+    dtype, device = z.dtype, z.device
+    E_t = E.transpose(0, 1)
+    start_w = start if extra is None else None  # the codes that get the start bonus
+    round_0 = (code, sign, u, s, valid)
+    state, capacity, m = None, 0, code.shape[1]
+    broken = torch.zeros(N, dtype=torch.bool, device=device)
+    rows = None  # the round's rows (None: all of them)
+    inner_total = rounds = 0
+    all_finished = False
+    while rounds < opts.max_rounds:
+        rounds += 1
+        if m > MAX_SLOTS or m + n_add > round_triton.MAX_NEXT_WIDTH:
+            return None
+        if state is None or m + n_add > capacity:  # the end of the round lays out m + n_add slots
+            width = max(2 * capacity, m + n_add)
+            base = round_0 if state is None else state
+            pad = lambda t, fill: torch.cat([t, torch.full((N, width - t.shape[1]), fill, dtype=t.dtype,
+                                                           device=device)], 1)
+            state = [pad(t, fill) for t, fill in zip(base, (0, 1, 0, False, False))]
+            capacity = width
+        w_code, w_sign, w_u, w_s, w_valid = (t[:, :m] for t in state)
+        ran = fused.attempt("round", lambda: round_triton.work_on_w(
+            E, w_code, w_sign, z, extra, start_w, w_u, w_s, w_valid, dual_tol, simplex=problem.simplex,
+            ridge=sys_ridge, l1=problem.l1, bonus=problem.start_bonus, sys_dtype=sys_dtype, pg_iters=opts.pg_iters,
+            max_iter=opts.max_inner, refine=refines(sys_dtype), rows=rows))
+        if ran is None:
+            return None
+        res, diff = ran
+        G = diff @ E_t
+        score = fused.attempt("entering-scores", lambda: round_triton.entering_scores(
+            G, w_code, w_sign, w_valid, extra, start_w, bonus=problem.start_bonus, signed=problem.signed, rows=rows))
+        if score is None:
+            return None
+        worst, worst_code = score.topk(n_add, dim=1)
+        new_sign = None
+        if problem.signed:  # −sign(g_k), from G kept by the signed scores
+            g = G.gather(1, worst_code)
+            if extra is not None:
+                g = g - (extra if rows is None else extra[rows]).gather(1, worst_code)
+            new_sign = torch.where(g > 0, -1.0, 1.0).to(G.dtype)
+        ended = fused.attempt("end-of-round", lambda: round_triton.end_of_round(
+            worst, worst_code, new_sign, res, dual_tol, *state, broken, rows, m, problem.l1))
+        if ended is None:
+            return None
+        counts, next_rows = ended
+        # The round's one host sync: rows left, did some row fill every entry slot, how wide must
+        # W grow, the most active-set iterations (and, the first time without it, max‖e‖²).
+        if e_max_sq is None:
+            counts = torch.cat([counts.to(torch.float64), e_max.square().reshape(1)])
+        counts = counts.tolist()
+        n_left, saturated, need = (int(c) for c in counts[:3])
+        inner_total += int(counts[3])
+        if e_max_sq is None:
+            e_max_sq = counts[-1]
+            wanted = system_dtype(dtype, problem.ridge, e_max_sq)
+            if wanted != sys_dtype and dtype == torch.float32 and rounds < opts.max_rounds:
+                # Round 1 again, from round 0's W, with float64 systems (as the torch loop).
+                sys_dtype, state, capacity, m, rows = wanted, None, 0, code.shape[1], None
+                broken.zero_()
+                continue
+        all_finished = n_left == 0
+        if all_finished or rounds == opts.max_rounds:
+            break
+        m = max(m, need)
+        if opts.compact:
+            rows = next_rows[:n_left]
+        if saturated and rounds >= GROW_AFTER_ROUNDS:
+            n_add = min(2 * n_add, K)  # see the torch loop
+    code, sign, u, s = (t[:, :m].contiguous() for t in state[:4])
+    if start is not None:
+        diagnostics["nearest"] = start
+    diagnostics.update(iterations=inner_total, rounds=rounds, working_set=m, support_size=s.sum(1),
+                       broken_down=broken, systems=(sys_dtype, sys_ridge), finished=all_finished)
+    return code, sign, u, s
 
 
 def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code, sign,
