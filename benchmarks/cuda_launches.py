@@ -62,7 +62,8 @@ class _CountedKernel:
 def count(N: int, K: int, D: int, backward: bool = False, seed: int = 0) -> "tuple[collections.Counter, int]":
     """(launches by op, certificate rounds) of one `pgd` forward (and backward) on the CUDA path."""
     import scq
-    from scq.solvers.engine import active_set_triton, backward_triton, fista_triton, fused, round_triton
+    from scq.solvers.engine import (active_set_triton, backward_triton, certificate_triton, fista_triton, fused,
+                                    round_triton)
 
     mode = _Launches()
     # Each launcher's kernel slots (module global, getter, name counted).
@@ -71,7 +72,8 @@ def count(N: int, K: int, D: int, backward: bool = False, seed: int = 0) -> "tup
              (round_triton, "_KERNEL", round_triton._kernel, "round"),
              (round_triton, "_SCORES_KERNEL", round_triton._scores_kernel, "entering_scores"),
              (round_triton, "_END_KERNEL", round_triton._end_kernel, "end_of_round"),
-             (backward_triton, "_KERNEL", backward_triton._kernel, "backward")]
+             (backward_triton, "_KERNEL", backward_triton._kernel, "backward"),
+             (certificate_triton, "_KERNEL", certificate_triton._kernel, "certificate")]
     saved = fused.backend, [getattr(module, slot) for module, slot, _, _ in slots]
     fused.backend = lambda H: "triton" if H.dtype in (torch.float32, torch.float64) else None
     for module, slot, getter, name in slots:

@@ -61,7 +61,8 @@ _CASES = textwrap.dedent("""
 def interpreted():
     """Every interpreted check's output, from one subprocess (Triton and torch import once)."""
     parts = (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE), ("refine", _REFINE),
-             ("round", _ROUND), ("rounds", _ROUNDS), ("scores", _SCORES), ("outgrown", _OUTGROWN))
+             ("round", _ROUND), ("rounds", _ROUNDS), ("scores", _SCORES), ("outgrown", _OUTGROWN),
+             ("certificate", _CERTIFICATE))
     script = _PROBLEM + "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
                                    for name, body in parts)
     script += "\nimport json\nprint(json.dumps({" + ", ".join(f"'{name}': _{name}()" for name, _ in parts) + "}))"
@@ -460,6 +461,55 @@ def test_the_fused_rounds_take_the_torch_loops_steps_under_the_interpreter(inter
         assert c["dev"] <= (1e-12 if c["case"][1] == "torch.float64" else 1e-6), c
 
 
+_CERTIFICATE = textwrap.dedent("""
+    import json, torch, scq
+    from scq.solvers import certificate as C
+    from scq.solvers.engine import certificate_triton, fused
+
+    def case(seed, dtype, with_target, K=700, n=5, D=6):
+        # K over the kernel's tile; weights from a solve (sparse, on the simplex) with one row
+        # perturbed off it, so that every measurement is nonzero somewhere.
+        g = torch.Generator().manual_seed(seed)
+        E = torch.randn(K, D, generator=g, dtype=torch.float64).to(dtype)
+        z = torch.randn(n, D, generator=g, dtype=torch.float64).to(dtype)
+        target = torch.softmax(torch.randn(n, K, generator=g, dtype=torch.float64), -1).to(dtype) if with_target \
+            else None
+        fused.ENABLED = False  # (the weights' source does not matter: the torch path's, not interpreted)
+        p = scq.solve_scq(z, E, lam=0.1, target=target, method="pgd")
+        p[0, :3] += 0.01
+        ref = C.certify_scq(p, z, E, 0.1, target)
+        fused.ENABLED = True
+        fused.backend = lambda H: "triton"
+        got = C.certify_scq(p, z, E, 0.1, target)
+        p[1, 4] = float("nan")
+        with_nan = C.certify_scq(p, z, E, 0.1, target)
+        fused.backend = backend
+        # relative to the measurement's largest value (the perturbed row's; the others are at rounding)
+        rel = lambda a, b: float((a.double() - b.double()).abs().max() / b.double().abs().max())
+        return dict(case=[str(dtype), with_target], rel=[rel(a, b) for a, b in zip(got, ref)],
+                    nonzero=[bool((b > 0).any()) for b in ref], launched=certificate_triton._KERNEL is not None,
+                    nan_row=[bool(t[1].isnan()) for t in with_nan], others=[bool(t[2:].isfinite().all())
+                                                                        for t in with_nan])
+
+    backend = fused.backend
+    out = [case(seed, dtype, with_target) for seed, (dtype, with_target) in enumerate([
+        (torch.float64, False), (torch.float64, True), (torch.float32, False)])]
+    print(json.dumps(out))
+""")
+
+
+@needs_triton
+def test_the_fused_certificate_measures_what_the_torch_path_does_under_the_interpreter(interpreted):
+    # certificate_triton (one launch, two sweeps a row) against certify_scq's torch ops: the four
+    # measurements, with p̃ the nearest code or a target, float64 and float32; a nan reaches its row.
+    cases = interpreted["certificate"]
+    assert len(cases) == 3
+    for c in cases:
+        assert c["launched"] and all(c["nonzero"]), c
+        assert max(c["rel"]) <= (1e-9 if c["case"][0] == "torch.float64" else 1e-5), c
+        assert all(c["nan_row"]) and all(c["others"]), c
+
+
 _OUTGROWN = textwrap.dedent("""
     import json, torch, scq
     from scq.solvers.engine import fused, triton_launch, working_set as W
@@ -577,6 +627,7 @@ def test_the_cuda_paths_launches_are_counted_without_a_gpu():
     assert ops["triton:end_of_round"] == rounds  # and one for the verdict, the counts and the next W
     # the scores before each top-k: the start's and each round's
     assert ops["triton:entering_scores"] == rounds + 1 and "scatter_reduce_" not in ops
+    assert ops["triton:certificate"] == 1  # the front door's certificate: one pass a row
     assert "triton:fista" not in ops and "triton:active_set" not in ops  # (the capped lasso's step path)
     # the engine's backward in one launch (backward_triton), no batched factor or solve of the torch path
     assert ops["triton:backward"] == 1 and "linalg_cholesky_ex" not in ops and "cholesky_solve" not in ops

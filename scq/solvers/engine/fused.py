@@ -315,8 +315,13 @@ def attempt(kernel: str, body):
 
 
 def scq_certificate(G, p, nearest, target, lam: float, scale):
-    """The SCQ certificate's per-row pass on the CPU (see
-    :func:`scq.solvers.engine.cpu_kernels.scq_certificate_rows`): four (N,) tensors, or ``None``."""
+    """The SCQ certificate's per-row pass, compiled: four (N,) tensors, or ``None``. On CUDA one
+    Triton launch (:func:`scq.solvers.engine.certificate_triton.scq_certificate`), on the CPU
+    :func:`scq.solvers.engine.cpu_kernels.scq_certificate_rows`."""
+    if triton_takes(1, G.dtype, G.device):
+        from .certificate_triton import scq_certificate as fused_certificate
+
+        return _attempt("certificate", lambda: fused_certificate(G, p, nearest, target, lam, scale))
 
     def run(k):
         N = G.shape[0]

@@ -485,3 +485,61 @@ def entering_scores_rows(G, score, code, sign, valid, extra, start, rows, K, m, 
         tl.store(score + out * s_on + kk, tl.abs(g) if SIGNED else -g, mask=live)
     tl.debug_barrier()  # the sweep's stores before the mask's, which may fall on the same codes
     tl.store(score + out * s_on + codes, tl.full([BLOCK], float("-inf"), score.dtype.element_ty), mask=in_w)
+
+
+@triton.jit
+def scq_certificate_rows(G, p, nearest, target, scale, out_residual, out_gap, out_error, out_q_error, K, lam_hi,
+                         lam_lo, s_gn, s_pn, s_tn, HAS_TARGET: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The SCQ certificate of row ``program_id`` (docs/math.md §7; see
+    :mod:`~scq.solvers.engine.certificate_triton`) in two sweeps over its K codes, as
+    :func:`scq.solvers.engine.cpu_kernels.scq_certificate_rows` (sums in float64): g = G + λ(p − p̃)
+    (p̃ the one-hot ``nearest`` code, or ``target``), gᵀp, Σp and min g in the first; μ = g − gᵀp,
+    max |min(p, μ/s)| and ‖δ‖² (μ's negative part, and its positive part on the support) in the
+    second. All four nan where g or p holds a nan."""
+    row = tl.program_id(0)
+    lam = (tl.sum(tl.zeros([BLOCK_K], tl.float64), 0) + lam_hi) + lam_lo
+    s = tl.load(scale + row).to(tl.float64)
+    if not HAS_TARGET:
+        near = tl.load(nearest + row)
+    gp = lam * 0.0
+    total = lam * 0.0
+    g_min = lam * 0.0 + float("inf")
+    nan = row * 0
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        live = kk < K
+        pk = tl.load(p + row * s_pn + kk, mask=live, other=0.0).to(tl.float64)
+        if HAS_TARGET:
+            tk = tl.load(target + row * s_tn + kk, mask=live, other=0.0).to(tl.float64)
+        else:
+            tk = tl.where(kk == near, 1.0, 0.0).to(tl.float64)
+        g = tl.load(G + row * s_gn + kk, mask=live, other=0.0).to(tl.float64) + lam * (pk - tk)
+        gp += tl.sum(g * pk, 0)
+        total += tl.sum(pk, 0)
+        g_min = tl.minimum(g_min, tl.min(tl.where(live, g, float("inf")), 0))
+        nan = nan | tl.max(((g != g) | (pk != pk)).to(tl.int32), 0)
+    worst = lam * 0.0
+    delta_sq = lam * 0.0
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        live = kk < K
+        pk = tl.load(p + row * s_pn + kk, mask=live, other=0.0).to(tl.float64)
+        if HAS_TARGET:
+            tk = tl.load(target + row * s_tn + kk, mask=live, other=0.0).to(tl.float64)
+        else:
+            tk = tl.where(kk == near, 1.0, 0.0).to(tl.float64)
+        mu = tl.load(G + row * s_gn + kk, mask=live, other=0.0).to(tl.float64) + lam * (pk - tk) - gp
+        worst = tl.maximum(worst, tl.max(tl.where(live, tl.abs(tl.minimum(pk, mu / s)), 0.0), 0))
+        part = tl.where(mu < 0.0, mu * mu, tl.where(pk > 0.0, mu * mu, 0.0))
+        delta_sq += tl.sum(tl.where(live, part, 0.0), 0)
+    gap = tl.maximum(gp - g_min, 0.0)
+    residual = tl.maximum(worst, tl.abs(total - 1.0))
+    delta = tl.sqrt(delta_sq)
+    error = tl.minimum(tl.sqrt(2.0 * gap / lam), delta / lam)
+    q_error = tl.minimum(tl.sqrt(2.0 * gap), delta / tl.sqrt(lam))
+    bad = nan != 0
+    out_t = out_residual.dtype.element_ty
+    tl.store(out_residual + row, tl.where(bad, float("nan"), residual).to(out_t))
+    tl.store(out_gap + row, tl.where(bad, float("nan"), gap).to(out_t))
+    tl.store(out_error + row, tl.where(bad, float("nan"), error).to(out_t))
+    tl.store(out_q_error + row, tl.where(bad, float("nan"), q_error).to(out_t))

@@ -532,7 +532,7 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         if m > MAX_SLOTS or m + n_add > round_triton.MAX_NEXT_WIDTH:
             return None
         if state is None or m + n_add > capacity:  # the end of the round lays out m + n_add slots
-            width = max(2 * capacity, m + n_add)
+            width = 2 * max(capacity, m + n_add)  # (10 launches a growth: a few growths a solve)
             base = round_0 if state is None else state
             pad = lambda t, fill: torch.cat([t, torch.full((N, width - t.shape[1]), fill, dtype=t.dtype,
                                                            device=device)], 1)
@@ -586,7 +586,7 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
             rows = next_rows[:n_left]
         if saturated and rounds >= GROW_AFTER_ROUNDS:
             n_add = min(2 * n_add, K)  # see the torch loop
-    code, sign, u, s = (t[:, :m].contiguous() for t in state[:4])
+    code, sign, u, s = (t[:, :m] for t in state[:4])  # views of the state: no copies
     if start is not None:
         diagnostics["nearest"] = start
     diagnostics.update(iterations=inner_total, rounds=rounds, working_set=m, support_size=s.sum(1),
