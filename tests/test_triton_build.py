@@ -215,3 +215,18 @@ def test_the_entering_scores_kernel_builds_for_hopper(f, signed):
                       BLOCK_K=round_triton.SCORES_TILE_K, HAS_ROWS=True)
     size, seconds, spills, registers = _build(round_triton._scores_kernel(), signature, constexprs, 32)
     assert size < 500_000 and seconds < 60 and spills == 0, (size, seconds, spills, registers)
+
+
+@pytest.mark.parametrize("f", ["fp32", "fp64"])
+@pytest.mark.parametrize("target", [False, True])
+def test_the_certificate_kernel_builds_for_hopper(f, target):
+    # The SCQ certificate's two sweeps a row (certificate_triton), float64 sums: built for sm_90.
+    from scq.solvers.engine import certificate_triton
+
+    pointers = dict(G=f"*{f}", p=f"*{f}", nearest="*i64", target=f"*{f}", scale=f"*{f}", out_residual=f"*{f}",
+                    out_gap=f"*{f}", out_error=f"*{f}", out_q_error=f"*{f}")
+    scalars = dict(K="i32", lam_hi="fp32", lam_lo="fp32", s_gn="i32", s_pn="i32", s_tn="i32")
+    signature = dict(pointers, **scalars, HAS_TARGET="constexpr", BLOCK_K="constexpr")
+    size, seconds, spills, registers = _build(certificate_triton._kernel(), signature,
+                                              dict(HAS_TARGET=target, BLOCK_K=certificate_triton.TILE_K), 32)
+    assert size < 500_000 and seconds < 60 and spills == 0, (size, seconds, spills, registers)
