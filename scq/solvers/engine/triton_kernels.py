@@ -488,6 +488,22 @@ def entering_scores_rows(G, score, code, sign, valid, extra, start, rows, K, m, 
 
 
 @triton.jit
+def _certificate_tile(G, p, nearest, target, row, k0, K, lam, s_gn, s_pn, s_tn, HAS_TARGET: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
+    """Codes k0 … k0 + BLOCK_K of a row for :func:`scq_certificate_rows`: (inside K, p, and
+    g = G + λ(p − p̃)), in float64."""
+    kk = k0 + tl.arange(0, BLOCK_K)
+    live = kk < K
+    pk = tl.load(p + row * s_pn + kk, mask=live, other=0.0).to(tl.float64)
+    if HAS_TARGET:
+        tk = tl.load(target + row * s_tn + kk, mask=live, other=0.0).to(tl.float64)
+    else:
+        tk = tl.where(kk == tl.load(nearest + row), 1.0, 0.0).to(tl.float64)
+    g = tl.load(G + row * s_gn + kk, mask=live, other=0.0).to(tl.float64) + lam * (pk - tk)
+    return live, pk, g
+
+
+@triton.jit
 def scq_certificate_rows(G, p, nearest, target, scale, out_residual, out_gap, out_error, out_q_error, K, lam_hi,
                          lam_lo, s_gn, s_pn, s_tn, HAS_TARGET: tl.constexpr, BLOCK_K: tl.constexpr):
     """The SCQ certificate of row ``program_id`` (docs/math.md §7; see
@@ -499,21 +515,12 @@ def scq_certificate_rows(G, p, nearest, target, scale, out_residual, out_gap, ou
     row = tl.program_id(0)
     lam = (tl.sum(tl.zeros([BLOCK_K], tl.float64), 0) + lam_hi) + lam_lo
     s = tl.load(scale + row).to(tl.float64)
-    if not HAS_TARGET:
-        near = tl.load(nearest + row)
     gp = lam * 0.0
     total = lam * 0.0
     g_min = lam * 0.0 + float("inf")
     nan = row * 0
     for k0 in range(0, K, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        live = kk < K
-        pk = tl.load(p + row * s_pn + kk, mask=live, other=0.0).to(tl.float64)
-        if HAS_TARGET:
-            tk = tl.load(target + row * s_tn + kk, mask=live, other=0.0).to(tl.float64)
-        else:
-            tk = tl.where(kk == near, 1.0, 0.0).to(tl.float64)
-        g = tl.load(G + row * s_gn + kk, mask=live, other=0.0).to(tl.float64) + lam * (pk - tk)
+        live, pk, g = _certificate_tile(G, p, nearest, target, row, k0, K, lam, s_gn, s_pn, s_tn, HAS_TARGET, BLOCK_K)
         gp += tl.sum(g * pk, 0)
         total += tl.sum(pk, 0)
         g_min = tl.minimum(g_min, tl.min(tl.where(live, g, float("inf")), 0))
@@ -521,14 +528,8 @@ def scq_certificate_rows(G, p, nearest, target, scale, out_residual, out_gap, ou
     worst = lam * 0.0
     delta_sq = lam * 0.0
     for k0 in range(0, K, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        live = kk < K
-        pk = tl.load(p + row * s_pn + kk, mask=live, other=0.0).to(tl.float64)
-        if HAS_TARGET:
-            tk = tl.load(target + row * s_tn + kk, mask=live, other=0.0).to(tl.float64)
-        else:
-            tk = tl.where(kk == near, 1.0, 0.0).to(tl.float64)
-        mu = tl.load(G + row * s_gn + kk, mask=live, other=0.0).to(tl.float64) + lam * (pk - tk) - gp
+        live, pk, g = _certificate_tile(G, p, nearest, target, row, k0, K, lam, s_gn, s_pn, s_tn, HAS_TARGET, BLOCK_K)
+        mu = g - gp
         worst = tl.maximum(worst, tl.max(tl.where(live, tl.abs(tl.minimum(pk, mu / s)), 0.0), 0))
         part = tl.where(mu < 0.0, mu * mu, tl.where(pk > 0.0, mu * mu, 0.0))
         delta_sq += tl.sum(tl.where(live, part, 0.0), 0)
