@@ -6,8 +6,9 @@
 - :mod:`.fista`: accelerated projected gradient on the working set, the active set's warm start.
 - :mod:`.fused`: which compiled kernels run that per-vector work (one switch): Numba on the CPU
   (:mod:`.cpu_kernels`), Triton on CUDA (:mod:`.triton_kernels`, launched by :mod:`.round_triton`,
-  :mod:`.backward_triton`, :mod:`.fista_triton`, :mod:`.active_set_triton`, which share
-  :mod:`.triton_launch`); the torch code above is their reference and the fallback.
+  :mod:`.backward_triton`, :mod:`.certificate_triton`, :mod:`.fista_triton`,
+  :mod:`.active_set_triton`, which share :mod:`.triton_launch`); the torch code above is their
+  reference and the fallback.
 
 Methods call :func:`.working_set.solve` with a :class:`.working_set.QPForm` saying which QP.
 """

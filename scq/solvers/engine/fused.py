@@ -5,11 +5,13 @@ support solve) are written as batched torch ops: the reference every kernel is t
 and what runs where no kernel applies. Where one does, the same arithmetic runs compiled:
 
 - CUDA: Triton kernels (:mod:`~scq.solvers.engine.triton_kernels`), m ≤ ``triton_launch.MAX_SLOTS``,
-  no host sync: a round's whole work on W in one launch and its end (verdict, counts, next W) in
-  another (:mod:`~scq.solvers.engine.round_triton`), or where the support is capped (the lasso
-  without a ridge) FISTA and the active set one launch each
+  no host sync: a round in three launches, the state kept in place
+  (:mod:`~scq.solvers.engine.round_triton`, run by ``working_set._rounds_on_triton``: the work on
+  W, the entering scores, the verdict and next W; :func:`triton_takes` says where), or where the
+  support is capped (the lasso without a ridge) FISTA and the active set one launch each
   (:mod:`~scq.solvers.engine.fista_triton`, :mod:`~scq.solvers.engine.active_set_triton`); the
-  backward in one launch (:mod:`~scq.solvers.engine.backward_triton`).
+  backward in one launch (:mod:`~scq.solvers.engine.backward_triton`), and the SCQ certificate's
+  pass (:mod:`~scq.solvers.engine.certificate_triton`).
 - CPU: Numba loops over rows (:mod:`~scq.solvers.engine.cpu_kernels`), any m: a certificate
   round in three loops (:func:`round_kernels`: the work on W, Gram matrix read from the codebook's
   EEᵀ (where K ≤ N, or K ≤ 4N and K ≤ 1024) or made with :class:`GramCache`, FISTA, active set,

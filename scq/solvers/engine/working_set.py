@@ -271,16 +271,20 @@ def _entering_codes(zq, z, E, extra, start, code, sign, valid, n_add: int, probl
     if score is None:
         return _entering(_gradients(zq, z, E, extra, start, bonus, G=G), code, sign, valid, n_add, problem)
     worst, worst_code = score.topk(n_add, dim=1)
-    # Entering signs −sign(g_k) from G, which the signed scores kept (unsigned codes: None, all enter as +e_k)
-    new_sign = None
-    if problem.signed:
-        g = G.gather(1, worst_code)
-        if extra is not None:
-            g = g - extra.gather(1, worst_code)
-        elif start is not None and bonus:
-            g = g - bonus * (worst_code == start.unsqueeze(1))
-        new_sign = torch.where(g > 0, -1.0, 1.0).to(G.dtype)
-    return worst, worst_code, new_sign
+    return worst, worst_code, _entering_signs(G, worst_code, extra, start, bonus) if problem.signed else None
+
+
+def _entering_signs(G, worst_code, extra, start, bonus: float) -> torch.Tensor:
+    """The entering signs −sign(g_k) of the codes ``worst_code`` (n, n_add) chosen from the scores of
+    :func:`scq.solvers.engine.round_triton.entering_scores`, g = G − extra (or less ``bonus`` at
+    the ``start`` codes) read from G, which the signed scores keep. (Unsigned codes: ``None``
+    instead, all enter as +e_k.)"""
+    g = G.gather(1, worst_code)
+    if extra is not None:
+        g = g - extra.gather(1, worst_code)
+    elif start is not None and bonus:
+        g = g - bonus * (worst_code == start.unsqueeze(1))
+    return torch.where(g > 0, -1.0, 1.0).to(G.dtype)
 
 
 def _entering(G, code, sign, valid, n_add: int, problem: QPForm):
@@ -553,11 +557,9 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
             return None
         worst, worst_code = score.topk(n_add, dim=1)
         new_sign = None
-        if problem.signed:  # −sign(g_k), from G kept by the signed scores
-            g = G.gather(1, worst_code)
-            if extra is not None:
-                g = g - (extra if rows is None else extra[rows]).gather(1, worst_code)
-            new_sign = torch.where(g > 0, -1.0, 1.0).to(G.dtype)
+        if problem.signed:
+            at_rows = lambda t: t if t is None or rows is None else t[rows]
+            new_sign = _entering_signs(G, worst_code, at_rows(extra), at_rows(start_w), problem.start_bonus)
         ended = fused.attempt("end-of-round", lambda: round_triton.end_of_round(
             worst, worst_code, new_sign, res, dual_tol, *state, broken, rows, m, problem.l1))
         if ended is None:
