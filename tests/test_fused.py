@@ -215,8 +215,9 @@ def test_fused_backward_on_cuda_matches_the_torch_path(device, dtype, kind, monk
 
     from scq.solvers.engine import backward_triton
 
+    monkeypatch.setattr(backward_triton, "_KERNEL", None)  # loaded again at its first launch
     got = grads(dtype)
-    assert backward_triton._KERNEL is not None  # the kernel ran
+    assert backward_triton._KERNEL is not None  # the kernel ran in this test
     monkeypatch.setattr(fused, "backward", lambda *a, **k: None)  # the torch path's backward
     ref, exact = grads(dtype), grads(torch.float64)
     for a, b, c in zip(got, ref, exact):
@@ -428,6 +429,7 @@ _ROUNDS = textwrap.dedent("""
         ref, ref_info, ref_grads = run(dtype)
         _, _, exact_grads = run(torch.float64)
         fused.ENABLED, fused.backend = True, lambda H: "triton"
+        backward_triton._KERNEL = None  # loaded again at its first launch: proof that this case's ran
         got, info, grads = run(dtype)
         assert fused.ENABLED, "a kernel failed over to the torch path"
         dev = lambda a, b: float((a.double() - b.double()).abs().max())
@@ -480,6 +482,7 @@ _CERTIFICATE = textwrap.dedent("""
         ref = C.certify_scq(p, z, E, 0.1, target)
         fused.ENABLED = True
         fused.backend = lambda H: "triton"
+        certificate_triton._KERNEL = None  # loaded again at its first launch: proof that this case's ran
         got = C.certify_scq(p, z, E, 0.1, target)
         p[1, 4] = float("nan")
         with_nan = C.certify_scq(p, z, E, 0.1, target)

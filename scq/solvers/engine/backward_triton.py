@@ -1,4 +1,4 @@
-r"""The engine's backward in one Triton launch (CUDA), where the torch path takes ~50: the gather
+r"""The engine's backward in one Triton launch (CUDA), where the torch path takes ~30: the gather
 of the codes C (N, m, D), their Gram matrices (N, m, m), a batched Cholesky, its solves, three
 batched products and an ``index_add_`` into ∂E.
 
