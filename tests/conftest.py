@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -22,3 +24,24 @@ def codebook_gram(request, monkeypatch):
     use = request.param == "codebook-gram"
     monkeypatch.setattr(working_set, "uses_codebook_gram", lambda N, K: use)
     return use
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
+def pytest_collection_modifyitems(session, config, items):
+    """Start the Triton-interpreter checks' subprocess (tests/test_fused.py) as soon as a selected
+    test needs it, and run that module last, so that the subprocess's ~75 s of mostly
+    single-threaded work overlaps the other tests instead of being waited for."""
+    for item in items:
+        if "interpreted" in getattr(item, "fixturenames", ()):
+            if item.module.triton_launch.available():
+                item.module.start_interpreted()
+                items[:] = [i for i in items if i.module is not item.module] + [
+                    i for i in items if i.module is item.module]
+            return
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop that subprocess where the session ended (-x, Ctrl-C) before its tests waited on it."""
+    module = sys.modules.get("tests.test_fused")
+    for started in getattr(module, "_STARTED", ()):
+        started.stop()

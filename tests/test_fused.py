@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -20,14 +21,49 @@ from .conftest import cuda_devices
 needs_triton = pytest.mark.skipif(not triton_launch.available(), reason="needs triton (pip install triton)")
 
 
-def _interpreted(script: str) -> list:
-    """Run ``script`` with TRITON_INTERPRET=1 in a fresh interpreter; its last stdout line as JSON."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class _Interpreted:
+    """The interpreted checks' subprocess (``TRITON_INTERPRET=1`` set before Triton is imported),
+    started once. It takes ~75 s on 2 cores, mostly single-threaded Python, so conftest starts it at
+    collection (:func:`start_interpreted`) and it runs beside the other tests; the fixture waits."""
+
+    def __init__(self, script: str):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # One thread each for torch and Numba: the tests running beside it have the two cores.
+        env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # (no pipe to fill)
+        self.proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=root, stdout=self.out,
+                                     stderr=self.err, text=True)
+
+    def result(self) -> dict:
+        """The script's last stdout line as JSON, once it has finished."""
+        if not hasattr(self, "_result"):
+            try:
+                code = self.proc.wait(timeout=600)
+            finally:
+                self.stop()
+            self.out.seek(0), self.err.seek(0)
+            out, err = self.out.read(), self.err.read()
+            self.out.close(), self.err.close()
+            assert code == 0, err[-3000:]
+            self._result = json.loads(out.strip().splitlines()[-1])
+        return self._result
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_STARTED: list = []
+
+
+def start_interpreted() -> _Interpreted:
+    """The interpreted checks' subprocess, started at the first call (conftest's collection hook
+    calls this where a selected test uses the ``interpreted`` fixture)."""
+    if not _STARTED:
+        _STARTED.append(_Interpreted(_interpreted_script()))
+    return _STARTED[0]
+
 
 # Random small QPs as the engine builds them (tests/helpers.small_qps), for the subprocess.
 _PROBLEM = "from tests.helpers import small_qps as problem\n"
@@ -57,16 +93,20 @@ _CASES = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def interpreted():
-    """Every interpreted check's output, from one subprocess (Triton and torch import once)."""
+def _interpreted_script() -> str:
+    """Every interpreted check in one script (Triton and torch import once); it prints one JSON dict."""
     parts = (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE), ("refine", _REFINE),
              ("round", _ROUND), ("rounds", _ROUNDS), ("scores", _SCORES), ("outgrown", _OUTGROWN),
              ("certificate", _CERTIFICATE))
     script = _PROBLEM + "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
                                    for name, body in parts)
-    script += "\nimport json\nprint(json.dumps({" + ", ".join(f"'{name}': _{name}()" for name, _ in parts) + "}))"
-    return _interpreted(script)
+    return script + "\nimport json\nprint(json.dumps({" + ", ".join(f"'{name}': _{name}()" for name, _ in parts) + "}))"
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """Every interpreted check's output (from the subprocess conftest started at collection)."""
+    return start_interpreted().result()
 
 
 @needs_triton
