@@ -108,6 +108,10 @@ def test_runtime_sweeps_cover_every_codebook_and_report_the_worst_ratio(tmp_path
         assert {("N", 16384, 1024, 64), ("N", 65536, 1024, 64), ("N", 262144, 1024, 64),
                 ("K", 16384, 16384, 64)} <= mine, kind
     assert all(c.N * c.K <= 262144 * 1024 for c in gpu)  # dense (N, K) outputs of at most 1 GiB in fp32
+    # the bounds come first, on every kind, so that a run cut short has them
+    first = [(c.N, c.K, c.D, c.codebook) for c in gpu[:5 * len(CODEBOOKS)]]  # (the centre on 3 sweeps)
+    assert {(n, k, 64, kind) for n, k in ((16384, 1024), (65536, 1024), (16384, 16384))
+            for kind in CODEBOOKS} <= set(first), first
     assert runtime.cases(quick=True, device="cuda") == runtime.cases(quick=True)
 
     def row(sweep, kind, method, N, ratio):
@@ -146,11 +150,17 @@ def test_the_runtime_part_leaves_its_rows_after_each_case(tmp_path, monkeypatch)
     from scq.bench import runtime
 
     seen = []
-    points = [runtime.Case("N", 16, 8, 4, ("vq", "scq-pgd")), runtime.Case("N", 32, 8, 4, ("vq", "scq-pgd"))]
+    # (the third point is the first's on another sweep, as a sweep's centre is: listed, not timed again)
+    points = [runtime.Case("N", 16, 8, 4, ("vq", "scq-pgd")), runtime.Case("N", 32, 8, 4, ("vq", "scq-pgd")),
+              runtime.Case("K", 16, 8, 4, ("vq", "scq-pgd"))]
     monkeypatch.setattr(runtime, "cases", lambda quick, device="cpu": points)
     real_write = runtime.write_csv
     monkeypatch.setattr(runtime, "write_csv", lambda path, rows: seen.append(len(rows)) or real_write(path, rows))
+    built = []
+    monkeypatch.setattr(runtime, "Contender", lambda *a, real=runtime.Contender: built.append(a) or real(*a))
     rows = runtime.run(quick=True, progress=False, checkpoint=tmp_path / "runtime.csv")
-    assert seen == [2, 4] and len(_read(tmp_path / "runtime.csv")) == len(rows) == 4
+    assert seen == [2, 4, 6] and len(_read(tmp_path / "runtime.csv")) == len(rows) == 6
+    assert len(built) == 4  # two methods at two points
+    assert [dict(r, sweep="N") for r in rows[4:]] == rows[:2] and {r["sweep"] for r in rows[4:]} == {"K"}
     pgd = [r for r in rows if r["method"] == "scq-pgd"]
     assert all(r["converged"] is True and r["reference"] == "cvxpy" and r["max_dev"] < 1e-5 for r in pgd)
