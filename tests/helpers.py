@@ -96,6 +96,35 @@ def count_syncs(fn) -> int:
     return _Count.syncs
 
 
+def peak_tensor_bytes(fn) -> int:
+    """The most bytes held at once, during ``fn()``, by the tensors its ops made (on any device;
+    tensors made before it, its inputs, not counted): an exact count of what the RSS sampling of
+    the runtime benchmark can only bound, for tests of an (N, K) buffer budget."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    live: dict = {}  # storage address -> (weak reference, bytes)
+    peak = [0]
+
+    class _Track(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    ptr = storage.data_ptr()
+                    if ptr not in live or live[ptr][0].expired():  # (a view shares its base's storage)
+                        live[ptr] = (StorageWeakRef(storage), storage.nbytes())
+            for ptr in [p for p, (ref, _) in live.items() if ref.expired()]:
+                del live[ptr]
+            peak[0] = max(peak[0], sum(n for _, n in live.values()))
+            return out
+
+    with _Track():
+        fn()
+    return peak[0]
+
+
 def small_qps(N: int, m: int, dtype: torch.dtype, simplex: bool, seed: int, b_scale: float = 1.0, rank: int = 6):
     """Random small QPs as the engine builds them, for the kernel tests: H = CCᵀ + 0.1·I (N, m, m),
     a linear term b, valid slots (slot 0 always: the start code) and a feasible start (slot 0 for

@@ -3,6 +3,7 @@ import torch
 from torch.autograd import gradcheck
 
 import scq
+from scq import simplex
 from scq.simplex import simplex_threshold
 from tests.helpers import assert_close, numpy_projection
 
@@ -104,3 +105,40 @@ def test_the_torch_solver_carries_a_nan_row_to_its_certificate(monkeypatch):
     residual = certify_scq(weights, z, E, 0.3, None).residual
     assert residual[4].isnan()
     assert float(residual[[0, 1, 2, 3, 5]].max()) < 1e-12
+
+
+@pytest.mark.parametrize("first", [64, 4])
+@pytest.mark.parametrize("scale", [0.001, 0.1, 100.0])
+def test_the_sort_method_looks_past_its_first_entries_where_the_support_fills_them(first, scale, monkeypatch):
+    # K > 2·TOP_FIRST: "sort" sorts only each row's largest TOP_FIRST entries, then 4× as many for
+    # the rows whose support filled them, then the whole row. Small scales give supports of
+    # hundreds (two looks again), large ones of one; rows of one batch differ (some look again).
+    monkeypatch.setattr(simplex, "TOP_FIRST", first)
+    g = torch.Generator().manual_seed(3)
+    u = scale * torch.randn(12, 700, dtype=torch.float64, generator=g) * torch.logspace(-2, 1, 12, dtype=torch.float64
+                                                                                         ).unsqueeze(1)
+    looks = []
+    topk = torch.Tensor.topk
+    monkeypatch.setattr(torch.Tensor, "topk", lambda t, k, **kw: looks.append((t.shape[0], k)) or topk(t, k, **kw))
+    p = scq.project_simplex(u)
+    assert_close(p, torch.from_numpy(numpy_projection(u.numpy())), atol=1e-12)
+    # each look takes exactly the rows whose support filled the one before (the whole row sorted
+    # once k ≥ K/2)
+    support, k, rows, expected = (p > 0).sum(-1), first, 12, []
+    while rows and 2 * k < 700:
+        expected.append((rows, k))
+        rows, k = int((support >= k).sum()), 4 * k
+    assert looks == expected and len(expected) >= (3 if first == 4 and scale < 1 else 1), looks
+
+
+def test_the_sort_method_on_wide_rows_keeps_shapes_ties_and_nan_rows():
+    u = torch.randn(3, 5, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    u[0, 1] = 0.25  # a tie across the whole row: the support is all of it
+    u[2, 3, 7] = float("nan")
+    p = scq.project_simplex(u)
+    assert p.shape == u.shape
+    assert p[2, 3].isnan().all()
+    assert_close(p[0, 1], torch.full((300,), 1 / 300, dtype=torch.float64), atol=1e-15)
+    keep = torch.ones(3, 5, dtype=torch.bool)
+    keep[2, 3] = False
+    assert_close(p[keep], torch.from_numpy(numpy_projection(u[keep].numpy())), atol=1e-12)

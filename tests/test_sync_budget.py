@@ -75,3 +75,18 @@ def test_lasso_forward_syncs(ridge):
     q(x)
     syncs = count_syncs(lambda: q(x))
     assert syncs <= q.last_info.extra["rounds"] + (2 if ridge is None else 1), (syncs, q.last_info.extra["rounds"])
+
+
+@pytest.mark.parametrize("K", [64, 1024])
+def test_relaxed_syncs_once_for_its_certificate_and_once_for_a_wide_projection(K):
+    # The certificate's read, and where K > 2·TOP_FIRST the projection's look at which rows'
+    # support filled their largest entries; none for its expected miss of the tolerance, none in
+    # the backward.
+    q = scq.SCQ(16, K, lam=0.1, method="relaxed")
+    x = torch.randn(256, 16, requires_grad=True)
+    q(x)
+    out = []
+    assert count_syncs(lambda: out.append(q(x))) == (1 if K <= 128 else 2)
+    assert not q.last_info.converged
+    loss = out[0].quantized.square().mean() + out[0].loss
+    assert count_syncs(loss.backward) == 0

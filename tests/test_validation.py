@@ -186,3 +186,15 @@ def test_non_finite_cone_output_is_reported(monkeypatch, zE):
     z, E = zE
     with pytest.raises(RuntimeError, match="non-finite"):
         scq.solve_scq(z, E, 0.5, method="exact")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_an_approximate_methods_bad_inputs_are_named_too(bad):
+    # relaxed's certificate fails as a rule, so it looks for non-finite inputs only where its
+    # residual is not finite (no sync on a normal call): NaN and Inf both get there.
+    q = scq.SCQ(4, 8, method="relaxed")
+    x = torch.randn(6, 4)
+    q(x)
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        q(x)

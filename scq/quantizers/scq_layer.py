@@ -90,14 +90,13 @@ class SCQ(Quantizer):
         with torch.autocast(device_type=vectors.device.type, enabled=False):
             solution, weights, info = solve(SCQProblem(self.lam), self._method, vectors, codebook,
                                             self.solver_options, strict=self.strict, name="x",
-                                            decide_threads=False)
+                                            decide_threads=False, dense=self.return_weights == "dense")
             quantized = combine(solution, codebook)
             loss = commitment_loss(vectors, quantized, self.beta)
         # With one codebook per head, last_info is the certificate of the worst head.
         if book == 0 or self.last_info is None or not info.residual <= self.last_info.residual:
             self.last_info = info
-        # Sparse or no weights asked for: hand on the solver's own form; the dense copy (and its
-        # place on the graph) goes.
+        # Sparse or no weights asked for: hand on the solver's own form; no dense copy was made.
         return _Quantized(quantized, weights if self.return_weights == "dense" else solution, hard_codes(solution), loss)
 
     def extra_repr(self) -> str:

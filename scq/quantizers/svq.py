@@ -149,7 +149,8 @@ class SVQ(Quantizer):
             with torch.autocast(device_type=vectors.device.type, enabled=False):
                 solution, weights, info = solve(LassoProblem(self.alpha, self.nonneg), self._lasso_method,
                                                 vectors, codebook, self.solver_options, strict=self.strict,
-                                                name="x", decide_threads=False)
+                                                name="x", decide_threads=False,
+                                                dense=self.return_weights == "dense")
                 quantized = combine(solution, codebook)
             if self.return_weights != "dense":
                 weights = solution

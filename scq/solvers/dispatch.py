@@ -11,6 +11,7 @@ certify an answer: :class:`SCQProblem` and :class:`LassoProblem`.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Optional
@@ -88,12 +89,14 @@ def check_method(table: MethodTable, method: str, options: dict) -> Method:
 
 
 def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, options: dict, *,
-          strict: bool = False, name: str = "z", decide_threads: bool = True
-          ) -> "tuple[Weights, torch.Tensor, SolverInfo]":
+          strict: bool = False, name: str = "z", decide_threads: bool = True, dense: bool = True
+          ) -> "tuple[Weights, Optional[torch.Tensor], SolverInfo]":
     """Run ``method`` on validated 2-D inputs and certify its answer.
 
     Returns the method's weights (dense or :class:`SparseWeights`, for ``combine``), the same
-    weights densified once, with autograd (the certificate reads them too), and the info.
+    weights densified once, with autograd (the certificate reads them too; ``None`` with
+    ``dense=False``, for callers that hand on sparse weights or none: no (N, K) tensor is made for
+    them), and the info.
 
     ``converged`` is ``residual <= tol`` (``tol`` from the options, else the method's default).
     A method that claims exactness and fails its certificate raises a RuntimeWarning; with
@@ -102,9 +105,10 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
     ``decide_threads``: pick the intra-op threads here (:mod:`scq.solvers.threads`); ``False``
     where the caller has (a quantizer's forward, :class:`~scq.solvers.threads.BackwardScope`).
 
-    Non-finite ``z`` (called ``name`` in the error) or codebook values fail the solve or its
-    certificate (NaN reaches the residual), and only then are they looked for: a ValueError names
-    the argument. Callers need not check finiteness up front, a host sync per call.
+    Non-finite ``z`` (called ``name`` in the error) or codebook values fail the solve or make its
+    residual non-finite (NaN reaches it), and only then are they looked for: a ValueError names
+    the argument. Callers need not check finiteness up front, a host sync per call (nor does a
+    method that is approximate by design, whose certificate usually fails: ``relaxed``).
     """
     tol = options.get("tol")
     tol = method.default_tol(z.dtype) if tol is None else float(tol)
@@ -125,8 +129,8 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
                 _check_finite(z, codebook, name, err)
                 raise
             weights, info = out if isinstance(out, tuple) else (out, SolverInfo(method.name))
-            dense = densify(weights)
-            cert = problem.certify(weights, dense, z, codebook, info)
+            dense_weights = densify(weights) if dense else None
+            cert = problem.certify(weights, dense_weights, z, codebook, info)
     worst = torch.stack([c.max() for c in cert]).tolist()  # the one host sync
     info.residual, info.objective_gap, info.error_bound, info.quantized_error_bound = worst
     info.tol = tol
@@ -134,9 +138,12 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
     info.converged = bool(worst[0] <= tol)
     info.extra.update(residuals=cert.residual, converged_mask=mask, error_bounds=cert.error_bound)
     if not info.converged:
-        _check_finite(z, codebook, name)  # NaN inputs fail the certificate (or the solve) first
+        # NaN or Inf inputs fail the certificate (or the solve) first. An approximate method's
+        # certificate fails as a rule: it looks only where its residual is not finite.
+        if method.exact or strict or not math.isfinite(info.residual):
+            _check_finite(z, codebook, name)
         _report(method, info, int(z.shape[0]), strict)
-    return weights, dense, info
+    return weights, dense_weights, info
 
 
 def _check_finite(z: torch.Tensor, codebook: torch.Tensor, name: str, err: "Exception | None" = None) -> None:
@@ -150,6 +157,8 @@ def _check_finite(z: torch.Tensor, codebook: torch.Tensor, name: str, err: "Exce
 
 
 def _report(method: Method, info: SolverInfo, n: int, strict: bool) -> None:
+    if not (strict or method.exact):  # an approximate method's miss is expected: nothing to say, no sync
+        return
     failed = int((~info.extra["converged_mask"]).sum())
     message = (f"scq {method.name}: {failed} of {n} vectors did not reach tol={info.tol:g} (largest relative KKT "
                f"residual {info.residual:.2e}, ‖p − p*‖ ≤ {info.error_bound:.2e})")

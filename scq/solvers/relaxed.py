@@ -30,8 +30,8 @@ from typing import Optional
 import torch
 
 from ..simplex import project_simplex
-from ..problems import code_scores, linear_term, nearest_code
-from .registry import register_method
+from ..problems import code_scores, linear_term, nearest_codes
+from .registry import SolverInfo, register_method
 
 
 def unconstrained_minimizer(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optional[torch.Tensor],
@@ -74,7 +74,10 @@ def solve_relaxed(
     target_point = nearest = None
     if target is None:
         with torch.no_grad():
-            # As the certificate finds it (the same formula, so ties go the same way).
-            nearest = nearest_code(code_scores(z, codebook), codebook)
+            # In one fused GEMM (one (N, K) buffer, not three); handed on to the certificate, which
+            # then judges the answer against this p̃ and saves a GEMM and an argmin of its own.
+            nearest = nearest_codes(z, codebook)
         target_point = codebook[nearest]  # Eᵀp̃ without a one-hot GEMM
-    return project_simplex(unconstrained_minimizer(z, codebook, lam, target, target_point, nearest), method=projection)
+    weights = project_simplex(unconstrained_minimizer(z, codebook, lam, target, target_point, nearest),
+                              method=projection)
+    return weights, SolverInfo("relaxed", extra={} if nearest is None else {"nearest": nearest})

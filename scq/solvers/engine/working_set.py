@@ -386,6 +386,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     table = None
     if kernels is not None and uses_codebook_gram(N, K):
         table, scores = _codebook_gram(z, E, scores, sys_dtype)
+    else:
+        scores = None  # done with (the start is found): not held through the rounds, an (N, K) buffer
     n_first = m - code.shape[1]
     if n_first > 0:
         entering = None
@@ -659,6 +661,7 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
             refines(sys_dtype), nu, res, state,
             zq.numpy(), bounds))
         inner_total += int(state.max()) >> 2 if n else 0
+        G = None  # the last round's (n, K) G goes before this one's is made
         if use_table:  # finish_rows makes each row's G from EEᵀ
             G = torch.zeros(0, K, dtype=sys_dtype)
         else:
