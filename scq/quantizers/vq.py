@@ -76,7 +76,9 @@ class VQ(Quantizer):
                 loss = commitment_loss(vectors, q, self.beta)
             quantized = vectors + (q - vectors).detach()
             if self.return_weights == "dense":
-                weights = F.one_hot(indices, self.codebook_size).to(vectors.dtype)
+                # (in the input's dtype at once: one_hot's int64 (N, K) and its copy held 3 buffers)
+                weights = vectors.new_zeros(vectors.shape[0], self.codebook_size).scatter_(
+                    1, indices.unsqueeze(1), 1.0)
             else:  # one slot per row: no (N, K) tensor at all
                 weights = SparseWeights(indices.unsqueeze(1), torch.ones_like(vectors[:, :1]), self.codebook_size)
         return _Quantized(quantized, weights, indices, loss)
