@@ -654,7 +654,8 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         state = np.zeros(n, dtype=np.int32)
         zq = torch.zeros(0 if use_table else n, D, dtype=dtype)  # z_q only for the GEMM's G
         bounds = fused.row_ranges(n)
-        cache.exchange(n, 0 if use_table else capacity, rows_t, lambda *cached: k.round_par(
+        # (the cache as wide as the widest row's W, m, not W's capacity: (N, m, m) products)
+        cache.exchange(n, 0 if use_table else m, rows_t, lambda *cached: k.round_par(
             E_sys, E_out, table_np, scores_np, w[0], w[1], z_sys, extra_sys, start_np, bonus, float(problem.l1),
             float(sys_ridge), *cached, w[2], w[3], w[4], tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE),
             bool(problem.simplex), int(opts.max_inner), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK,
