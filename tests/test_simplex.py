@@ -5,6 +5,7 @@ from torch.autograd import gradcheck
 import scq
 from scq import simplex
 from scq.simplex import simplex_threshold
+from tests.conftest import cuda_devices
 from tests.helpers import assert_close, numpy_projection
 
 
@@ -142,3 +143,20 @@ def test_the_sort_method_on_wide_rows_keeps_shapes_ties_and_nan_rows():
     keep = torch.ones(3, 5, dtype=torch.bool)
     keep[2, 3] = False
     assert_close(p[keep], torch.from_numpy(numpy_projection(u[keep].numpy())), atol=1e-12)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+def test_the_sort_method_on_cuda_matches_the_cpu(device):
+    # torch.topk on CUDA, the look again at the rows whose support filled the first 64 entries
+    # (small scales: hundreds of codes), and the backward, against the CPU.
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(48, 3000, dtype=torch.float64, generator=g) * torch.logspace(-3, 1, 48, dtype=torch.float64
+                                                                                   ).unsqueeze(1)
+    grad = torch.randn(48, 3000, dtype=torch.float64, generator=g)
+    x_cpu, x_gpu = u.clone().requires_grad_(True), u.to(device).requires_grad_(True)
+    p_cpu, p_gpu = scq.project_simplex(x_cpu), scq.project_simplex(x_gpu)
+    (p_cpu * grad).sum().backward()
+    (p_gpu * grad.to(device)).sum().backward()
+    assert int((p_cpu > 0).sum(-1).max()) > 64
+    assert_close(p_gpu.cpu(), p_cpu, atol=1e-12)
+    assert_close(x_gpu.grad.cpu(), x_cpu.grad, atol=1e-12)
