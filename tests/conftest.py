@@ -35,8 +35,8 @@ def pytest_collection_modifyitems(session, config, items):
         if "interpreted" in getattr(item, "fixturenames", ()):
             if item.module.triton_launch.available():
                 item.module.start_interpreted()
-                items[:] = [i for i in items if i.module is not item.module] + [
-                    i for i in items if i.module is item.module]
+                mine = [getattr(i, "module", None) is item.module for i in items]
+                items[:] = [i for i, m in zip(items, mine) if not m] + [i for i, m in zip(items, mine) if m]
             return
 
 
