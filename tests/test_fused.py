@@ -622,6 +622,41 @@ def test_pgd_engine_with_both_fused_kernels_under_the_interpreter(interpreted):
 
 @needs_triton
 @pytest.mark.parametrize("device", cuda_devices())
+def test_the_kernels_reading_n_by_k_rows_on_cuda_address_past_2_31_elements(device):
+    # The entering scores and the certificate read (n, K) rows at row·K: past 2³¹ elements (N =
+    # 131072 at K = 16384, 8 GiB in float32) a 32-bit product wraps. Each kernel on rows that lie
+    # past it gives what it gives on the same rows copied to the front.
+    from scq.solvers.engine import certificate_triton, round_triton
+
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
+        pytest.skip("needs 40 GiB of GPU memory")
+    g = torch.Generator(device=device).manual_seed(0)
+    # Scores: three rows 2³⁰ elements apart (row 2 starts at element 2³¹), as a view.
+    K, m = 300, 8
+    storage = torch.randn(2 * 2**30 + K, device=device, generator=g)
+    far = storage.as_strided((3, K), (2**30, 1))
+    near = far.clone()
+    code = torch.randint(K, (3, m), device=device, generator=g)
+    sign, valid = torch.ones(3, m, device=device), torch.ones(3, m, dtype=torch.bool, device=device)
+    got = round_triton.entering_scores(far, code, sign, valid, None, None, bonus=0.0, signed=False).clone()
+    expected = round_triton.entering_scores(near, code, sign, valid, None, None, bonus=0.0, signed=False)
+    assert torch.equal(got, expected) and bool((expected == float("-inf")).any())
+    del storage, far
+    # The certificate: N·K past 2³¹; its last rows against the same rows alone.
+    K = 16384
+    N = 2**31 // K + 4
+    G = torch.randn(N, K, device=device, generator=g)
+    p = torch.rand(N, K, device=device, generator=g)
+    nearest = torch.randint(K, (N,), device=device, generator=g)
+    scale = torch.rand(N, device=device, generator=g) + 1
+    got = certificate_triton.scq_certificate(G, p, nearest, None, 0.1, scale)
+    alone = certificate_triton.scq_certificate(G[-4:].clone(), p[-4:].clone(), nearest[-4:], None, 0.1, scale[-4:])
+    for a, b in zip(got, alone):
+        assert torch.equal(a[-4:], b) and bool(b.isfinite().all())
+
+
+@needs_triton
+@pytest.mark.parametrize("device", cuda_devices())
 def test_fused_forward_syncs_once_per_round_on_cuda(device):
     from .helpers import count_syncs
 

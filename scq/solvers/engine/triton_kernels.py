@@ -284,7 +284,7 @@ def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol, rows,
     scalar_in = tl.sum(sg * 0.0, 0)  # a 0 of the inputs' dtype
     lin = sg * 0.0 - _two_part(scalar_in, l1_hi, l1_lo)
     if HAS_EXTRA:
-        lin += sg * tl.load(extra + row * s_xn + codes, mask=inside, other=0.0)
+        lin += sg * tl.load(extra + row.to(tl.int64) * s_xn + codes, mask=inside, other=0.0)  # (N, K): 64-bit
     if HAS_START:
         lin += tl.where(codes == tl.load(start + row), _two_part(scalar_in, bonus_hi, bonus_lo), 0.0)
     b = cz * sgs + lin.to(SYS_DTYPE)
@@ -458,8 +458,9 @@ def entering_scores_rows(G, score, code, sign, valid, extra, start, rows, K, m, 
     sign), as :func:`scq.solvers.engine.working_set._gradients` and ``_entering`` make them. G and
     the scores at the round's row ``program_id``, W, ``extra`` and ``start`` at the batch's row
     ``rows[program_id]`` (``HAS_ROWS``; else the same)."""
-    out = tl.program_id(0)
-    row = tl.load(rows + out) if HAS_ROWS else out
+    # 64-bit rows: the (n, K) G and scores pass 2³¹ elements at N = 131072, K = 16384.
+    out = tl.program_id(0).to(tl.int64)
+    row = tl.load(rows + out).to(tl.int64) if HAS_ROWS else out
     i = tl.arange(0, BLOCK)
     inside = i < m
     codes = tl.load(code + row * s_cn + i, mask=inside, other=0)
@@ -512,7 +513,7 @@ def scq_certificate_rows(G, p, nearest, target, scale, out_residual, out_gap, ou
     (p̃ the one-hot ``nearest`` code, or ``target``), gᵀp, Σp and min g in the first; μ = g − gᵀp,
     max |min(p, μ/s)| and ‖δ‖² (μ's negative part, and its positive part on the support) in the
     second. All four nan where g or p holds a nan."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # (N, K) offsets pass 2³¹ at N = 131072, K = 16384
     lam = (tl.sum(tl.zeros([BLOCK_K], tl.float64), 0) + lam_hi) + lam_lo
     s = tl.load(scale + row).to(tl.float64)
     gp = lam * 0.0
