@@ -186,8 +186,9 @@ def load_system(H, b, row, m, s_hn, s_hi, s_hj, s_bn, BLOCK: tl.constexpr):
     """Row ``row``'s slots i (BLOCK), which are inside m, its H (BLOCK×BLOCK) and b, 0-padded."""
     i = tl.arange(0, BLOCK)
     inside = i < m
-    Hn = tl.load(H + row * s_hn + i[:, None] * s_hi + i[None, :] * s_hj, mask=inside[:, None] & inside[None, :],
-                 other=0.0)
+    # (64-bit: the (N, m, m) batch passes 2³¹ elements at N = 524288 with 64 slots)
+    Hn = tl.load(H + row.to(tl.int64) * s_hn + i[:, None] * s_hi + i[None, :] * s_hj,
+                 mask=inside[:, None] & inside[None, :], other=0.0)
     return i, inside, Hn, tl.load(b + row * s_bn + i, mask=inside, other=0.0)
 
 
