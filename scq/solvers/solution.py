@@ -104,7 +104,7 @@ def to_sparse(weights: Weights) -> SparseWeights:
     if isinstance(weights, SparseWeights):
         return weights
     K = weights.shape[-1]
-    width = int((weights != 0).sum(-1).max()) if weights.numel() else 0
+    width = int((weights != 0).sum(-1, dtype=torch.int32).max()) if weights.numel() else 0  # (int32: no int64 copy)
     indices = weights.detach().abs().topk(width, dim=-1).indices
     return SparseWeights(indices, weights.gather(-1, indices), K)
 
