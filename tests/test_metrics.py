@@ -53,3 +53,15 @@ def test_bad_inputs():
         scq.codebook_usage([0, 1], 4)
     with pytest.raises(ValueError, match="codebook_size"):
         scq.CodebookUsage(0)
+
+
+def test_usage_counts_weights_beyond_two_and_three_sigma_as_float64_does():
+    # update() takes the batch's mean and σ from per-row sums combined in float64 and compares
+    # |w − mean| with kσ (no division): the same codes counted as by the float64 z-scores.
+    g = torch.Generator().manual_seed(3)
+    w = torch.softmax(5 * torch.randn(300, 64, generator=g), -1) * (torch.rand(300, 64, generator=g) > 0.5)
+    usage = scq.CodebookUsage(64).update(w)
+    z = ((w.double() - w.double().mean()) / w.double().std()).abs()
+    assert torch.equal(usage.beyond_2sigma, (z > 2).sum(0).double())
+    assert torch.equal(usage.beyond_3sigma, (z > 3).sum(0).double())
+    assert usage.beyond_3sigma.sum() > 0
