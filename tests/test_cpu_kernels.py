@@ -469,3 +469,37 @@ def test_gram_kernel_reuses_the_last_rounds_products_exactly(dtype, signed):
             code = code[rows]
         if step == 1:
             assert cache.code.shape == (N, 6) and torch.equal(cache.code[rows], code)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nonneg", [True, False])
+@pytest.mark.parametrize("ridge", [0.0, 0.05])
+def test_lasso_certificate_kernel_matches_the_torch_path(dtype, nonneg, ridge, monkeypatch):
+    # cpu_kernels.lasso_certificate_rows (one pass over K) against certificate._lasso_sweep's torch
+    # ops, on solutions perturbed so that every measurement is nonzero, and a nan row.
+    from scq.solvers.certificate import certify_lasso
+
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(30, 6, generator=g, dtype=torch.float64).to(dtype)
+    E = torch.randn(200, 6, generator=g, dtype=torch.float64).to(dtype)
+    w = scq.solve_lasso(z, E, alpha=0.3, nonneg=nonneg, method="pgd", **({"ridge": ridge} if ridge else {}))
+    w = w + 1e-3 * torch.randn(w.shape, generator=g, dtype=torch.float64).to(dtype) * (w.abs() < 0.5)
+    w[3, 5] = float("nan")
+    swept = []
+    sweep = fused.lasso_certificate
+    monkeypatch.setattr(fused, "lasso_certificate", lambda *a: swept.append(1) or sweep(*a))
+    got = certify_lasso(w, z, E, 0.3, nonneg, ridge)
+    assert swept == [1]
+    monkeypatch.setattr(fused, "ENABLED", False)
+    ref = certify_lasso(w, z, E, 0.3, nonneg, ridge)
+    tol = 1e-12 if dtype == torch.float64 else 3e-6
+    keep = torch.arange(30) != 3
+    assert got.residual[3].isnan() and got.objective_gap[3].isnan()
+    for a, b in zip(got, ref):
+        assert bool(a[3].isnan()) == bool(b[3].isnan())  # (the error bound without a ridge is inf)
+        a, b = a[keep], b[keep]
+        if b.isinf().all():  # the error bound without a ridge
+            assert a.isinf().all()
+            continue
+        assert float((a - b).abs().max()) <= tol * float(b.abs().max()), (a, b)
+    assert float(ref.residual[keep].max()) > 0 and float(ref.objective_gap[keep].max()) > 0

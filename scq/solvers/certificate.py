@@ -117,6 +117,18 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
     return Certificate(residual, gap, error, q_error)
 
 
+def _lasso_sweep(G, w, scale, alpha: float, ridge: float, nonneg: bool) -> "tuple[torch.Tensor, ...]":
+    """The lasso certificate's per-row terms as torch ops (the compiled sweep's reference): the
+    residual, ‖Er‖∞ (Er = −G), Σ|w| and Σw², each (N,)."""
+    g = G + ridge * w if ridge else G
+    s = scale.unsqueeze(-1)
+    residual = _ncp(w if nonneg else w.clamp_min(0), (alpha + g) / s)
+    if not nonneg:
+        residual = torch.maximum(residual, _ncp((-w).clamp_min(0), (alpha - g) / s))
+    er_max = ((-G).clamp_min(0) if nonneg else G.abs()).amax(-1)
+    return residual.amax(-1), er_max, w.abs().sum(-1), (w * w).sum(-1)
+
+
 @torch.no_grad()
 def certify_lasso(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, alpha: float, nonneg: bool,
                   ridge: float = 0.0, dense: Optional[torch.Tensor] = None) -> Certificate:
@@ -125,19 +137,14 @@ def certify_lasso(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, alp
     w = (densify(weights) if dense is None else dense).detach()
     zq = combine(weights, codebook).detach()
     r = z - zq
-    g = code_scores(-r, codebook)  # E(z_q − z)
-    if ridge:
-        g.add_(w, alpha=ridge)
-    scale = row_scale(z, max_code_norm(codebook), ridge + alpha).unsqueeze(-1)
-    residual = _ncp(w if nonneg else w.clamp_min(0), (alpha + g) / scale)
-    if not nonneg:
-        residual = torch.maximum(residual, _ncp((-w).clamp_min(0), (alpha - g) / scale))
-    residual = residual.amax(-1)
-    # Dual point θ = r·min(1, α/‖Er‖∞) (Er = −g without the ridge term).
-    er = -(g - ridge * w) if ridge else -g
-    er_max = (er.clamp_min(0) if nonneg else er.abs()).amax(-1)
+    G = code_scores(-r, codebook)  # E(z_q − z)
+    scale = row_scale(z, max_code_norm(codebook), ridge + alpha)
+    # The per-row sweep over K in one compiled pass where there is one (CPU), else torch ops.
+    swept = fused.lasso_certificate(G, w, scale, alpha, ridge, nonneg)
+    residual, er_max, w_abs, w_sq = _lasso_sweep(G, w, scale, alpha, ridge, nonneg) if swept is None else swept
+    # Dual point θ = r·min(1, α/‖Er‖∞) (Er = −g without the ridge term: −G).
     theta = r * torch.clamp(alpha / er_max.clamp_min(torch.finfo(r.dtype).tiny), max=1.0).unsqueeze(-1)
-    primal = 0.5 * (r * r).sum(-1) + alpha * w.abs().sum(-1) + 0.5 * ridge * (w * w).sum(-1)
+    primal = 0.5 * (r * r).sum(-1) + alpha * w_abs + 0.5 * ridge * w_sq
     dual = 0.5 * (z * z).sum(-1) - 0.5 * ((z - theta) ** 2).sum(-1)
     gap = (primal - dual).clamp_min(0)
     error = (2 * gap / ridge).sqrt() if ridge else torch.full_like(gap, math.inf)

@@ -978,6 +978,44 @@ def scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error
 
 
 @njit(**_JIT)
+def lasso_certificate_rows(G, w, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq, lo, hi):
+    """The per-row sweep of the lasso certificate (:func:`scq.solvers.certificate.certify_lasso`)
+    over rows ``lo..hi`` of G = E(z_q − z) and the dense weights w (N, K), ``scale`` the rows'
+    scales (N,): with g = G + ρw, the residual max_k |min(w_k, (α + g_k)/s)| (w_k's positive part
+    unless ``nonneg``; signed: also |min((−w_k)⁺, (α − g_k)/s)|), ‖Er‖∞ (Er = −G; ``nonneg``: its
+    positive part), Σ|w_k| and Σw_k² (sums in float64). One pass where the torch path makes ~15
+    over (N, K) tensors; all four nan where G or w holds a nan, as the torch path's are."""
+    K = G.shape[1]
+    zero = G.dtype.type(0)
+    a = G.dtype.type(alpha)
+    rho = G.dtype.type(ridge)
+    for n in range(lo, hi):
+        s = scale[n]
+        res = zero
+        emax = zero
+        total_abs = 0.0
+        total_sq = 0.0
+        bad = False
+        for k in range(K):
+            wk = w[n, k]
+            gk = G[n, k] + rho * wk
+            u = wk if nonneg else max(wk, zero)
+            r = abs(min(u, (a + gk) / s))
+            if not nonneg:
+                r = max(r, abs(min(max(-wk, zero), (a - gk) / s)))
+            res = max(res, r)
+            e = -G[n, k]
+            emax = max(emax, max(e, zero) if nonneg else abs(e))
+            total_abs += abs(np.float64(wk))
+            total_sq += np.float64(wk) * np.float64(wk)
+            bad |= (gk != gk) | (wk != wk)
+        if bad:
+            residual[n] = er_max[n] = w_abs[n] = w_sq[n] = np.nan
+        else:
+            residual[n], er_max[n], w_abs[n], w_sq[n] = res, emax, total_abs, total_sq
+
+
+@njit(**_JIT)
 def nearest_rows(scores, sq_norms, out, lo, hi):
     """argmin_k ‖e_k‖² − 2 scores[n, k] for rows lo..hi into ``out``: the formula of
     :func:`scq.problems.nearest_code` (the same float values: 2s is exact, one rounding in the
@@ -1207,6 +1245,13 @@ def scq_certificate_par(G, p, nearest, target, lam, scale, residual, gap, error,
     for t in prange(bounds.shape[0] - 1):
         scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error, q_error, bounds[t],
                              bounds[t + 1])
+
+
+@njit(parallel=True, **_JIT)
+def lasso_certificate_par(G, w, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq, bounds):
+    for t in prange(bounds.shape[0] - 1):
+        lasso_certificate_rows(G, w, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq, bounds[t],
+                               bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)

@@ -337,6 +337,21 @@ def scq_certificate(G, p, nearest, target, lam: float, scale):
     return _on_cpu("certificate", (G, p), run)
 
 
+def lasso_certificate(G, w, scale, alpha: float, ridge: float, nonneg: bool):
+    """The lasso certificate's per-row sweep on the CPU
+    (:func:`scq.solvers.engine.cpu_kernels.lasso_certificate_rows`): (residual, ‖Er‖∞, Σ|w|, Σw²),
+    four (N,) tensors, or ``None`` (CUDA, kernels off: the torch path)."""
+
+    def run(k):
+        N = G.shape[0]
+        out = [torch.empty(N, dtype=G.dtype) for _ in range(4)]
+        k.lasso_certificate_par(_numpy(G), _numpy(w), _numpy(scale.to(G.dtype)), float(alpha), float(ridge),
+                                bool(nonneg), *(t.numpy() for t in out), _bounds(N))
+        return tuple(out)
+
+    return _on_cpu("certificate", (G, w), run)
+
+
 def nearest(scores, codebook):
     """:func:`scq.problems.nearest_code` on the CPU in one pass
     (:func:`scq.solvers.engine.cpu_kernels.nearest_rows`), or ``None``."""
