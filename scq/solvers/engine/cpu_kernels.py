@@ -1000,15 +1000,19 @@ def lasso_certificate_rows(G, w, scale, alpha, ridge, nonneg, residual, er_max, 
             wk = w[n, k]
             gk = G[n, k] + rho * wk
             u = wk if nonneg else max(wk, zero)
-            r = abs(min(u, (a + gk) / s))
+            up = (a + gk) / s
+            down = (a - gk) / s
+            r = abs(min(u, up))
             if not nonneg:
-                r = max(r, abs(min(max(-wk, zero), (a - gk) / s)))
+                r = max(r, abs(min(max(-wk, zero), down)))
             res = max(res, r)
             e = -G[n, k]
             emax = max(emax, max(e, zero) if nonneg else abs(e))
             total_abs += abs(np.float64(wk))
             total_sq += np.float64(wk) * np.float64(wk)
-            bad |= (gk != gk) | (wk != wk)
+            # min and max drop a nan where torch's propagate it: look for one in what they read
+            # (inf inputs make inf/inf here)
+            bad |= (up != up) | (down != down) | (wk != wk)
         if bad:
             residual[n] = er_max[n] = w_abs[n] = w_sq[n] = np.nan
         else:
