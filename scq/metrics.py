@@ -77,7 +77,7 @@ class CodebookUsage:
             w = x.detach().reshape(-1, K)
             indices = w.argmax(-1) if w.shape[0] else w.new_zeros(0, dtype=torch.long)
             self.weight_mass += w.abs().sum(0).to("cpu", torch.float64)
-            # Counts of bool masks in int32 (an int64 count copies the (N, K) mask first: 10× slower
+            # Counts of bool masks in int32 (an int64 count copies the (N, K) mask first: 13× slower
             # on the CPU), per row or column, so that none passes 2³¹.
             self.nonzeros += float((w != 0).sum(-1, dtype=torch.int32).sum(dtype=torch.float64))
             if w.numel() > 1:

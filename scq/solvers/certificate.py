@@ -120,7 +120,7 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
 def _lasso_sweep(G, w, scale, alpha: float, ridge: float, nonneg: bool) -> "tuple[torch.Tensor, ...]":
     """The lasso certificate's per-row terms as torch ops (the compiled sweep's reference): the
     residual, ‖Er‖∞ (Er = −G), Σ|w| and Σw², each (N,)."""
-    g = G + ridge * w if ridge else G
+    g = torch.add(G, w, alpha=ridge) if ridge else G  # (one (N, K) temporary, not two)
     s = scale.unsqueeze(-1)
     residual = _ncp(w if nonneg else w.clamp_min(0), (alpha + g) / s)
     if not nonneg:
