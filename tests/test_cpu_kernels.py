@@ -437,17 +437,19 @@ def test_entering_codes_kernel_breaks_ties_by_the_lower_code(signed):
 
 @pytest.mark.parametrize("dtype", [f32, f64])
 @pytest.mark.parametrize("signed", [False, True])
-def test_gram_kernel_reuses_the_last_rounds_products_exactly(dtype, signed):
+@pytest.mark.parametrize("max_width", [None, 7])
+def test_gram_kernel_reuses_the_last_rounds_products_exactly(dtype, signed, max_width):
     # Three rounds as the engine runs them: W keeps some codes, takes in others, a row subset
     # continues, and W grows. Each round's H and Cz must equal the products computed from scratch
-    # (the torch path's), whatever the cache held.
+    # (the torch path's), whatever the cache held; with ``max_width`` 7 the cache keeps nothing
+    # once W is 9 wide (and the products are all computed).
     from scq.solvers.engine.working_set import _code_rows, _gram
 
     g = torch.Generator().manual_seed(21)
     N, K, D = 40, 30, 7
     E = torch.randn(K, D, generator=g, dtype=dtype)
     z = torch.randn(N, D, generator=g, dtype=dtype)
-    cache = fused.GramCache(N, dtype)
+    cache = fused.GramCache(N, dtype, max_width=max_width)
     code = torch.stack([torch.randperm(K, generator=g)[:6] for _ in range(N)])
     rows = None
     for step, m in enumerate((6, 6, 9)):
@@ -469,6 +471,15 @@ def test_gram_kernel_reuses_the_last_rounds_products_exactly(dtype, signed):
             code = code[rows]
         if step == 1:
             assert cache.code.shape == (N, 6) and torch.equal(cache.code[rows], code)
+        if step == 2:
+            assert cache.gram.shape == ((N, 9, 9) if max_width is None else (N, 0, 0))
+
+
+def test_the_gram_cache_is_never_larger_than_an_n_by_k_buffer():
+    # (N, m, m) products outgrow (N, K) where m² > K: the cache then keeps none.
+    cache = fused.GramCache.within(5, 100, torch.float32)
+    assert cache.slots(10)[0].shape == (5, 10, 10)
+    assert cache.slots(11)[0].shape == (5, 0, 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

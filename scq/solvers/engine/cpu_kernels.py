@@ -574,7 +574,8 @@ def _gram_row(E, code, sign, z, ridge, r, old_gram, old_ez, old_code, new_gram, 
             t += 1
     for a in range(m, new_code.shape[1]):  # slots beyond this row's codes hold none
         new_code[r, a] = -1
-    for a in range(m):  # the cache holds the unsigned products, without the ridge (lower triangle)
+    keep = new_code.shape[1] >= m  # (a cache of width 0 keeps nothing: see fused.GramCache)
+    for a in range(m if keep else 0):  # the cache holds the unsigned products, without the ridge (lower triangle)
         new_code[r, a] = code[a]
         new_ez[r, a] = cz[a]
         for c in range(a + 1):

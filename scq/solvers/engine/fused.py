@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import warnings
 from typing import Optional
 
@@ -248,17 +249,29 @@ def combine_backward(values, codebook, indices, grad, *, need_values: bool, need
 class GramCache:
     """The products e_aᵀe_b and e_aᵀz of each row's last working set (the whole batch's rows), so
     that the next round's Gram matrices compute only the codes that entered: see
-    :func:`scq.solvers.engine.cpu_kernels.gram_rows`. Empty until the first round."""
+    :func:`scq.solvers.engine.cpu_kernels.gram_rows`. Empty until the first round.
 
-    def __init__(self, N: int, dtype: torch.dtype):
-        self.N, self.dtype = N, dtype
+    ``max_width``: the widest W it keeps products for (``None``: any). Its (N, m, m) products
+    outgrow an (N, K) buffer where m² > K; past ``max_width`` it keeps none (width 0) and the
+    rounds compute every product, so that the cache never costs more memory than the gradients'
+    GEMM does."""
+
+    def __init__(self, N: int, dtype: torch.dtype, max_width: Optional[int] = None):
+        self.N, self.dtype, self.max_width = N, dtype, max_width
         self.gram = torch.zeros(N, 0, 0, dtype=dtype)
         self.ez = torch.zeros(N, 0, dtype=dtype)
         self.code = torch.full((N, 0), -1, dtype=torch.long)
 
+    @classmethod
+    def within(cls, N: int, K: int, dtype: torch.dtype) -> "GramCache":
+        """A cache no larger than an (N, K) buffer of ``dtype``: kept for W up to √K slots."""
+        return cls(N, dtype, max_width=math.isqrt(K))
+
     def slots(self, m: int) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
         """Where this round writes: the same buffers, or wider ones when W grew (rows not written
-        this round are finished and never read again)."""
+        this round are finished and never read again); width 0 past ``max_width``."""
+        if self.max_width is not None and m > self.max_width:
+            m = 0
         if self.code.shape[1] == m:
             return self.gram, self.ez, self.code
         return (torch.empty(self.N, m, m, dtype=self.dtype), torch.empty(self.N, m, dtype=self.dtype),
