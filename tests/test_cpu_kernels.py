@@ -97,6 +97,60 @@ def test_active_set_kernel_flags_a_singular_support_as_broken_down():
     assert torch.equal(got.weights, u0)  # frozen at its last feasible iterate
 
 
+def _factor_of(A, k):
+    """L from the kernels' storage of a Cholesky factor (the diagonal holds 1/L_jj)."""
+    L = np.tril(A[:k, :k]).astype(np.float64)
+    L[np.diag_indices(k)] = 1 / np.diag(A[:k, :k])
+    return L
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_support_factor_follows_codes_in_and_out(dtype):
+    # The active set carries H_SS's Cholesky factor from step to step: codes leaving it (a rank-one
+    # update of the rows below), codes entering (a row appended). After every change it must be
+    # the factor of H on exactly the support, as accurate as a fresh one.
+    from scq.solvers.engine import cpu_kernels as ck
+
+    rng = np.random.default_rng(0)
+    tol = 1e-13 if dtype == np.float64 else 2e-6
+    removed = appended = 0
+    for _ in range(40):
+        m, D = int(rng.integers(2, 30)), int(rng.integers(1, 40))
+        C = rng.standard_normal((m, D))
+        H = (C @ C.T + 0.1 * np.eye(m)).astype(dtype)
+        idx, A = np.zeros(m, np.int64), np.zeros((m, m), dtype)
+        in_factor, scratch = np.zeros(m, bool), np.zeros(m, dtype)
+        k = 0
+        for _ in range(15):
+            s = rng.random(m) < rng.random()
+            before = set(idx[:k].tolist())
+            k, ok = ck._factor_update(H, s, idx, A, k, in_factor, scratch)
+            assert ok and sorted(idx[:k].tolist()) == np.flatnonzero(s).tolist()
+            removed += len(before - set(idx[:k].tolist()))
+            appended += len(set(idx[:k].tolist()) - before)
+            if k:
+                L, H_SS = _factor_of(A, k), H[np.ix_(idx[:k], idx[:k])].astype(np.float64)
+                assert np.abs(L @ L.T - H_SS).max() <= tol * np.abs(H_SS).max()
+    assert removed > 500 and appended > 500  # both paths ran, many times
+
+
+def test_the_support_factor_refactors_when_a_pivot_fails():
+    # Two identical codes, no ridge: code 1 cannot be appended to code 0's factor. The update then
+    # refactors the support in slot order, whose verdict (not positive definite) is the answer.
+    from scq.solvers.engine import cpu_kernels as ck
+
+    H = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    idx, A = np.zeros(3, np.int64), np.zeros((3, 3))
+    in_factor, scratch = np.zeros(3, bool), np.zeros(3)
+    k, ok = ck._factor_update(H, np.array([True, False, True]), idx, A, 0, in_factor, scratch)
+    assert ok and k == 2
+    k, ok = ck._factor_update(H, np.array([True, True, False]), idx, A, k, in_factor, scratch)
+    assert not ok
+    k, ok = ck._factor_update(H, np.array([False, True, True]), idx, A, 0, in_factor, scratch)
+    assert ok and k == 2 and idx[:2].tolist() == [1, 2]  # a fresh factor, in slot order
+    assert np.allclose(_factor_of(A, 2) @ _factor_of(A, 2).T, H[np.ix_([1, 2], [1, 2])])
+
+
 def test_active_set_kernel_stops_at_max_iter_unconverged():
     H, b, valid, u0 = small_qps(8, 30, f64, True, seed=3, b_scale=3.0)
     tol = torch.full((8,), 1e-10, dtype=f64)
