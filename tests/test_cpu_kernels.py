@@ -526,14 +526,14 @@ def test_gram_kernel_reuses_the_last_rounds_products_exactly(dtype, signed, max_
         if step == 1:
             assert cache.code.shape == (N, 6) and torch.equal(cache.code[rows], code)
         if step == 2:
-            assert cache.gram.shape == ((N, 9, 9) if max_width is None else (N, 0, 0))
+            assert cache.gram.shape == ((N, 45) if max_width is None else (N, 0))  # 9·10/2 packed
 
 
 def test_the_gram_cache_is_never_larger_than_an_n_by_k_buffer():
-    # (N, m, m) products outgrow (N, K) where m² > K: the cache then keeps none.
+    # The products, packed (N, m(m+1)/2), outgrow (N, K) where m(m+1)/2 > K: the cache then keeps none.
     cache = fused.GramCache.within(5, 100, torch.float32)
-    assert cache.slots(10)[0].shape == (5, 10, 10)
-    assert cache.slots(11)[0].shape == (5, 0, 0)
+    assert cache.slots(13)[0].shape == (5, 91)
+    assert cache.slots(14)[0].shape == (5, 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -620,8 +620,9 @@ def _gram_row(E, code, sign, z, ridge, r, old_gram, old_ez, old_code, new_gram, 
         if old[a] >= 0:
             cz[a] = old_ez[r, old[a]]
             for c in range(a + 1):
-                if old[c] >= 0:  # the cache holds the lower triangle
-                    H[a, c] = old_gram[r, max(old[a], old[c]), min(old[a], old[c])]
+                if old[c] >= 0:  # the cache holds the lower triangle, packed: (i, j ≤ i) at i(i+1)/2 + j
+                    i, j = max(old[a], old[c]), min(old[a], old[c])
+                    H[a, c] = old_gram[r, i * (i + 1) // 2 + j]
     for a in range(m):  # a new code: its products with every slot not yet set, four at a time
         if old[a] >= 0:
             continue
@@ -656,11 +657,12 @@ def _gram_row(E, code, sign, z, ridge, r, old_gram, old_ez, old_code, new_gram, 
     for a in range(m, new_code.shape[1]):  # slots beyond this row's codes hold none
         new_code[r, a] = -1
     keep = new_code.shape[1] >= m  # (a cache of width 0 keeps nothing: see fused.GramCache)
-    for a in range(m if keep else 0):  # the cache holds the unsigned products, without the ridge (lower triangle)
+    for a in range(m if keep else 0):  # the unsigned products, without the ridge (lower triangle, packed)
         new_code[r, a] = code[a]
         new_ez[r, a] = cz[a]
+        base = a * (a + 1) // 2
         for c in range(a + 1):
-            new_gram[r, a, c] = H[a, c]
+            new_gram[r, base + c] = H[a, c]
     for a in range(m):
         cz[a] *= sign[a]
         for c in range(a + 1):

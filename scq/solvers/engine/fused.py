@@ -251,21 +251,23 @@ class GramCache:
     that the next round's Gram matrices compute only the codes that entered: see
     :func:`scq.solvers.engine.cpu_kernels.gram_rows`. Empty until the first round.
 
-    ``max_width``: the widest W it keeps products for (``None``: any). Its (N, m, m) products
-    outgrow an (N, K) buffer where m² > K; past ``max_width`` it keeps none (width 0) and the
-    rounds compute every product, so that the cache never costs more memory than the gradients'
-    GEMM does."""
+    Each row's products are its lower triangle, packed: (N, m(m+1)/2), the pair (a, c ≤ a) at
+    a(a+1)/2 + c. ``max_width``: the widest W it keeps products for (``None``: any). They
+    outgrow an (N, K) buffer where m(m+1)/2 > K; past ``max_width`` it keeps none (width 0) and
+    the rounds compute every product, so that the cache never costs more memory than the
+    gradients' GEMM does (beside its (N, m) scores and codes)."""
 
     def __init__(self, N: int, dtype: torch.dtype, max_width: Optional[int] = None):
         self.N, self.dtype, self.max_width = N, dtype, max_width
-        self.gram = torch.zeros(N, 0, 0, dtype=dtype)
+        self.gram = torch.zeros(N, 0, dtype=dtype)
         self.ez = torch.zeros(N, 0, dtype=dtype)
         self.code = torch.full((N, 0), -1, dtype=torch.long)
 
     @classmethod
     def within(cls, N: int, K: int, dtype: torch.dtype) -> "GramCache":
-        """A cache no larger than an (N, K) buffer of ``dtype``: kept for W up to √K slots."""
-        return cls(N, dtype, max_width=math.isqrt(K))
+        """A cache whose products fit an (N, K) buffer of ``dtype``: kept for W up to about √(2K)
+        slots (the largest m with m(m+1)/2 ≤ K)."""
+        return cls(N, dtype, max_width=(math.isqrt(8 * K + 1) - 1) // 2)
 
     def slots(self, m: int) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
         """Where this round writes: the same buffers, or wider ones when W grew (rows not written
@@ -274,7 +276,7 @@ class GramCache:
             m = 0
         if self.code.shape[1] == m:
             return self.gram, self.ez, self.code
-        return (torch.empty(self.N, m, m, dtype=self.dtype), torch.empty(self.N, m, dtype=self.dtype),
+        return (torch.empty(self.N, m * (m + 1) // 2, dtype=self.dtype), torch.empty(self.N, m, dtype=self.dtype),
                 torch.full((self.N, m), -1, dtype=torch.long))
 
     def exchange(self, n: int, m: int, rows: Optional[torch.Tensor], launch) -> None:
