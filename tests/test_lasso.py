@@ -109,6 +109,18 @@ def test_supports_of_d_codes_keep_the_working_set_near_2d():
     assert peak <= 3.5 * N * K * 4, peak / (N * K * 4)
 
 
+def test_supports_of_d_codes_converge_within_the_default_rounds():
+    # Supports that fill D codes out of K need rounds that grow with D: 38 here, more than SCQ's
+    # default of 30 (the lasso's is 100).
+    N, K, D = 32, 4000, 32
+    g = torch.Generator().manual_seed(0)
+    z, E = torch.randn(N, D, generator=g), torch.randn(K, D, generator=g)
+    _, info = scq.solve_lasso(z, E, 0.003, return_info=True)
+    assert info.converged and info.residual <= 1e-5
+    assert info.extra["rounds"] > 30, info.extra["rounds"]
+    assert info.extra["support_size"].float().mean() > D - 1
+
+
 def test_never_forms_a_KxK_matrix_at_K_10000():
     # O(N·K + K·D) memory: a K×K float32 matrix would be 400 MB; the solve runs on 16 vectors.
     z, E = problem(N=16, K=10000, D=16, seed=17, dtype=torch.float32)
