@@ -530,19 +530,26 @@ def test_gram_kernel_reuses_the_last_rounds_products_exactly(dtype, signed, max_
 
 
 def test_the_gram_cache_is_never_larger_than_an_n_by_k_buffer():
-    # The products, packed (N, m(m+1)/2), outgrow (N, K) where m(m+1)/2 > K: the cache then keeps none.
-    cache = fused.GramCache.within(5, 100, torch.float32)
-    assert cache.slots(13)[0].shape == (5, 91)
-    assert cache.slots(14)[0].shape == (5, 0)
+    # The products, packed (N, m(m+1)/2): the last round's and this one's, when W widens, fit one
+    # (N, K) buffer of the inputs' dtype together; past that the cache keeps none.
+    for dtype, budget_dtype, widest in [(f32, f32, 9), (f64, f64, 9), (f64, f32, 6)]:
+        cache = fused.GramCache.within(5, 100, dtype, budget_dtype)
+        assert 2 * widest * (widest + 1) // 2 * dtype.itemsize <= 100 * budget_dtype.itemsize
+        assert cache.slots(widest)[0].shape == (5, widest * (widest + 1) // 2)
+        assert cache.slots(widest + 1)[0].shape == (5, 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("nonneg", [True, False])
 @pytest.mark.parametrize("ridge", [0.0, 0.05])
-def test_lasso_certificate_kernel_matches_the_torch_path(dtype, nonneg, ridge, monkeypatch):
+@pytest.mark.parametrize("form", ["dense", "sparse"])
+def test_lasso_certificate_kernel_matches_the_torch_path(dtype, nonneg, ridge, form, monkeypatch):
     # cpu_kernels.lasso_certificate_rows (one pass over K) against certificate._lasso_sweep's torch
-    # ops, on solutions perturbed so that every measurement is nonzero, and a nan row.
+    # ops, on solutions perturbed so that every measurement is nonzero, and a nan row. Sparse
+    # weights are read as they are: rows of different widths (padding), and a code twice in a row
+    # (summed, as SparseWeights.to_dense does).
     from scq.solvers.certificate import certify_lasso
+    from scq.solvers.solution import SparseWeights, to_sparse
 
     g = torch.Generator().manual_seed(7)
     z = torch.randn(30, 6, generator=g, dtype=torch.float64).to(dtype)
@@ -550,13 +557,26 @@ def test_lasso_certificate_kernel_matches_the_torch_path(dtype, nonneg, ridge, m
     w = scq.solve_lasso(z, E, alpha=0.3, nonneg=nonneg, method="pgd", **({"ridge": ridge} if ridge else {}))
     w = w + 1e-3 * torch.randn(w.shape, generator=g, dtype=torch.float64).to(dtype) * (w.abs() < 0.5)
     w[3, 5] = float("nan")
+    w[7, 50:] = 0  # a narrower row: padded in the sparse form
+    given = w
+    if form == "sparse":
+        sw = to_sparse(w)
+        assert bool((sw.values[7] == 0).any())  # padding
+        # code 9 of row 0 split in two entries
+        idx = torch.cat([sw.indices, torch.full((30, 1), 9)], 1)
+        val = torch.cat([sw.values, torch.zeros(30, 1, dtype=dtype)], 1)
+        j = int((sw.indices[0] == 9).nonzero())
+        val[0, -1] = val[0, j] / 2  # (halves: the sum is exact)
+        val[0, j] -= val[0, -1]
+        given = SparseWeights(idx, val, 200)
+        assert torch.allclose(given.to_dense(), w, equal_nan=True)
     swept = []
     sweep = fused.lasso_certificate
-    monkeypatch.setattr(fused, "lasso_certificate", lambda *a: swept.append(1) or sweep(*a))
-    got = certify_lasso(w, z, E, 0.3, nonneg, ridge)
-    assert swept == [1]
-    monkeypatch.setattr(fused, "ENABLED", False)
-    ref = certify_lasso(w, z, E, 0.3, nonneg, ridge)
+    monkeypatch.setattr(fused, "lasso_certificate", lambda *a: swept.append(type(a[1])) or sweep(*a))
+    got = certify_lasso(given, z, E, 0.3, nonneg, ridge)
+    assert swept == [torch.Tensor if form == "dense" else SparseWeights]
+    monkeypatch.setattr(fused, "lasso_certificate", lambda *a: None)  # the torch sweep; the same z_q
+    ref = certify_lasso(given, z, E, 0.3, nonneg, ridge)
     tol = 1e-12 if dtype == torch.float64 else 3e-6
     keep = torch.arange(30) != 3
     assert got.residual[3].isnan() and got.objective_gap[3].isnan()

@@ -51,15 +51,18 @@ def test_pgd_holds_one_gradient_buffer_at_a_time(codebook, return_weights):
 
 
 @pytest.mark.parametrize("return_weights", ["sparse", "none"])
-def test_sparse_or_no_weights_make_no_dense_copy(return_weights, monkeypatch):
-    # The front door densified every answer (with autograd) and the module then dropped the copy.
+@pytest.mark.parametrize("layer", ["scq", "svq-lasso"])
+def test_sparse_or_no_weights_make_no_dense_copy(return_weights, layer, monkeypatch):
+    # The front door densified every answer (with autograd) and the module then dropped the copy;
+    # the lasso's certificate densified its weights too (its rounds do not certify on their own).
     from scq.solvers import solution
 
     made = []
     to_dense = solution.SparseWeights.to_dense
     monkeypatch.setattr(solution.SparseWeights, "to_dense", lambda self, *a, **k: made.append(1) or to_dense(self, *a, **k))
-    q = scq.SCQ(8, 64, lam=0.1, method="pgd", return_weights=return_weights)
-    out = q(torch.randn(32, 8))
+    q = scq.SCQ(8, 64, lam=0.1, method="pgd", return_weights=return_weights) if layer == "scq" else \
+        scq.SVQ(8, 64, solver="lasso", return_weights=return_weights)
+    out = q(torch.randn(32, 8, requires_grad=True))
     (out.quantized.square().sum() + out.loss).backward()
     assert made == [] and q.last_info.converged
     assert (out.weights is None) == (return_weights == "none")
@@ -75,3 +78,21 @@ def test_pgds_gram_cache_is_as_wide_as_the_working_set():
     peak = _peak_buffers(q, N, K, D, "random")
     assert q.last_info.extra["working_set"] > 32  # wider than a power of two: capacity 64
     assert peak <= 1.7, peak
+
+
+def test_the_lassos_gram_cache_keeps_within_one_buffer_when_supports_fill_d():
+    # Supports of D codes (α small against N(0, 1) codes and inputs) widen W to ~2D, and the lasso's
+    # float32 inputs get float64 systems (its ridge is 1e-6·‖e‖²). The round that widens W holds the
+    # last round's cached products and its own: sized for one (N, K) float32 buffer each, they held
+    # 2.9 of them at once (peak 3.87); the two together now fit one (the cache keeps none past
+    # W ≈ √(K/2) here).
+    N, K, D = 256, 4000, 32
+    g = torch.Generator().manual_seed(0)
+    z, E = torch.randn(N, D, generator=g), torch.randn(K, D, generator=g)
+    q = scq.SVQ(D, K, solver="lasso", return_weights="none")
+    with torch.no_grad():
+        q.codebook.copy_(E)
+    peak = peak_tensor_bytes(lambda: q(z)) / (N * K * 4)
+    assert q.last_info.converged and q.last_info.extra["systems"][0] == torch.float64
+    assert q.last_info.extra["working_set"] > 2 * D  # the regime
+    assert peak <= 2.6, peak

@@ -42,7 +42,7 @@ import torch
 
 from ..problems import code_scores, max_code_norm, nearest_code, row_scale
 from .engine import fused
-from .solution import Weights, combine, densify
+from .solution import SparseWeights, Weights, combine, densify
 
 
 class Certificate(NamedTuple):
@@ -132,15 +132,18 @@ def _lasso_sweep(G, w, scale, alpha: float, ridge: float, nonneg: bool) -> "tupl
 @torch.no_grad()
 def certify_lasso(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, alpha: float, nonneg: bool,
                   ridge: float = 0.0, dense: Optional[torch.Tensor] = None) -> Certificate:
-    """The lasso certificate of ``weights`` (see the module doc); ``dense`` as for :func:`certify_scq`."""
+    """The lasso certificate of ``weights`` (see the module doc); ``dense`` as for :func:`certify_scq`.
+    Sparse weights without ``dense`` are read as they are on the CPU (no (N, K) tensor of them)."""
     z, codebook = z.detach(), codebook.detach()
-    w = (densify(weights) if dense is None else dense).detach()
     zq = combine(weights, codebook).detach()
     r = z - zq
     G = code_scores(-r, codebook)  # E(z_q − z)
     scale = row_scale(z, max_code_norm(codebook), ridge + alpha)
     # The per-row sweep over K in one compiled pass where there is one (CPU), else torch ops.
-    swept = fused.lasso_certificate(G, w, scale, alpha, ridge, nonneg)
+    w = weights if dense is None else dense
+    swept = fused.lasso_certificate(G, w if isinstance(w, SparseWeights) else w.detach(), scale, alpha, ridge, nonneg)
+    if swept is None:
+        w = densify(w).detach()
     residual, er_max, w_abs, w_sq = _lasso_sweep(G, w, scale, alpha, ridge, nonneg) if swept is None else swept
     # Dual point θ = r·min(1, α/‖Er‖∞) (Er = −g without the ridge term: −G).
     theta = r * torch.clamp(alpha / er_max.clamp_min(torch.finfo(r.dtype).tiny), max=1.0).unsqueeze(-1)

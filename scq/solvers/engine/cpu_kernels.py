@@ -1062,18 +1062,29 @@ def scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error
 
 
 @njit(**_JIT)
-def lasso_certificate_rows(G, w, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq, lo, hi):
+def lasso_certificate_rows(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq, lo, hi):
     """The per-row sweep of the lasso certificate (:func:`scq.solvers.certificate.certify_lasso`)
-    over rows ``lo..hi`` of G = E(z_q − z) and the dense weights w (N, K), ``scale`` the rows'
-    scales (N,): with g = G + ρw, the residual max_k |min(w_k, (α + g_k)/s)| (w_k's positive part
-    unless ``nonneg``; signed: also |min((−w_k)⁺, (α − g_k)/s)|), ‖Er‖∞ (Er = −G; ``nonneg``: its
+    over rows ``lo..hi`` of G = E(z_q − z) and the weights w, ``scale`` the rows' scales (N,):
+    with g = G + ρw, the residual max_k |min(w_k, (α + g_k)/s)| (w_k's positive part unless
+    ``nonneg``; signed: also |min((−w_k)⁺, (α − g_k)/s)|), ‖Er‖∞ (Er = −G; ``nonneg``: its
     positive part), Σ|w_k| and Σw_k² (sums in float64). One pass where the torch path makes ~15
-    over (N, K) tensors; all four nan where G or w holds a nan, as the torch path's are."""
+    over (N, K) tensors; all four nan where G or w holds a nan, as the torch path's are.
+
+    w dense (N, K), or (``w`` (0, K)) sparse: row n is Σ_j w_val[n, j]·one_hot(w_idx[n, j]) (as
+    ``SparseWeights.to_dense``), spread into one (K,) row at a time: no (N, K) w in memory."""
     K = G.shape[1]
     zero = G.dtype.type(0)
     a = G.dtype.type(alpha)
     rho = G.dtype.type(ridge)
+    sparse = w.shape[0] == 0
+    row = np.zeros(K if sparse else 0, dtype=G.dtype)
     for n in range(lo, hi):
+        if sparse:
+            for j in range(w_idx.shape[1]):
+                row[w_idx[n, j]] += w_val[n, j]
+            wn = row
+        else:
+            wn = w[n]
         s = scale[n]
         res = zero
         emax = zero
@@ -1081,7 +1092,7 @@ def lasso_certificate_rows(G, w, scale, alpha, ridge, nonneg, residual, er_max, 
         total_sq = 0.0
         bad = False
         for k in range(K):
-            wk = w[n, k]
+            wk = wn[k]
             gk = G[n, k] + rho * wk
             u = wk if nonneg else max(wk, zero)
             up = (a + gk) / s
@@ -1101,6 +1112,8 @@ def lasso_certificate_rows(G, w, scale, alpha, ridge, nonneg, residual, er_max, 
             residual[n] = er_max[n] = w_abs[n] = w_sq[n] = np.nan
         else:
             residual[n], er_max[n], w_abs[n], w_sq[n] = res, emax, total_abs, total_sq
+        for j in range(w_idx.shape[1] if sparse else 0):  # the row back to zeros
+            row[w_idx[n, j]] = zero
 
 
 @njit(**_JIT)
@@ -1336,10 +1349,10 @@ def scq_certificate_par(G, p, nearest, target, lam, scale, residual, gap, error,
 
 
 @njit(parallel=True, **_JIT)
-def lasso_certificate_par(G, w, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq, bounds):
+def lasso_certificate_par(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq, bounds):
     for t in prange(bounds.shape[0] - 1):
-        lasso_certificate_rows(G, w, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq, bounds[t],
-                               bounds[t + 1])
+        lasso_certificate_rows(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq,
+                               bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)

@@ -252,10 +252,8 @@ class GramCache:
     :func:`scq.solvers.engine.cpu_kernels.gram_rows`. Empty until the first round.
 
     Each row's products are its lower triangle, packed: (N, m(m+1)/2), the pair (a, c ≤ a) at
-    a(a+1)/2 + c. ``max_width``: the widest W it keeps products for (``None``: any). They
-    outgrow an (N, K) buffer where m(m+1)/2 > K; past ``max_width`` it keeps none (width 0) and
-    the rounds compute every product, so that the cache never costs more memory than the
-    gradients' GEMM does (beside its (N, m) scores and codes)."""
+    a(a+1)/2 + c. ``max_width``: the widest W it keeps products for (``None``: any); past it the
+    cache keeps none (width 0) and the rounds compute every product (see :meth:`within`)."""
 
     def __init__(self, N: int, dtype: torch.dtype, max_width: Optional[int] = None):
         self.N, self.dtype, self.max_width = N, dtype, max_width
@@ -264,10 +262,15 @@ class GramCache:
         self.code = torch.full((N, 0), -1, dtype=torch.long)
 
     @classmethod
-    def within(cls, N: int, K: int, dtype: torch.dtype) -> "GramCache":
-        """A cache whose products fit an (N, K) buffer of ``dtype``: kept for W up to about √(2K)
-        slots (the largest m with m(m+1)/2 ≤ K)."""
-        return cls(N, dtype, max_width=(math.isqrt(8 * K + 1) - 1) // 2)
+    def within(cls, N: int, K: int, dtype: torch.dtype, budget_dtype: Optional[torch.dtype] = None) -> "GramCache":
+        """A cache that never holds more than one (N, K) buffer of ``budget_dtype`` (the inputs',
+        the gradients' GEMM's; default ``dtype``): a round that widens W holds the last round's
+        products and its own, so each may take half, m(m+1)/2 entries of ``dtype`` a row. In
+        float32 that keeps W up to about √K slots; float64 systems of float32 inputs, √(K/2).
+        (Sized for one (N, K) buffer each, the lasso with supports of D = 64 at K = 10000 held
+        two 1.7-buffer caches of float64 products at once, for 5% of its time.)"""
+        budget = K * (budget_dtype or dtype).itemsize // (2 * dtype.itemsize)  # entries a row, each copy
+        return cls(N, dtype, max_width=(math.isqrt(8 * budget + 1) - 1) // 2)
 
     def slots(self, m: int) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
         """Where this round writes: the same buffers, or wider ones when W grew (rows not written
@@ -355,16 +358,23 @@ def scq_certificate(G, p, nearest, target, lam: float, scale):
 def lasso_certificate(G, w, scale, alpha: float, ridge: float, nonneg: bool):
     """The lasso certificate's per-row sweep on the CPU
     (:func:`scq.solvers.engine.cpu_kernels.lasso_certificate_rows`): (residual, ‖Er‖∞, Σ|w|, Σw²),
-    four (N,) tensors, or ``None`` (CUDA, kernels off: the torch path)."""
+    four (N,) tensors, or ``None`` (CUDA, kernels off: the torch path). ``w``: dense (N, K), or
+    ``SparseWeights``, read as they are (no (N, K) tensor made of them)."""
+    sparse = not isinstance(w, torch.Tensor)
+    values = w.values.detach() if sparse else w
 
     def run(k):
-        N = G.shape[0]
+        N, K = G.shape
         out = [torch.empty(N, dtype=G.dtype) for _ in range(4)]
-        k.lasso_certificate_par(_numpy(G), _numpy(w), _numpy(scale.to(G.dtype)), float(alpha), float(ridge),
+        if sparse:
+            dense, idx, val = np.zeros((0, K), dtype=_numpy(G).dtype), _numpy(w.indices), _numpy(values)
+        else:
+            dense, idx, val = _numpy(w), np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0), dtype=_numpy(G).dtype)
+        k.lasso_certificate_par(_numpy(G), dense, idx, val, _numpy(scale.to(G.dtype)), float(alpha), float(ridge),
                                 bool(nonneg), *(t.numpy() for t in out), _bounds(N))
         return tuple(out)
 
-    return _on_cpu("certificate", (G, w), run)
+    return _on_cpu("certificate", (G, values), run)
 
 
 def nearest(scores, codebook):

@@ -429,7 +429,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
             return out + (None,)
     # Where round 1 starts again if it ran in the wrong precision (only float32 inputs can).
     first = (code, sign, u.clone(), s.clone(), valid, m) if e_max_sq is None and dtype == torch.float32 else None
-    gram_cache = fused.GramCache.within(N, K, sys_dtype)
+    gram_cache = fused.GramCache.within(N, K, sys_dtype, dtype)
 
     converged = torch.zeros(N, dtype=torch.bool, device=device)
     broken = torch.zeros(N, dtype=torch.bool, device=device)
@@ -477,7 +477,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
             if wanted != sys_dtype and first is not None and rounds < opts.max_rounds:
                 sys_dtype = wanted
                 code, sign, u, s, valid, m = first
-                gram_cache = fused.GramCache.within(N, K, sys_dtype)
+                gram_cache = fused.GramCache.within(N, K, sys_dtype, dtype)
                 rows = None
                 continue
         all_finished = n_left == 0
@@ -647,7 +647,7 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     cert = np.full((4, N if certify else 0), np.nan)
     cert_scale = (certify_scale().detach().to(torch.float64).contiguous() if certify else torch.zeros(0)).numpy()
     cert_lam = float(problem.ridge) if certify else -1.0
-    cache = fused.GramCache.within(N, K, sys_dtype)
+    cache = fused.GramCache.within(N, K, sys_dtype, dtype)
     use_table = table is not None
     if use_table:  # no products to cache: an empty cache is passed through
         table_np, scores_np = table.contiguous().numpy(), scores.contiguous().numpy()
