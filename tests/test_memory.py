@@ -68,6 +68,18 @@ def test_sparse_or_no_weights_make_no_dense_copy(return_weights, layer, monkeypa
     assert (out.weights is None) == (return_weights == "none")
 
 
+def test_the_mlps_sparse_weights_cost_no_more_than_its_dense_ones():
+    # The MLP's weights have every code: their sparse form, as top-k indices (int64) and gathered
+    # values, held 3 buffers more (6.1 against 3.1); it is now the weights and a stride-0 view of
+    # the codes 0..K−1.
+    N, K, D = 256, 4096, 16
+    sparse = _peak_buffers(scq.SVQ(D, K, return_weights="sparse"), N, K, D)
+    dense = _peak_buffers(scq.SVQ(D, K), N, K, D)
+    assert sparse <= dense + 0.1, (sparse, dense)
+    w = scq.SVQ(D, K, return_weights="sparse")(torch.randn(5, D)).weights
+    assert w.indices.stride() == (0, 1) and torch.equal(w.indices[3], torch.arange(K))
+
+
 def test_pgds_gram_cache_is_as_wide_as_the_working_set():
     # The CPU rounds cache each row's products of codes between rounds, (N, m, m): m the widest
     # row's W, not the capacity W's arrays were grown to (up to 2m). On a random codebook in

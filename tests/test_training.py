@@ -487,6 +487,7 @@ def test_feature_names_match_the_base_signature():
     lambda: scq.SVQ(8, 32, heads=2, separate_codebook_per_head=True),
     lambda: scq.SCQ(8, 16, use_cosine_sim=True),
     lambda: scq.SCQ(8, 16, return_weights="sparse"),
+    lambda: scq.SVQ(8, 32, return_weights="sparse"),  # every code in every row: a view of the weights
 ])
 def test_decode_of_the_weights_gives_the_quantized_vectors(make):
     q = make()

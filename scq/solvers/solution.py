@@ -100,11 +100,15 @@ def combine(weights: Weights, codebook: torch.Tensor) -> torch.Tensor:
 
 def to_sparse(weights: Weights) -> SparseWeights:
     """The weights as :class:`SparseWeights` (sparse ones as they are). Dense rows keep their
-    nonzero entries, padded to the widest row's count (one host sync to learn it)."""
+    nonzero entries, padded to the widest row's count (one host sync to learn it). Where a row
+    has every code (an MLP's weights), the form holds the weights themselves and the codes
+    0..K−1 as a stride-0 view: no copy, where indices and gathered values took 3 (N, K) buffers."""
     if isinstance(weights, SparseWeights):
         return weights
     K = weights.shape[-1]
     width = int((weights != 0).sum(-1, dtype=torch.int32).max()) if weights.numel() else 0  # (int32: no int64 copy)
+    if width == K:
+        return SparseWeights(torch.arange(K, device=weights.device).expand(weights.shape), weights, K)
     indices = weights.detach().abs().topk(width, dim=-1).indices
     return SparseWeights(indices, weights.gather(-1, indices), K)
 
