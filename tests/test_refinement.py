@@ -145,3 +145,25 @@ def test_float32_pgd_on_cuda_comes_within_float32_storage_of_the_exact_weights(d
     got, info = scq.solve_scq(z.to(device), E.to(device), lam=LAM, method="pgd", return_info=True)
     assert info.converged and got.device.type == "cuda"
     assert float((got.cpu().double() - exact).abs().max()) < 1e-6
+
+
+def test_the_numba_refinement_reuses_the_active_sets_factor_in_its_own_order():
+    # The active set hands over the factor of H on its last support in the order codes entered,
+    # not slot order; where the refined support is the same set, the refinement solves with it.
+    import numpy as np
+
+    z, E, lin, H, u, nu, exact, _ = _one_row(1)
+    s, D = H.shape[0], E.shape[1]
+    order = np.array([3, 0, 4, 1, 2])
+    A, idx = np.zeros((s, s), dtype=np.float32), np.zeros(s, dtype=np.int64)
+    for t, j in enumerate(order):
+        assert cpu_kernels._factor_append(H.numpy(), A, idx, t, j)
+    got = u.clone()
+    got_nu = cpu_kernels._refine_row(E.numpy(), z[0].numpy(), torch.arange(s).numpy(), np.ones(s, dtype=np.float32),
+                                     lin.double().numpy(), LAM, True, H.numpy(), got.numpy(), float(nu), A, idx, s,
+                                     np.empty(s, dtype=np.int64), np.empty(s, dtype=np.float32),
+                                     np.empty(s, dtype=np.float32), np.empty(D, dtype=np.float64))
+    assert idx.tolist() == order.tolist()  # the factor was used, not rebuilt in slot order
+    fresh, fresh_nu = _numba_refine(z, E, lin, H, u, nu)
+    assert float((got.double() - exact).abs().max()) < 1e-6
+    assert torch.allclose(got, fresh, atol=1e-7) and got_nu == pytest.approx(fresh_nu, rel=1e-5)
