@@ -355,3 +355,67 @@ def test_the_front_door_takes_pgds_own_certificate(monkeypatch):
     with pytest.warns(RuntimeWarning, match="did not reach"):  # the cut-off rows are flagged
         cut_off = scq.solve_scq(z, E, 0.2, method="pgd", return_info=True, max_rounds=1)[1]
     assert not cut_off.converged and cut_off.residual > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_target", [False, True])
+def test_sparse_weights_are_certified_without_a_dense_copy(dtype, with_target, monkeypatch):
+    # certify_scq on SparseWeights reads them on their support (CUDA's pgd, the torch path): the
+    # same four measurements as the dense torch path, with padding slots, a code split over two
+    # slots, weights pushed off the simplex (every measurement nonzero) and a nan row; and no
+    # (N, K) tensor of p is made.
+    from scq.solvers import certificate as C
+    from scq.solvers.engine import fused
+    from scq.solvers.solution import SparseWeights, to_sparse
+
+    g = torch.Generator().manual_seed(3)
+    N, K, D = 12, 300, 5
+    E = torch.randn(K, D, generator=g, dtype=torch.float64).to(dtype)
+    z = torch.randn(N, D, generator=g, dtype=torch.float64).to(dtype)
+    target = torch.softmax(torch.randn(N, K, generator=g, dtype=torch.float64), -1).to(dtype) if with_target else None
+    p = scq.solve_scq(z, E, 0.1, target=target)
+    p[0, :3] += 0.01  # off the simplex, and codes off the support take weight
+    p[1, 7] = float("nan")
+    sw = to_sparse(p)
+    # One slot more: rows 0-2 split their first weight over it (halves: exact), the others repeat
+    # that code with weight 0 (padding).
+    idx = torch.cat([sw.indices, sw.indices[:, :1]], 1)
+    val = torch.cat([sw.values, torch.zeros_like(sw.values[:, :1])], 1)
+    val[:3, -1] = val[:3, 0] = sw.values[:3, 0] / 2
+    sparse = SparseWeights(idx, val, K)
+    assert torch.equal(sparse.to_dense().isnan(), p.isnan())
+    assert torch.allclose(sparse.to_dense().nan_to_num(), p.nan_to_num(), rtol=0, atol=0)
+
+    made = []
+    to_dense = SparseWeights.to_dense
+    monkeypatch.setattr(SparseWeights, "to_dense", lambda self: made.append(1) or to_dense(self))
+    got = C.certify_scq(sparse, z, E, 0.1, target)
+    assert made == []
+    monkeypatch.setattr(fused, "scq_certificate", lambda *a: None)  # the dense torch formulas, the same z_q
+    ref = C.certify_scq(sparse, z, E, 0.1, target, dense=p)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for a, b in zip(got, ref):
+        assert torch.equal(a.isnan(), b.isnan()) and bool(a[1].isnan()), (a, b)
+        a, b = a[~b.isnan()], b[~b.isnan()]
+        assert float(b.max()) > 0 and float((a - b).abs().max()) <= tol * float(b.abs().max()), (a, b)
+
+
+def test_the_sparse_certificate_counts_a_code_split_over_slots_once():
+    # p = (0, 0.2, 0.8, 0) with code 1's weight in two slots of 0.1: its terms are those of 0.2
+    # (|min(0.2, μ₁/s)| = 0.16 is the residual here; 0.1 would give 0.14), its μ₁² enters ‖δ‖²
+    # once (λ = 1: ‖δ‖/λ is the smaller error bound). Against the compiled pass on the dense p (an
+    # independent implementation). g = G + λp = (0, 0.3, 0.1, 0.5), gᵀp = 0.14.
+    from scq.solvers import certificate as C
+    from scq.solvers.engine import fused
+
+    if not fused.cpu_available():
+        pytest.skip("needs numba")
+    G = torch.tensor([[0.0, 0.1, -0.7, 0.5]], dtype=torch.float64)
+    p = torch.tensor([[0.0, 0.2, 0.8, 0.0]], dtype=torch.float64)
+    target, scale, lam = torch.zeros(1, 4, dtype=torch.float64), torch.ones(1, dtype=torch.float64), 1.0
+    got = C._certify_scq_sparse(G.clone(), torch.tensor([[1, 2, 1]]), torch.tensor([[0.1, 0.8, 0.1]], dtype=torch.float64),
+                                None, target, lam, scale)
+    ref = fused.scq_certificate(G.clone(), p, None, target, lam, scale)
+    assert float(ref[0][0]) == pytest.approx(0.16) and float(ref[2][0]) == pytest.approx(0.0468 ** 0.5)
+    for a, b in zip(got, ref):
+        assert float(a[0]) == pytest.approx(float(b[0]), rel=1e-12)

@@ -84,14 +84,18 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
     where the method has them already, found by the same formula: one GEMM less). ``dense``: the
     weights already densified, if the caller has them."""
     # Written for memory: at most two (N, K) buffers beside p (g, which becomes μ in place, and
-    # one scratch), since at K = 16384 each is a gigabyte per 16384 vectors.
+    # one scratch), since at K = 16384 each is a gigabyte per 16384 vectors; sparse weights without
+    # ``dense``: g alone (:func:`_certify_scq_sparse`).
     z, codebook = z.detach(), codebook.detach()
-    p = (densify(weights) if dense is None else dense).detach()
     if target is None and nearest is None:  # before g: its scores and their temporary are gone when g is made
         nearest = nearest_code(code_scores(z, codebook), codebook)
     zq = combine(weights, codebook).detach()
     g = code_scores(zq - z, codebook)
     scale = scq_scale(z, codebook, lam, target)
+    if dense is None and isinstance(weights, SparseWeights):
+        return _certify_scq_sparse(g, weights.indices, weights.values.detach().to(g.dtype), nearest,
+                                   None if target is None else target.detach(), lam, scale)
+    p = (densify(weights) if dense is None else dense).detach()
     # The CPU: every measurement below in one compiled pass per row.
     compiled = fused.scq_certificate(g, p, nearest if target is None else None,
                                      None if target is None else target.detach(), lam, scale)
@@ -112,6 +116,42 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
     delta_sq = _rowdot(scratch, scratch)
     torch.clamp_min(mu, 0, out=scratch).masked_fill_(p <= 0, 0)
     delta = (delta_sq + _rowdot(scratch, scratch)).sqrt()
+    error = torch.minimum((2 * gap / lam).sqrt(), delta / lam)
+    q_error = torch.minimum((2 * gap).sqrt(), delta / math.sqrt(lam))
+    return Certificate(residual, gap, error, q_error)
+
+
+def _certify_scq_sparse(g: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, nearest: Optional[torch.Tensor],
+                        target: Optional[torch.Tensor], lam: float, scale: torch.Tensor) -> Certificate:
+    """:func:`certify_scq`'s measurements for p given on its support (``indices``, ``values``
+    (N, m); a code may repeat, its values summing, as ``SparseWeights.to_dense``), from
+    g = E(z_q − z) (N, K), overwritten: no dense p. Off the support p_k = 0, so a code's terms
+    depend on μ_k = g_k − gᵀp alone (the compiled pass's reading, ``cpu_kernels._certificate_row``):
+    |min(0, μ_k/s)| ≤ gap/s in the residual (equal at g's minimum), μ_k² in ‖δ‖² where μ_k < 0; the
+    support's terms come from its m slots, each code counted once. Fixed shapes, no host sync."""
+    g.scatter_add_(1, indices, values * lam)  # g = E(z_q − z) + λ(p − p̃)
+    if target is None:
+        g.scatter_add_(1, nearest.unsqueeze(1), torch.full_like(g[:, :1], -lam))
+    else:
+        g.sub_(target, alpha=lam)
+    # Each slot's code's whole weight, and whether the slot is its code's first (slots sorted by code).
+    code, order = indices.sort(dim=1)
+    value = values.gather(1, order)
+    first = torch.ones_like(code, dtype=torch.bool)
+    first[:, 1:] = code[:, 1:] != code[:, :-1]
+    group = first.cumsum(1) - 1
+    weight = torch.zeros_like(value).scatter_add_(1, group, value).gather(1, group)
+    g_s = g.gather(1, code)
+    gp = (g_s * value).sum(-1)
+    gap = (gp - g.amin(-1)).clamp_min(0)
+    mu_s = g_s - gp.unsqueeze(-1)
+    on_support = first & (weight != 0)  # (a nan weight too: it reaches the residual below)
+    residual = torch.maximum((value.sum(-1) - 1).abs(), gap / scale)
+    residual = torch.maximum(residual, torch.where(on_support, _ncp(weight, mu_s / scale.unsqueeze(-1)), 0).amax(-1))
+    # ‖δ‖² = ‖min(μ, 0)‖² over every code + ‖max(μ, 0)‖² on the support; μ in place of g.
+    neg = g.sub_(gp.unsqueeze(-1)).clamp_max_(0)
+    pos = torch.where(on_support & (weight > 0), mu_s.clamp_min(0), 0)
+    delta = (_rowdot(neg, neg) + (pos * pos).sum(-1)).sqrt()
     error = torch.minimum((2 * gap / lam).sqrt(), delta / lam)
     q_error = torch.minimum((2 * gap).sqrt(), delta / math.sqrt(lam))
     return Certificate(residual, gap, error, q_error)
