@@ -419,3 +419,48 @@ def test_the_sparse_certificate_counts_a_code_split_over_slots_once():
     assert float(ref[0][0]) == pytest.approx(0.16) and float(ref[2][0]) == pytest.approx(0.0468 ** 0.5)
     for a, b in zip(got, ref):
         assert float(a[0]) == pytest.approx(float(b[0]), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("ridge", [0.0, 0.05])
+def test_sparse_lasso_weights_are_certified_without_a_dense_copy(dtype, nonneg, ridge, monkeypatch):
+    # certify_lasso's torch sweep (CUDA, kernels off) on SparseWeights: the same four measurements
+    # as on the dense weights, with a code split over two slots, padding, weights perturbed off
+    # the solution on and off the support, and a nan row; no (N, K) tensor of w is made.
+    from scq.solvers import certificate as C
+    from scq.solvers.engine import fused
+    from scq.solvers.solution import SparseWeights, to_sparse
+
+    g = torch.Generator().manual_seed(5)
+    N, K, D = 12, 300, 5
+    E = torch.randn(K, D, generator=g, dtype=torch.float64).to(dtype)
+    z = torch.randn(N, D, generator=g, dtype=torch.float64).to(dtype)
+    w = scq.solve_lasso(z, E, 0.3, nonneg=nonneg, **({"ridge": ridge} if ridge else {}))
+    w[0, :3] += 0.02  # off the solution, codes off the support take weight
+    w[4] *= 1.5
+    w[1, 7] = float("nan")
+    sw = to_sparse(w)
+    idx = torch.cat([sw.indices, sw.indices[:, :1]], 1)
+    val = torch.cat([sw.values, torch.zeros_like(sw.values[:, :1])], 1)
+    val[:3, -1] = val[:3, 0] = sw.values[:3, 0] / 2  # rows 0-2: a code over two slots; the rest: padding
+    sparse = SparseWeights(idx, val, K)
+    assert torch.equal(sparse.to_dense().nan_to_num(), w.nan_to_num())
+
+    made = []
+    to_dense = SparseWeights.to_dense
+    monkeypatch.setattr(SparseWeights, "to_dense", lambda self: made.append(1) or to_dense(self))
+    monkeypatch.setattr(fused, "lasso_certificate", lambda *a: None)  # the torch sweep
+    got = C.certify_lasso(sparse, z, E, 0.3, nonneg, ridge)
+    assert made == []
+    ref = C.certify_lasso(sparse, z, E, 0.3, nonneg, ridge, dense=w)  # (the same z_q)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for i, (a, b) in enumerate(zip(got, ref)):
+        if b.isinf().all():  # the error bound without a ridge
+            assert a.isinf().all()
+            continue
+        assert torch.equal(a.isnan(), b.isnan()) and bool(a[1].isnan()), (a, b)
+        a, b = a[~b.isnan()], b[~b.isnan()]
+        if i >= 2:  # the bounds are √(2·gap/ρ), √(2·gap): compared squared (√ magnifies the gap's rounding near 0)
+            a, b = a * a, b * b
+        assert float(b.max()) > 0 and float((a - b).abs().max()) <= tol * float(b.abs().max()), (a, b)

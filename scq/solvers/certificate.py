@@ -121,6 +121,18 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
     return Certificate(residual, gap, error, q_error)
 
 
+def _coalesced(indices: torch.Tensor, values: torch.Tensor) -> "tuple[torch.Tensor, ...]":
+    """Sparse rows (N, m) sorted by code: (codes, values, each slot's code's whole weight (its
+    slots' sum, as ``SparseWeights.to_dense``), whether the slot is its code's first)."""
+    code, order = indices.sort(dim=1)
+    value = values.gather(1, order)
+    first = torch.ones_like(code, dtype=torch.bool)
+    first[:, 1:] = code[:, 1:] != code[:, :-1]
+    group = first.cumsum(1) - 1
+    weight = torch.zeros_like(value).scatter_add_(1, group, value).gather(1, group)
+    return code, value, weight, first
+
+
 def _certify_scq_sparse(g: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, nearest: Optional[torch.Tensor],
                         target: Optional[torch.Tensor], lam: float, scale: torch.Tensor) -> Certificate:
     """:func:`certify_scq`'s measurements for p given on its support (``indices``, ``values``
@@ -134,13 +146,7 @@ def _certify_scq_sparse(g: torch.Tensor, indices: torch.Tensor, values: torch.Te
         g.scatter_add_(1, nearest.unsqueeze(1), torch.full_like(g[:, :1], -lam))
     else:
         g.sub_(target, alpha=lam)
-    # Each slot's code's whole weight, and whether the slot is its code's first (slots sorted by code).
-    code, order = indices.sort(dim=1)
-    value = values.gather(1, order)
-    first = torch.ones_like(code, dtype=torch.bool)
-    first[:, 1:] = code[:, 1:] != code[:, :-1]
-    group = first.cumsum(1) - 1
-    weight = torch.zeros_like(value).scatter_add_(1, group, value).gather(1, group)
+    code, value, weight, first = _coalesced(indices, values)
     g_s = g.gather(1, code)
     gp = (g_s * value).sum(-1)
     gap = (gp - g.amin(-1)).clamp_min(0)
@@ -169,22 +175,45 @@ def _lasso_sweep(G, w, scale, alpha: float, ridge: float, nonneg: bool) -> "tupl
     return residual.amax(-1), er_max, w.abs().sum(-1), (w * w).sum(-1)
 
 
+def _lasso_sweep_sparse(G, indices, values, scale, alpha: float, ridge: float, nonneg: bool) -> "tuple[torch.Tensor, ...]":
+    """:func:`_lasso_sweep` for w given on its support (``indices``, ``values`` (N, m); a code may
+    repeat, its values summing), G overwritten: no dense w. Off the support w_k = 0 and g_k = G_k,
+    so a code's residual term is max(|G_k| − α, 0)/s (``nonneg``: max(−G_k − α, 0)/s), its
+    largest over the codes off the support one masked reduction; the support's terms come from
+    its slots, each code counted once. Fixed shapes, no host sync."""
+    code, _, weight, first = _coalesced(indices, values)
+    on = first & (weight != 0)  # (a nan weight too: it reaches the sums below)
+    g_s = G.gather(1, code) + ridge * weight
+    er_max = (-G.amin(-1)).clamp_min(0) if nonneg else torch.maximum(G.amax(-1), -G.amin(-1))
+    off = G.neg_() if nonneg else G.abs_()
+    off.scatter_reduce_(1, code, torch.where(on, float("-inf"), float("inf")).to(G.dtype), reduce="amin")
+    s = scale.unsqueeze(-1)
+    terms = _ncp(weight if nonneg else weight.clamp_min(0), (alpha + g_s) / s)
+    if not nonneg:
+        terms = torch.maximum(terms, _ncp((-weight).clamp_min(0), (alpha - g_s) / s))
+    residual = torch.maximum((off.amax(-1) - alpha).clamp_min(0) / scale, torch.where(on, terms, 0).amax(-1))
+    counted = torch.where(first, weight, 0)
+    return residual, er_max, counted.abs().sum(-1), (counted * counted).sum(-1)
+
+
 @torch.no_grad()
 def certify_lasso(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, alpha: float, nonneg: bool,
                   ridge: float = 0.0, dense: Optional[torch.Tensor] = None) -> Certificate:
     """The lasso certificate of ``weights`` (see the module doc); ``dense`` as for :func:`certify_scq`.
-    Sparse weights without ``dense`` are read as they are on the CPU (no (N, K) tensor of them)."""
+    Sparse weights without ``dense`` are read as they are (no (N, K) tensor of them)."""
     z, codebook = z.detach(), codebook.detach()
     zq = combine(weights, codebook).detach()
     r = z - zq
     G = code_scores(-r, codebook)  # E(z_q − z)
     scale = row_scale(z, max_code_norm(codebook), ridge + alpha)
-    # The per-row sweep over K in one compiled pass where there is one (CPU), else torch ops.
+    # The per-row sweep over K in one compiled pass where there is one (CPU), else torch ops;
+    # sparse weights are read on their support either way.
     w = weights if dense is None else dense
-    swept = fused.lasso_certificate(G, w if isinstance(w, SparseWeights) else w.detach(), scale, alpha, ridge, nonneg)
-    if swept is None:
-        w = densify(w).detach()
-    residual, er_max, w_abs, w_sq = _lasso_sweep(G, w, scale, alpha, ridge, nonneg) if swept is None else swept
+    sparse = isinstance(w, SparseWeights)
+    swept = fused.lasso_certificate(G, w if sparse else w.detach(), scale, alpha, ridge, nonneg)
+    if swept is None and sparse:
+        swept = _lasso_sweep_sparse(G, w.indices, w.values.detach().to(G.dtype), scale, alpha, ridge, nonneg)
+    residual, er_max, w_abs, w_sq = _lasso_sweep(G, w.detach(), scale, alpha, ridge, nonneg) if swept is None else swept
     # Dual point θ = r·min(1, α/‖Er‖∞) (Er = −g without the ridge term: −G).
     theta = r * torch.clamp(alpha / er_max.clamp_min(torch.finfo(r.dtype).tiny), max=1.0).unsqueeze(-1)
     primal = 0.5 * (r * r).sum(-1) + alpha * w_abs + 0.5 * ridge * w_sq
