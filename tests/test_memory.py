@@ -129,11 +129,12 @@ def test_the_scq_certificate_of_sparse_weights_holds_one_buffer():
     assert peak <= 1.3, peak
 
 
-@pytest.mark.parametrize("sweep", ["compiled", "torch"])
-def test_the_lasso_certificate_of_sparse_weights_holds_one_buffer(sweep, monkeypatch):
+@pytest.mark.parametrize("sweep,bound", [("compiled", 1.3), ("torch", 1.3), ("torch-dense", 4.3)])
+def test_the_lasso_certificate_of_sparse_weights_holds_one_buffer(sweep, bound, monkeypatch):
     # The lasso's rounds never measure its certificate: the front door does, on sparse weights
     # read on their support, G alone (1.07 compiled, 1.10 as torch ops, CUDA's path); densified
-    # they held 2.07 and 8.05 buffers.
+    # they held 2.07 and 8.05 buffers. Dense weights through the torch sweep: 4.04 (8.05 before
+    # its two scratch buffers).
     from scq.solvers.certificate import certify_lasso
     from scq.solvers.engine import fused
     from scq.solvers.solution import to_sparse
@@ -142,11 +143,11 @@ def test_the_lasso_certificate_of_sparse_weights_holds_one_buffer(sweep, monkeyp
     g = torch.Generator().manual_seed(0)
     z, E = torch.randn(N, D, generator=g), torch.randn(K, D, generator=g)
     w, info = scq.solve_lasso(z, E, 0.5, return_info=True)
-    weights = to_sparse(w)
+    weights = w if sweep == "torch-dense" else to_sparse(w)
     del w
-    if sweep == "torch":
+    if sweep != "compiled":
         monkeypatch.setattr(fused, "lasso_certificate", lambda *a: None)
     cert = []
     peak = peak_tensor_bytes(lambda: cert.append(certify_lasso(weights, z, E, 0.5, False, info.extra["ridge"])))
     assert float(cert[0].residual.max()) <= 1e-5
-    assert peak / (N * K * 4) <= 1.3, peak / (N * K * 4)
+    assert peak / (N * K * 4) <= bound, peak / (N * K * 4)

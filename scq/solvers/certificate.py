@@ -165,14 +165,20 @@ def _certify_scq_sparse(g: torch.Tensor, indices: torch.Tensor, values: torch.Te
 
 def _lasso_sweep(G, w, scale, alpha: float, ridge: float, nonneg: bool) -> "tuple[torch.Tensor, ...]":
     """The lasso certificate's per-row terms as torch ops (the compiled sweep's reference): the
-    residual, ‖Er‖∞ (Er = −G), Σ|w| and Σw², each (N,)."""
-    g = torch.add(G, w, alpha=ridge) if ridge else G  # (one (N, K) temporary, not two)
+    residual, ‖Er‖∞ (Er = −G), Σ|w| and Σw², each (N,). Written for memory: two (N, K) scratch
+    buffers beside G and w, each sign's terms reduced before the other's are made (the plain
+    expressions held 8 buffers at the peak)."""
     s = scale.unsqueeze(-1)
-    residual = _ncp(w if nonneg else w.clamp_min(0), (alpha + g) / s)
-    if not nonneg:
-        residual = torch.maximum(residual, _ncp((-w).clamp_min(0), (alpha - g) / s))
-    er_max = ((-G).clamp_min(0) if nonneg else G.abs()).amax(-1)
-    return residual.amax(-1), er_max, w.abs().sum(-1), (w * w).sum(-1)
+    mu = torch.add(G, w, alpha=ridge).add_(alpha).div_(s)  # (α + g)/s, g = G + ρw
+    u = w if nonneg else w.clamp_min(0)
+    residual = torch.minimum(u, mu, out=mu).abs_().amax(-1)
+    if not nonneg:  # the code's other sign: |min((−w)⁺, (α − g)/s)|
+        torch.add(G, w, alpha=ridge, out=mu).neg_().add_(alpha).div_(s)
+        torch.neg(w, out=u).clamp_min_(0)
+        residual = torch.maximum(residual, torch.minimum(u, mu, out=mu).abs_().amax(-1))
+    del mu, u
+    er_max = (-G.amin(-1)).clamp_min(0) if nonneg else torch.maximum(G.amax(-1), -G.amin(-1))
+    return residual, er_max, torch.linalg.vector_norm(w, ord=1, dim=-1), _rowdot(w, w)
 
 
 def _lasso_sweep_sparse(G, indices, values, scale, alpha: float, ridge: float, nonneg: bool) -> "tuple[torch.Tensor, ...]":
