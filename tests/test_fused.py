@@ -595,9 +595,10 @@ def test_the_fused_backward_gives_the_torch_paths_gradients_under_the_interprete
             assert max(c["grad_dev"]) <= 1e-12, c
             continue
         # float32 inputs: the kernel solves in float64, so its gradients are as close to the float64
-        # ones as the torch path's float32 Cholesky (the same kernel in float32 was 2.7× further off)
+        # ones as the torch path's float32 Cholesky (the same kernel in float32 was 2.7× further off).
+        # Both are float32 answers: 3.7e-5 and 5.8e-5 from the float64 gradients at a scale of 3.1.
         for kernel, torch_path in c["grad_error"]:
-            assert kernel <= 2 * torch_path + 1e-6 and kernel <= 1e-5 * max(c["grad_scale"]), c
+            assert kernel <= 2 * torch_path + 1e-6 and kernel <= 2e-5 * max(c["grad_scale"]), c
 
 
 @needs_triton
