@@ -81,10 +81,10 @@ def test_the_mlps_sparse_weights_cost_no_more_than_its_dense_ones():
 
 
 def test_pgds_gram_cache_is_as_wide_as_the_working_set():
-    # The CPU rounds cache each row's products of codes between rounds, (N, m, m): m the widest
-    # row's W, not the capacity W's arrays were grown to (up to 2m). On a random codebook in
-    # D = 16, W reached ~80 slots and the cache held 4× the products it had to (5.6 buffers, then
-    # 2.8); with at most D + 1 codes entering a round, W reaches ~41 slots (1.44 buffers).
+    # The CPU rounds cache each row's products of codes between rounds: m the widest row's W, not
+    # the capacity W's arrays were grown to (up to 2m). On a random codebook in D = 16, W reached
+    # ~80 slots and the cache held 4× the products it had to (5.6 buffers, then 2.8); with fewer
+    # codes entering a round W reaches ~39-41 slots (1.44 buffers; 1.30 with the products packed).
     N, K, D = 256, 4096, 16
     q = scq.SCQ(D, K, lam=0.1, method="pgd", return_weights="none")
     peak = _peak_buffers(q, N, K, D, "random")
