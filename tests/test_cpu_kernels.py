@@ -2,6 +2,7 @@
 FISTA, the active set and the backward's support solve, each alone and inside the engine."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -230,6 +231,51 @@ def test_the_compiled_rounds_take_the_torch_loops_steps(case, monkeypatch, codeb
     assert info0.extra["working_set"] > 4 and info0.extra["rounds"] > 4  # W grew, over many rounds
     tol = 1e-5 if dtype == f32 else 1e-12
     assert (w1 - w0).abs().max() < tol and (g1 - g0).abs().max() < 1e3 * tol
+
+
+@pytest.mark.parametrize("case", ["scq-grows", "scq-target", "lasso", "scq-float32", "out-of-rounds"])
+def test_rows_run_to_the_end_one_by_one_as_the_batch_loop_runs_them(case, monkeypatch):
+    # Where the codebook's Gram matrix serves the rounds, each row runs its rounds back to back in
+    # one call (working_set._rounds_row_by_row) instead of the batch loop's round by round: the
+    # same answer, gradients, certificate and flags. A W of 1 slot and 2 entries a round make rows
+    # outgrow W's arrays (the kernel is called again for them) and double their entries.
+    from scq.solvers.engine import cpu_kernels as ck
+    from scq.solvers.engine import working_set as ws
+
+    g = torch.Generator().manual_seed(12)
+    dtype = f32 if case == "scq-float32" else f64
+    E = torch.randn(120, 8, generator=g, dtype=dtype)
+    x = torch.randn(150, 8, generator=g, dtype=dtype) * 0.3  # inside the hull: large supports
+    opts = dict(working_set=1, add_per_round=2, max_rounds=8 if case == "out-of-rounds" else 60)
+    target = torch.softmax(torch.randn(150, 120, generator=g, dtype=dtype), -1) if case == "scq-target" else None
+    calls = []
+    launch = ck.table_rounds_par
+    monkeypatch.setattr(ck, "table_rounds_par", lambda *a: calls.append(len(a[33])) or launch(*a))  # a[33]: its rows
+    monkeypatch.setattr(ws, "uses_codebook_gram", lambda N, K: True)
+
+    def run(row_by_row):
+        monkeypatch.setattr(ws, "ROW_BY_ROW", row_by_row)
+        z = x.clone().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # out-of-rounds: flagged, as both must
+            if case == "lasso":
+                w, info = scq.solve_lasso(z, E, alpha=0.05, method="pgd", return_info=True, ridge=1e-3, **opts)
+            else:
+                w, info = scq.solve_scq(z, E, lam=0.05, target=target, method="pgd", return_info=True, **opts)
+        w.square().sum().backward()
+        return w.detach(), info, z.grad
+
+    w0, info0, g0 = run(False)
+    assert not calls
+    w1, info1, g1 = run(True)
+    assert len(calls) > 1 and calls[0] == 150 and calls[-1] < 150  # rows outgrew W and ran on
+    assert info1.extra["rounds"] == info0.extra["rounds"] > 2
+    assert info1.extra["working_set"] <= info0.extra["working_set"]
+    assert torch.equal(info1.extra["converged_mask"], info0.extra["converged_mask"])
+    assert info0.converged == (case != "out-of-rounds") and info0.extra["converged_mask"].any()
+    tol = 1e-5 if dtype == f32 else 1e-12
+    assert (w1 - w0).abs().max() < tol and (g1 - g0).abs().max() < 1e3 * tol
+    assert (info1.extra["residuals"] - info0.extra["residuals"]).abs().max() < 1e2 * tol
 
 
 def test_rows_are_split_over_torch_threads_and_give_the_same_answer_as_one_thread(codebook_gram):

@@ -25,7 +25,8 @@ ever formed. One host sync per round. Where :mod:`~scq.solvers.engine.fused` has
 on W runs compiled: on the CPU (Numba) a round is three parallel loops over the unfinished rows,
 each row's state kept in place (:func:`_rounds_on_cpu`): a row's work on W (its Gram matrix from
 the products it kept from the last round, FISTA, the active set on its valid slots, z_q), then
-after the round's GEMM its entering codes and verdict, then its next W; on CUDA (Triton) a row's
+after the round's GEMM its entering codes and verdict, then its next W (where the codebook's Gram
+matrix replaces the GEMM, each row runs all its rounds in one call: :func:`_rounds_row_by_row`); on CUDA (Triton) a row's
 whole work on W is one launch for the round (:mod:`~scq.solvers.engine.round_triton`), with no
 sync. The torch path, the kernels' reference, adds a sync per ``check_every`` inner iterations.
 The backward solves the KKT system on the support (docs/math.md §4, §5): exact gradients at the
@@ -138,6 +139,11 @@ def engine_hint(diagnostics: dict, opts: Options) -> str:
 PRECISE_SYSTEMS_BELOW = 1e-5
 # Rounds after which a row that fills every entry slot doubles the codes examined per round.
 GROW_AFTER_ROUNDS = 4
+
+# Where the codebook's Gram matrix serves the CPU rounds, each row runs its rounds to the end in
+# one compiled call (:func:`_rounds_row_by_row`). False: the batch loop of :func:`_rounds_on_cpu`,
+# round by round (the same answers; the tests compare the two).
+ROW_BY_ROW = True
 
 
 def system_dtype(dtype: torch.dtype, ridge: float, e_max_sq: float) -> torch.dtype:
@@ -628,7 +634,9 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     certificate without a GEMM and a pass over (N, K) of its own.
 
     ``table``, ``scores``: EEᵀ and ZEᵀ in the systems' dtype where :func:`uses_codebook_gram` (else
-    ``None``): the rows' Gram matrices and the rounds' G are read from them, with no GEMM per round."""
+    ``None``): the rows' Gram matrices and the rounds' G are read from them, with no GEMM per round;
+    a row then needs nothing of the others between rounds, and each runs its rounds to the end in
+    one call (:func:`_rounds_row_by_row`, unless ``ROW_BY_ROW`` is off)."""
     z, E = z.detach(), E.detach()
     extra = None if extra is None else extra.detach()
     N, D = z.shape
@@ -657,58 +665,63 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     else:
         table_np = scores_np = np.zeros((0, 0), dtype=E_sys.dtype)
     m = capacity = code.shape[1]  # W's width, and that of its arrays
-    rows = np.arange(N, dtype=np.int64)
-    inner_total = 0
-    all_finished = False
-    rounds = 0
-    for rounds in range(1, opts.max_rounds + 1):
-        n = rows.shape[0]
-        rows_t = torch.from_numpy(rows)
-        nu, res = np.zeros(n, dtype=E_sys.dtype), np.zeros(n, dtype=E_sys.dtype)
-        state = np.zeros(n, dtype=np.int32)
-        zq = torch.zeros(0 if use_table else n, D, dtype=dtype)  # z_q only for the GEMM's G
-        bounds = fused.row_ranges(n)
-        # (the cache as wide as the widest row's W, m, not W's capacity: (N, m, m) products)
-        cache.exchange(n, 0 if use_table else m, rows_t, lambda *cached: k.round_par(
-            E_sys, E_out, table_np, scores_np, w[0], w[1], z_sys, extra_sys, start_np, bonus, float(problem.l1),
-            float(sys_ridge), *cached, w[2], w[3], w[4], tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE),
-            bool(problem.simplex), int(opts.max_inner), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK,
-            refines(sys_dtype), nu, res, state,
-            zq.numpy(), bounds))
-        inner_total += int(state.max()) >> 2 if n else 0
-        G = None  # the last round's (n, K) G goes before this one's is made
-        if use_table:  # finish_rows makes each row's G from EEᵀ
-            G = torch.zeros(0, K, dtype=sys_dtype)
-        else:
-            G = (zq - (z if n == N else z.index_select(0, rows_t))) @ E.transpose(0, 1)
-        finished = np.zeros(n, dtype=np.bool_)
-        new_code = np.zeros((n, n_add), dtype=np.int64)
-        new_sign = np.ones((n, n_add), dtype=E_sys.dtype)
-        violating = np.zeros((n, n_add), dtype=np.bool_)
-        need = np.zeros(n, dtype=np.int64)
-        k.finish_par(G.numpy(), table_np, scores_np, extra_sys, start_np, bonus, float(problem.l1),
-                     bool(problem.signed), rows, w[0], w[1], w[4], w[3], nu, state, tol, broken.numpy(), finished,
-                     new_code, new_sign, violating, need, w[2], cert_lam, cert_scale, rounds == opts.max_rounds, cert,
-                     bounds)
-        n_left = int(n - finished.sum())
-        all_finished = n_left == 0
-        if all_finished or rounds == opts.max_rounds:
-            break
-        wider = int(need.max())
-        if wider > capacity:  # grow W: every row's support and violators must fit
-            # Twice as wide at least, so that W is reallocated a few times, not every round (five
-            # (N, m) copies each); the slots past m are not valid, and the kernels skip them.
-            grown = min(max(wider, 2 * capacity), K * (2 if problem.signed else 1))
-            pad = lambda t, fill: torch.cat([t, torch.full((N, grown - capacity), fill, dtype=t.dtype)], 1)
-            code, sign, u, s, valid = pad(code, 0), pad(sign, 1), pad(u, 0), pad(s, False), pad(valid, False)
-            w = [t.numpy() for t in (code, sign, u, s, valid)]
-            capacity = grown
-        m = max(m, wider)
-        k.place_par(rows, *w, new_code, new_sign, violating, bounds)
-        if opts.compact:
-            rows = rows[~finished]
-        if violating[:, -1].any() and rounds >= GROW_AFTER_ROUNDS:
-            n_add = more_per_round(n_add, K, D, opts)  # see the torch loop
+    if use_table and ROW_BY_ROW:  # no GEMM between rounds: each row runs its rounds to the end in one call
+        rounds, inner_total, all_finished, m, capacity, (code, sign, u, s) = _rounds_row_by_row(
+            k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, start_np, bonus, problem, opts, sys_dtype,
+            sys_ridge, (code, sign, u, s, valid), tol, broken, cert, cert_lam, cert_scale, n_add)
+    else:
+        rows = np.arange(N, dtype=np.int64)
+        inner_total = 0
+        all_finished = False
+        rounds = 0
+        for rounds in range(1, opts.max_rounds + 1):
+            n = rows.shape[0]
+            rows_t = torch.from_numpy(rows)
+            nu, res = np.zeros(n, dtype=E_sys.dtype), np.zeros(n, dtype=E_sys.dtype)
+            state = np.zeros(n, dtype=np.int32)
+            zq = torch.zeros(0 if use_table else n, D, dtype=dtype)  # z_q only for the GEMM's G
+            bounds = fused.row_ranges(n)
+            # (the cache as wide as the widest row's W, m, not W's capacity: (N, m, m) products)
+            cache.exchange(n, 0 if use_table else m, rows_t, lambda *cached: k.round_par(
+                E_sys, E_out, table_np, scores_np, w[0], w[1], z_sys, extra_sys, start_np, bonus, float(problem.l1),
+                float(sys_ridge), *cached, w[2], w[3], w[4], tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE),
+                bool(problem.simplex), int(opts.max_inner), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK,
+                refines(sys_dtype), nu, res, state,
+                zq.numpy(), bounds))
+            inner_total += int(state.max()) >> 2 if n else 0
+            G = None  # the last round's (n, K) G goes before this one's is made
+            if use_table:  # finish_rows makes each row's G from EEᵀ
+                G = torch.zeros(0, K, dtype=sys_dtype)
+            else:
+                G = (zq - (z if n == N else z.index_select(0, rows_t))) @ E.transpose(0, 1)
+            finished = np.zeros(n, dtype=np.bool_)
+            new_code = np.zeros((n, n_add), dtype=np.int64)
+            new_sign = np.ones((n, n_add), dtype=E_sys.dtype)
+            violating = np.zeros((n, n_add), dtype=np.bool_)
+            need = np.zeros(n, dtype=np.int64)
+            k.finish_par(G.numpy(), table_np, scores_np, extra_sys, start_np, bonus, float(problem.l1),
+                         bool(problem.signed), rows, w[0], w[1], w[4], w[3], nu, state, tol, broken.numpy(), finished,
+                         new_code, new_sign, violating, need, w[2], cert_lam, cert_scale, rounds == opts.max_rounds, cert,
+                         bounds)
+            n_left = int(n - finished.sum())
+            all_finished = n_left == 0
+            if all_finished or rounds == opts.max_rounds:
+                break
+            wider = int(need.max())
+            if wider > capacity:  # grow W: every row's support and violators must fit
+                # Twice as wide at least, so that W is reallocated a few times, not every round (five
+                # (N, m) copies each); the slots past m are not valid, and the kernels skip them.
+                grown = min(max(wider, 2 * capacity), K * (2 if problem.signed else 1))
+                pad = lambda t, fill: torch.cat([t, torch.full((N, grown - capacity), fill, dtype=t.dtype)], 1)
+                code, sign, u, s, valid = pad(code, 0), pad(sign, 1), pad(u, 0), pad(s, False), pad(valid, False)
+                w = [t.numpy() for t in (code, sign, u, s, valid)]
+                capacity = grown
+            m = max(m, wider)
+            k.place_par(rows, *w, new_code, new_sign, violating, bounds)
+            if opts.compact:
+                rows = rows[~finished]
+            if violating[:, -1].any() and rounds >= GROW_AFTER_ROUNDS:
+                n_add = more_per_round(n_add, K, D, opts)  # see the torch loop
 
     if start is not None:
         diagnostics["nearest"] = start
@@ -719,6 +732,52 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     if capacity > m:
         code, sign, u, s = (t[:, :m].contiguous() for t in (code, sign, u, s))
     return code, sign.to(dtype), u, s
+
+
+def _rounds_row_by_row(k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, start_np, bonus: float, problem: QPForm,
+                       opts: Options, sys_dtype: torch.dtype, sys_ridge: float, W, tol, broken, cert, cert_lam: float,
+                       cert_scale, n_add: int):
+    """The rounds of :func:`_rounds_on_cpu` where the codebook's Gram matrix gives every row's
+    systems and gradients: each row's rounds back to back in one compiled call
+    (:func:`~scq.solvers.engine.cpu_kernels.table_rounds_rows`), called again only for rows that
+    outgrew W (after widening it). ``W``: (code, sign, u, s, valid), the first round's.
+    Returns (rounds, iterations, all finished, W's width m, its arrays' width, (code, sign, u, s))."""
+    code, sign, u, s, valid = W
+    N, m = code.shape
+    finfo = torch.finfo(sys_dtype)
+    K_w = table_np.shape[0] * (2 if problem.signed else 1)
+    add_cap = more_per_round(table_np.shape[0], table_np.shape[0], z_sys.shape[1], opts)  # the most a round examines
+    # W's arrays start wide enough for a few rounds' entering codes, so that few rows outgrow them.
+    capacity = min(K_w, max(m, 4 * m))
+    pad = lambda t, width, fill: torch.cat([t, torch.full((N, width - t.shape[1]), fill, dtype=t.dtype)], 1)
+    code, sign, u, s, valid = pad(code, capacity, 0), pad(sign, capacity, 1), pad(u, capacity, 0), pad(s, capacity, False), pad(valid, capacity, False)
+    row_rounds = np.zeros(N, dtype=np.int64)
+    row_add = np.full(N, n_add, dtype=np.int64)
+    row_iters = np.zeros(N, dtype=np.int64)
+    row_state = np.zeros(N, dtype=np.int8)
+    need = np.full(N, m, dtype=np.int64)
+    new_code = np.zeros((N, add_cap), dtype=np.int64)
+    new_sign = np.ones((N, add_cap), dtype=E_sys.dtype)
+    violating = np.zeros((N, add_cap), dtype=np.bool_)
+    no_cache_gram, no_cache_code = np.zeros((0, 0), dtype=E_sys.dtype), np.zeros((0, 0), dtype=np.int64)
+    rows = np.arange(N, dtype=np.int64)
+    while rows.shape[0]:
+        w = [t.numpy() for t in (code, sign, u, s, valid)]
+        k.table_rounds_par(E_sys, E_out, table_np, scores_np, w[0], w[1], z_sys, extra_sys, start_np, bonus,
+                           float(problem.l1), float(sys_ridge), bool(problem.signed), w[2], w[3], w[4], tol,
+                           int(opts.pg_iters), int(fused.FISTA_PATIENCE), bool(problem.simplex), int(opts.max_inner),
+                           16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, refines(sys_dtype),
+                           cert_lam, cert_scale, cert, int(opts.max_rounds), GROW_AFTER_ROUNDS, add_cap,
+                           no_cache_gram, no_cache_code, rows, row_rounds, row_add, row_iters, row_state,
+                           broken.numpy(), new_code, new_sign, violating, need, fused.row_ranges(rows.shape[0]))
+        rows = rows[row_state[rows] == k.ROW_OUTGROWN]
+        if rows.shape[0]:  # widen W as the batch loop does: twice as wide at least
+            capacity = min(max(int(need[rows].max()), 2 * capacity), K_w)
+            code, sign, u, s, valid = (pad(code, capacity, 0), pad(sign, capacity, 1), pad(u, capacity, 0),
+                                       pad(s, capacity, False), pad(valid, capacity, False))
+    all_finished = bool((row_state == k.ROW_DONE).all())
+    return (int(row_rounds.max(initial=0)), int(row_iters.max(initial=0)), all_finished, int(need.max(initial=m)),
+            capacity, (code, sign, u, s))
 
 
 class WorkingSetFunction(torch.autograd.Function):
