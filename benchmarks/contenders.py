@@ -45,9 +45,12 @@ def _vqp(K, D, device, dtype, codebook):
     return _with_codebook(q.to(device, dtype), codebook)
 
 
-def _svq(solver: str, alpha: float = 20.0):
+def _svq(solver: str, alpha: Optional[float] = 20.0):
+    """SVQ with α = ``alpha`` (sparse supports on the data-like codebook), or its own default
+    (``None``: α = 0.1, where on its N(0, 1) codebook every support fills D)."""
+    options = {} if alpha is None else dict(alpha=alpha)
     return lambda K, D, device, dtype, codebook: _with_codebook(
-        scq.SVQ(D, K, solver=solver, alpha=alpha).to(device, dtype), codebook)
+        scq.SVQ(D, K, solver=solver, **options).to(device, dtype), codebook)
 
 
 class _QpthSCQ(torch.nn.Module):
@@ -83,6 +86,7 @@ BUILDERS: dict[str, Callable] = {
     "qpth": _QpthSCQ,
     "svq-mlp": _svq("mlp"),
     "svq-lasso": _svq("lasso"),
+    "svq-lasso-default": _svq("lasso", alpha=None),
 }
 
 # Which contenders compute SCQ weights (compared against the exact solution).

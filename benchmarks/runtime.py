@@ -36,6 +36,9 @@ SUPPORT_THRESHOLD = 1e-6  # a weight counts in the support above this (SCS never
 FAST = ("vq", "vector-quantize-pytorch", "scq-relaxed", "scq-pgd")
 PEERS = ("vq", "vector-quantize-pytorch", "scq-relaxed", "scq-pgd", "scq-exact", "qpth")
 SVQ = ("vq", "vector-quantize-pytorch", "svq-mlp", "svq-lasso")
+# SVQ's own regime: its N(0, 1) codebook and default α, where every lasso support fills D (the
+# data-like codebook's, at α = 20, are 2 codes): its hardest case, timed beside the easy one.
+SVQ_OWN = ("vq", "svq-mlp", "svq-lasso", "svq-lasso-default")
 CUDA_HEADLINE = {(16384, 1024, 64), (65536, 1024, 64), (16384, 16384, 64)}  # (N, K, D) of issue #12's bounds
 
 
@@ -62,6 +65,7 @@ def cases(quick: bool, device: str = "cpu") -> list[Case]:
             out += [Case("D", N0, K0, d, FAST, kind) for d in (16, 64, 256)]
         out += [Case("peers", 256, 512, 64, PEERS)]
         out += [Case("svq", N0, k, 64, SVQ) for k in (1000, 10000)]
+        out += [Case("svq", N0, 10000, 64, SVQ_OWN, "random")]
         # Issue #12's bounds first, on every kind: a run stopped by its time limit (one call on a
         # lent GPU) has measured them (runtime.csv is rewritten after each case).
         return sorted(out, key=lambda c: (c.N, c.K, c.D) not in CUDA_HEADLINE)  # (a stable sort)
@@ -72,6 +76,7 @@ def cases(quick: bool, device: str = "cpu") -> list[Case]:
         out += [Case("D", N0, K0, d, FAST) for d in (16, 64)]
         out += [Case("peers", 16, 64, 16, PEERS)]
         out += [Case("svq", 512, 1000, 32, SVQ)]
+        out += [Case("svq", 128, 1000, 32, SVQ_OWN, "random")]
         out += [Case("codebooks", N0, K0, D0, FAST, kind) for kind in CODEBOOKS]
         return out
     N0, K0, D0 = 1024, 1024, 64
@@ -82,6 +87,7 @@ def cases(quick: bool, device: str = "cpu") -> list[Case]:
         out += [Case("D", N0, K0, d, FAST, kind) for d in (16, 64, 256)]
     out += [Case("peers", 256, 512, 64, PEERS)]
     out += [Case("svq", 4096, k, 64, SVQ) for k in (1000, 10000)]
+    out += [Case("svq", 1024, 10000, 64, SVQ_OWN, "random")]
     return out
 
 

@@ -31,8 +31,10 @@ def test_bench_quick_all_parts_writes_to_the_default_folder(tmp_path, capsys, mo
                  "runtime_sweeps.png", "usage_training_curves.png"):
         assert (tmp_path / name).stat().st_size > 100, name
     runtime = _read(tmp_path / "runtime.csv")
-    assert {"vq", "vector-quantize-pytorch", "scq-relaxed", "scq-pgd", "scq-exact", "svq-mlp", "svq-lasso"} <= {
-        r["method"] for r in runtime}
+    assert {"vq", "vector-quantize-pytorch", "scq-relaxed", "scq-pgd", "scq-exact", "svq-mlp", "svq-lasso",
+            "svq-lasso-default"} <= {r["method"] for r in runtime}
+    # SVQ's own regime (its default α on N(0, 1) codes) is timed beside the data-like one
+    assert {r["codebook"] for r in runtime if r["method"] == "svq-lasso-default"} == {"random"}
     for col in ("machine", "torch", "dtype", "device", "threads", "sweep", "N", "K", "D", "fwd_s", "fwdbwd_s",
                 "fwdbwd_vs_vq", "peak_mb", "max_dev", "status"):
         assert col in runtime[0], col
