@@ -772,6 +772,8 @@ def _rounds_row_by_row(k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, s
                            broken.numpy(), new_code, new_sign, violating, need, fused.row_ranges(rows.shape[0]))
         rows = rows[row_state[rows] == k.ROW_OUTGROWN]
         if rows.shape[0]:  # widen W as the batch loop does: twice as wide at least
+            if capacity >= K_w:  # (cannot happen: a row's support and violators are distinct codes)
+                raise RuntimeError(f"scq: the working set cannot widen past {K_w} slots")
             capacity = min(max(int(need[rows].max()), 2 * capacity), K_w)
             code, sign, u, s, valid = (pad(code, capacity, 0), pad(sign, capacity, 1), pad(u, capacity, 0),
                                        pad(s, capacity, False), pad(valid, capacity, False))
