@@ -26,9 +26,10 @@ on W runs compiled: on the CPU (Numba) a round is three parallel loops over the 
 each row's state kept in place (:func:`_rounds_on_cpu`): a row's work on W (its Gram matrix from
 the products it kept from the last round, FISTA, the active set on its valid slots, z_q), then
 after the round's GEMM its entering codes and verdict, then its next W (where the codebook's Gram
-matrix replaces the GEMM, each row runs all its rounds in one call: :func:`_rounds_row_by_row`); on CUDA (Triton) a row's
-whole work on W is one launch for the round (:mod:`~scq.solvers.engine.round_triton`), with no
-sync. The torch path, the kernels' reference, adds a sync per ``check_every`` inner iterations.
+matrix replaces the GEMM, each row runs all its rounds in one call: :func:`_rounds_row_by_row`);
+on CUDA (Triton) a row's whole work on W is one launch for the round
+(:mod:`~scq.solvers.engine.round_triton`), with no sync. The torch path, the kernels' reference,
+adds a sync per ``check_every`` inner iterations.
 The backward solves the KKT system on the support (docs/math.md §4, §5): exact gradients at the
 forward's memory, no unrolling.
 """
@@ -750,7 +751,8 @@ def _rounds_row_by_row(k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, s
     # W's arrays start wide enough for a few rounds' entering codes, so that few rows outgrow them.
     capacity = min(K_w, max(m, 4 * m))
     pad = lambda t, width, fill: torch.cat([t, torch.full((N, width - t.shape[1]), fill, dtype=t.dtype)], 1)
-    code, sign, u, s, valid = pad(code, capacity, 0), pad(sign, capacity, 1), pad(u, capacity, 0), pad(s, capacity, False), pad(valid, capacity, False)
+    widen = lambda W, width: tuple(pad(t, width, fill) for t, fill in zip(W, (0, 1, 0, False, False)))
+    code, sign, u, s, valid = widen((code, sign, u, s, valid), capacity)
     row_rounds = np.zeros(N, dtype=np.int64)
     row_add = np.full(N, n_add, dtype=np.int64)
     row_iters = np.zeros(N, dtype=np.int64)
@@ -775,8 +777,7 @@ def _rounds_row_by_row(k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, s
             if capacity >= K_w:  # (cannot happen: a row's support and violators are distinct codes)
                 raise RuntimeError(f"scq: the working set cannot widen past {K_w} slots")
             capacity = min(max(int(need[rows].max()), 2 * capacity), K_w)
-            code, sign, u, s, valid = (pad(code, capacity, 0), pad(sign, capacity, 1), pad(u, capacity, 0),
-                                       pad(s, capacity, False), pad(valid, capacity, False))
+            code, sign, u, s, valid = widen((code, sign, u, s, valid), capacity)
     all_finished = bool((row_state == k.ROW_DONE).all())
     return (int(row_rounds.max(initial=0)), int(row_iters.max(initial=0)), all_finished, int(need.max(initial=m)),
             capacity, (code, sign, u, s))
