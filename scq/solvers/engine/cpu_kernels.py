@@ -16,6 +16,11 @@ The arithmetic is the torch path's, line for line (:func:`scq.solvers.engine.fis
 of :func:`scq.solvers.certificate.certify_scq`; the same formulas as the Triton kernels, with
 Cholesky on the gathered support instead of Gauss–Jordan on the masked matrix): the two agree to
 rounding, checked by tests/test_cpu_kernels.py.
+
+The kernels stay in this one file on purpose. Numba's on-disk cache (``cache=True``) recompiles a
+function when its own file changes, not when a function it calls from another file does (a
+documented limit of Numba's caching). Split across files, an edited helper would leave its
+callers running their stale cached copies.
 """
 
 from __future__ import annotations
