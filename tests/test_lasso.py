@@ -81,13 +81,45 @@ def test_bad_inputs():
         scq.solve_lasso(z, E, 0.1, lam=1.0)
 
 
-def test_entering_codes_per_round_double_up_to_half_of_d():
+def test_entering_codes_per_round_double_up_to_half_of_d_where_supports_fill_d():
     from scq.solvers.engine.working_set import make_options, more_per_round
 
     opts = make_options(torch.float32, None, 30, 100, 16, 8, True, 10)
-    assert [more_per_round(n, 10000, 64, opts) for n in (8, 16, 32, 33)] == [16, 32, 33, 33]
-    assert more_per_round(8, 10000, 2, opts) == 8  # never below add_per_round
-    assert more_per_round(8, 12, 64, opts) == 12  # nor above K
+    lasso = lambda n, K, D, widest=0: more_per_round(n, K, D, opts, False, widest)
+    assert [lasso(n, 10000, 64) for n in (8, 16, 32, 33)] == [16, 32, 33, 33]
+    assert lasso(8, 10000, 2) == 8  # never below add_per_round
+    assert lasso(8, 12, 64) == 12  # nor above K
+    # The bound is the lasso's supports' (≤ D): past D + 1 (a ridge allows it), and for SCQ, whose
+    # ridge lets a support hold up to K codes, the doubling goes on up to K.
+    assert [lasso(n, 10000, 64, widest=66) for n in (8, 64, 5000, 6000)] == [16, 128, 10000, 10000]
+    assert lasso(32, 10000, 64, widest=65) == 33
+    assert [more_per_round(n, 10000, 64, opts, True) for n in (8, 64, 6000)] == [16, 128, 10000]
+
+
+@pytest.mark.parametrize("path", ["torch", "per-row-products", "codebook-gram", "codebook-gram-batch-loop"])
+def test_elastic_net_supports_past_d_plus_one_take_few_rounds(path, monkeypatch):
+    # With a ridge the lasso's supports are not bounded by D: two codes, 150 copies each, share
+    # every vector's weight over all 300. Past D + 1 codes the entries per round double on
+    # (working_set.more_per_round); with the bound of D/2 + 1 (8 a round) 15 rounds ended at 120.
+    from scq.solvers.engine import fused
+    from scq.solvers.engine import working_set as ws
+
+    monkeypatch.setattr(fused, "ENABLED", path != "torch")
+    monkeypatch.setattr(ws, "uses_codebook_gram", lambda N, K: path.startswith("codebook-gram"))
+    monkeypatch.setattr(ws, "ROW_BY_ROW", path != "codebook-gram-batch-loop")
+    g = torch.Generator().manual_seed(31)
+    E = torch.randn(2, 2, dtype=torch.float64, generator=g).repeat(150, 1)
+    z = torch.randn(6, 2, dtype=torch.float64, generator=g)
+    alpha, rho = 0.01, 0.01
+    w, info = scq.solve_lasso(z, E, alpha, ridge=rho, max_rounds=15, return_info=True)
+    assert info.converged and info.extra["rounds"] <= 12
+    assert int(info.extra["support_size"].min()) > 3
+    # Dense optimality of ½‖z − Eᵀw‖² + α‖w‖₁ + ½ρ‖w‖²: g = E(Eᵀw − z) + ρw is −α·sign(w) on the
+    # support and within [−α, α] off it.
+    grad = (w @ E - z) @ E.T + rho * w
+    on = w != 0
+    assert (grad + alpha * torch.sign(w))[on].abs().max() < 1e-10
+    assert float(((grad.abs() - alpha) * ~on).clamp_min(0).max()) < 1e-10
 
 
 def test_supports_of_d_codes_keep_the_working_set_near_2d():

@@ -119,6 +119,37 @@ def test_working_set_growth_from_tiny_start():
     assert_close(w, reference_scq(z, E, 0.01), atol=1e-8)
 
 
+@pytest.fixture(scope="module")
+def collapsed_codebook():
+    """Two codes, 150 copies each (K = 300, D = 2), as a collapsed codebook has, an explicit target
+    (no tie for the nearest code) and its reference: SCQ's ridge spreads each vector's weight over
+    every copy of the codes it uses, so the supports hold 150–300 codes, far past D + 1."""
+    g = torch.Generator().manual_seed(31)
+    E = torch.randn(2, 2, dtype=torch.float64, generator=g).repeat(150, 1)
+    z = torch.randn(6, 2, dtype=torch.float64, generator=g)
+    target = torch.softmax(0.1 * torch.randn(6, 300, dtype=torch.float64, generator=g), -1)
+    return z, E, target, reference_scq(z, E, 0.003, target)
+
+
+@pytest.mark.parametrize("path", ["torch", "per-row-products", "codebook-gram", "codebook-gram-batch-loop"])
+def test_supports_far_past_d_plus_one_take_few_rounds(path, collapsed_codebook, monkeypatch):
+    # The codes examined per round double past D/2 + 1 once a support passes D + 1
+    # (working_set.more_per_round): ~log2 of the support in rounds. With the lasso's bound of
+    # D/2 + 1 (8 a round here) 15 rounds reached 120 codes and left every vector uncertified.
+    from scq.solvers.engine import fused
+    from scq.solvers.engine import working_set as ws
+
+    z, E, target, ref = collapsed_codebook
+    monkeypatch.setattr(fused, "ENABLED", path != "torch")
+    monkeypatch.setattr(ws, "uses_codebook_gram", lambda N, K: path.startswith("codebook-gram"))
+    monkeypatch.setattr(ws, "ROW_BY_ROW", path != "codebook-gram-batch-loop")
+    w, info = scq.solve_scq(z, E, 0.003, target=target, max_rounds=15, return_info=True)
+    assert info.converged and info.extra["rounds"] <= 12
+    assert int(info.extra["support_size"].min()) >= 150
+    assert scq_kkt_violation(w, z, E, 0.003, target) < 1e-10
+    assert_close(w, ref, atol=1e-8)
+
+
 def test_non_convergence_is_reported():
     z, E = problem(N=10, K=40, D=6, seed=32)
     with pytest.warns(RuntimeWarning, match="did not reach tol"):

@@ -1313,7 +1313,29 @@ def table_entering_rows(table, scores, extra, start, bonus, u, code, sign, valid
 # A row's state in :func:`table_rounds_rows`: still running, done (certified or broken down), out of
 # rounds, or outgrown (its support and violators need a wider W; the violators wait at its row of
 # ``new_code``, ``new_sign``, ``violating``, placed when the caller has widened W and runs it again).
-ROW_RUNNING, ROW_DONE, ROW_OUT_OF_ROUNDS, ROW_OUTGROWN = 0, 1, 2, 3
+ROW_RUNNING, ROW_DONE, ROW_OUT_OF_ROUNDS, ROW_OUTGROWN, ROW_WIDER_ENTRY = 0, 1, 2, 3, 4
+
+
+@njit(**_JIT)
+def _grow_entry(r, n_add, add_cap, wide_cap, d, s, row_add, row_state, width):
+    """Row ``r`` filled every entry slot: it examines twice as many codes next round, up to
+    ``add_cap`` (:func:`scq.solvers.engine.working_set.more_per_round`'s bound), or up to
+    ``wide_cap`` once its support exceeds d + 1 (the bound does not hold there). Past the entry
+    arrays' ``width`` the row stops as ``ROW_WIDER_ENTRY`` (the caller widens them and calls
+    again); returns whether it runs on."""
+    cap = add_cap
+    if 2 * n_add > add_cap:
+        support = 0
+        for j in range(s.shape[1]):
+            if s[r, j]:
+                support += 1
+        if support > d + 1:
+            cap = wide_cap
+    row_add[r] = min(2 * n_add, cap)
+    if row_add[r] > width:
+        row_state[r] = ROW_WIDER_ENTRY
+        return False
+    return True
 
 
 @njit(**_JIT)
@@ -1331,21 +1353,24 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
     A round of a row is the batch loop's, step for step: :func:`_round_row` (its work on W),
     :func:`_table_gradient` and :func:`_finish_row` (its entering codes, verdict and certificate),
     :func:`_place_row` (its next W); the answers are the same. The batch loop's one difference:
-    the codes examined per round double (to ``add_cap``, from round ``grow_after`` on) for the
-    rows that fill every entry slot, not for all rows when one does.
+    the codes examined per round double (from round ``grow_after`` on; see :func:`_grow_entry`)
+    for the rows that fill every entry slot, not for all rows when one does.
 
     Arguments as in :func:`round_rows` and :func:`finish_rows` (``E_out``, ``cache_*``: as there,
     unused here), all at the batch row r = ``rows[i]``; per row: rounds run (``row_rounds``),
     codes examined per round (``row_add``), active-set iterations (``row_iters``), state
     (``row_state``: ``ROW_*``), the widest W it placed (``need``). A row stops when done, out of
-    ``max_rounds``, or outgrown (W's width, code.shape[1], too narrow): the caller widens W and
-    calls again for the outgrown rows, which place their waiting violators first."""
+    ``max_rounds``, outgrown (W's width, code.shape[1], too narrow) or wanting more entry slots
+    than ``new_code`` has: the caller widens W or those arrays and calls again for these rows; the
+    outgrown ones place their waiting violators first."""
     m = code.shape[1]
     K = table.shape[0]
     has_extra = extra.shape[0] > 0
     has_start = start.shape[0] > 0
     round_scratch = _round_scratch(m, E.shape[0], E.shape[1], E.dtype, refine)
-    finish_scratch = _finish_scratch(add_cap, m, table, u)
+    entry_width = new_code.shape[1]  # the entry arrays': add_cap, or wider for rows past it
+    wide_cap = K * (2 if signed else 1)
+    finish_scratch = _finish_scratch(entry_width, m, table, u)
     place_scratch = _place_scratch(m, code, sign, u)
     g = np.empty(K, dtype=table.dtype)
     nz = np.empty(m, dtype=np.int64)
@@ -1361,7 +1386,10 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
             _place_row(r, code, sign, u, s, valid, new_code[r, :n_add], new_sign[r, :n_add], violating[r, :n_add],
                        place_scratch)
             if violating[r, n_add - 1] and row_rounds[r] >= grow_after:
-                row_add[r] = min(2 * n_add, add_cap)
+                running = _grow_entry(r, n_add, add_cap, wide_cap, z.shape[1], s, row_add, row_state,
+                                          entry_width)
+        elif row_state[r] == ROW_WIDER_ENTRY:  # the entry arrays are wide enough now
+            row_state[r] = ROW_RUNNING
         while running:
             row_rounds[r] += 1
             nu, _, state = _round_row(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, n, r,
@@ -1389,9 +1417,10 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
                 need[r] = max(need[r], width)
                 _place_row(r, code, sign, u, s, valid, new_code[r, :n_add], new_sign[r, :n_add],
                            violating[r, :n_add], place_scratch)
-                if violating[r, n_add - 1] and row_rounds[r] >= grow_after:
-                    row_add[r] = min(2 * n_add, add_cap)
                 running = True
+                if violating[r, n_add - 1] and row_rounds[r] >= grow_after:
+                    running = _grow_entry(r, n_add, add_cap, wide_cap, z.shape[1], s, row_add, row_state,
+                                          entry_width)
 
 
 # The parallel launchers: one row range per thread of Numba's pool (``bounds``: the ranges'
