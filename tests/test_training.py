@@ -449,6 +449,26 @@ def test_sparse_and_no_weights_agree_with_dense(cls, kwargs):
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("cls,kwargs", [(scq.VQ, {}), (scq.VQ, {"ema_update": True}), (scq.SCQ, {}),
+                                        (scq.SVQ, {"solver": "lasso", "alpha": 0.3}),
+                                        (scq.SCQ, {"heads": 2, "separate_codebook_per_head": True})])
+@pytest.mark.parametrize("mode", ["sparse", "none"])
+def test_training_features_run_alike_on_sparse_and_no_weights(cls, kwargs, mode):
+    # Running usage and dead-code re-seeding read the weights' mass: with sparse weights, or none
+    # returned, the same as with dense ones (VQ's usage once asked a SparseWeights for its dtype).
+    x = torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(1))
+    opts = dict(kmeans_init=True, kmeans_iters=2, dead_code_threshold=0.5, **kwargs)
+    dense, q = cls(8, 16, **opts), cls(8, 16, return_weights=mode, **opts)
+    q.load_state_dict(dense.state_dict())
+    for module in (dense, q):
+        torch.manual_seed(0)  # the same k-means and re-seeding draws
+        for _ in range(2):
+            module(x)
+    assert dense.cluster_size.abs().sum() > 0
+    assert_close(q.cluster_size, dense.cluster_size, atol=1e-6)
+    assert_close(q.codebook, dense.codebook, atol=1e-6)
+
+
 def test_vq_sparse_weights_are_one_slot_and_pgd_keeps_its_working_set():
     assert scq.VQ(4, 64, return_weights="sparse")(torch.randn(10, 4)).weights.indices.shape == (10, 1)
     w = scq.SCQ(4, 256, return_weights="sparse")(torch.randn(10, 4)).weights

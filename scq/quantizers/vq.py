@@ -84,7 +84,8 @@ class VQ(Quantizer):
         return _Quantized(quantized, weights, indices, loss)
 
     def _usage_mass(self, part: _Quantized) -> torch.Tensor:
-        return torch.bincount(part.indices, minlength=self.codebook_size).to(part.weights.dtype)
+        # (the caller casts: the weights may be SparseWeights, or dropped, with return_weights)
+        return torch.bincount(part.indices, minlength=self.codebook_size)
 
     @torch.no_grad()
     def _ema_step(self, book: int, vectors: torch.Tensor, indices: torch.Tensor) -> None:
