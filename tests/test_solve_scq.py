@@ -1,5 +1,6 @@
 """solve_scq: every method against independent references, shapes, gradients."""
 
+import numpy as np
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -170,3 +171,30 @@ def test_the_reference_falls_back_to_scs_where_clarabel_fails(monkeypatch):
     monkeypatch.setattr(cp.Problem, "solve", every_solver_fails)
     with pytest.raises(RuntimeError, match="reference solve failed: CLARABEL.*SCS"):
         reference.reference_scq(z, E, 0.3)
+
+
+def test_the_reference_is_finished_by_an_active_set_where_its_support_cannot_be_read_off(monkeypatch):
+    # 200 codes on a line (D = 1): Clarabel's answer was too loose for any support guess to certify
+    # (KKT residual ~1e-3, 0.012 from the solution) and was returned as it was. A textbook active
+    # set now finishes it: the reference certifies, as judged by an independent dense KKT check,
+    # and agrees with pgd's certified answer; a loose answer that nothing can finish is flagged.
+    from scq import reference
+    from tests.helpers import scq_kkt_violation
+
+    g = torch.Generator().manual_seed(740438986)
+    E = torch.randn(200, 1, generator=g, dtype=torch.float64)
+    z = torch.randn(11, 1, generator=g, dtype=torch.float64)
+    target = resolve_target(z, E, None)
+    ref = reference.reference_scq(z, E, 0.107)
+    assert max(scq_kkt_violation(r[None], zr[None], E, 0.107, t[None]) for r, zr, t in zip(ref, z, target)) < 1e-12
+    assert_close(scq.solve_scq(z, E, 0.107, method="pgd"), ref, atol=1e-10)
+
+    H, b = (E @ E.T + 0.107 * torch.eye(200, dtype=torch.float64)).numpy(), (E @ z[0] + 0.107 * target[0]).numpy()
+    exact = reference._active_set_simplex(H, b, 0, 1e-12)
+    assert_close(torch.from_numpy(exact), ref[0], atol=1e-12)
+    assert reference._active_set_simplex(H, b, 0, 1e-12, max_iter=1) is None  # too few steps: not an answer
+    loose = ref[0].numpy() + 1e-3 * np.abs(np.random.default_rng(0).standard_normal(200))
+    monkeypatch.setattr(reference, "_active_set_simplex", lambda *a, **k: None)
+    with pytest.warns(RuntimeWarning, match="failed its KKT certificate"):
+        kept = reference._polish_simplex(loose / loose.sum(), z[0].numpy(), E.numpy(), 0.107, target[0].numpy())
+    assert np.allclose(kept, loose / loose.sum())
