@@ -1368,7 +1368,7 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
     has_extra = extra.shape[0] > 0
     has_start = start.shape[0] > 0
     round_scratch = _round_scratch(m, E.shape[0], E.shape[1], E.dtype, refine)
-    entry_width = new_code.shape[1]  # the entry arrays': add_cap, or wider for rows past it
+    entry_width = new_code.shape[1]  # the entry arrays' (the caller widens them for ROW_WIDER_ENTRY rows)
     wide_cap = K * (2 if signed else 1)
     finish_scratch = _finish_scratch(entry_width, m, table, u)
     place_scratch = _place_scratch(m, code, sign, u)
