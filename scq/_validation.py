@@ -99,6 +99,14 @@ def check_positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def check_nonnegative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype the solvers work in: the promoted input dtype, float32 for half types."""
     dtype = tensors[0].dtype

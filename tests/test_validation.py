@@ -85,6 +85,28 @@ def test_unknown_option(zE):
         scq.solve_scq(z, E, 0.5, method="relaxed", max_rounds=3)
 
 
+@pytest.mark.parametrize("option,value,error,message", [
+    ("max_rounds", 0, ValueError, "max_rounds must be >= 1, got 0"),
+    ("max_inner", -1, ValueError, "max_inner must be >= 1, got -1"),
+    ("working_set", 2.5, TypeError, "working_set must be an int, got float"),
+    ("add_per_round", True, TypeError, "add_per_round must be an int, got bool"),
+    ("pg_iters", -3, ValueError, "pg_iters must be >= 0, got -3"),
+    ("tol", -1.0, ValueError, r"tol must be a finite number > 0, got -1.0"),
+    ("tol", "a", TypeError, "tol must be a real number, got str"),
+])
+@pytest.mark.parametrize("solver", ["scq", "lasso", "module"])
+def test_bad_solver_options_are_named(zE, option, value, error, message, solver):
+    # They were clamped silently: max_rounds=0 ran one round, pg_iters=-3 none, tol=-1 certified nothing.
+    z, E = zE
+    with pytest.raises(error, match=message):
+        if solver == "scq":
+            scq.solve_scq(z, E, 0.5, **{option: value})
+        elif solver == "lasso":
+            scq.solve_lasso(z, E, 0.5, **{option: value})
+        else:
+            scq.SCQ(E.shape[1], E.shape[0], **{option: value})(z)
+
+
 def test_wrong_types(zE):
     z, E = zE
     with pytest.raises(TypeError, match="z must be a torch.Tensor"):

@@ -111,7 +111,7 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
     method that is approximate by design, whose certificate usually fails: ``relaxed``).
     """
     tol = options.get("tol")
-    tol = method.default_tol(z.dtype) if tol is None else float(tol)
+    tol = method.default_tol(z.dtype) if tol is None else v.check_positive("tol", tol)
     # The solvers run in the compute dtype: autocast would hand them mixed half/float tensors.
     with torch.autocast(device_type=z.device.type, enabled=False):
         if z.shape[0] == 0:

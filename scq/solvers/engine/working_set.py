@@ -42,6 +42,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ... import _validation as v
 from ...problems import code_scores, max_code_norm, nearest_code, row_scale
 from . import fused
 from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_solve, support_vjp
@@ -97,15 +98,17 @@ def engine_tol(dtype: torch.dtype) -> float:
 
 def make_options(dtype: torch.dtype, tol: Optional[float], max_rounds: int, max_inner: int, working_set: int,
                  add_per_round: int, compact: bool, pg_iters: int) -> Options:
-    """Engine options from a method's keyword options (``tol=None``: :func:`engine_tol`)."""
+    """Engine options from a method's keyword options (``tol=None``: :func:`engine_tol`), checked
+    here, where ``solve_scq``, ``solve_lasso`` and the modules' forwards reach them (they were
+    clamped silently before: ``max_rounds=0`` ran one round, ``tol=-1`` certified nothing)."""
     return Options(
-        tol=engine_tol(dtype) if tol is None else float(tol),
-        max_rounds=max(1, int(max_rounds)),
-        max_inner=max(1, int(max_inner)),
-        working_set=max(1, int(working_set)),
-        add_per_round=max(1, int(add_per_round)),
+        tol=engine_tol(dtype) if tol is None else v.check_positive("tol", tol),
+        max_rounds=v.check_positive_int("max_rounds", max_rounds),
+        max_inner=v.check_positive_int("max_inner", max_inner),
+        working_set=v.check_positive_int("working_set", working_set),
+        add_per_round=v.check_positive_int("add_per_round", add_per_round),
         compact=bool(compact),
-        pg_iters=max(0, int(pg_iters)),
+        pg_iters=v.check_nonnegative_int("pg_iters", pg_iters),
     )
 
 
