@@ -91,20 +91,20 @@ def check_unit_interval(name: str, value: object) -> float:
     return value
 
 
-def check_positive_int(name: str, value: object) -> int:
+def check_int_at_least(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
     return int(value)
+
+
+def check_positive_int(name: str, value: object) -> int:
+    return check_int_at_least(name, value, 1)
 
 
 def check_nonnegative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
+    return check_int_at_least(name, value, 0)
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
