@@ -100,9 +100,10 @@ def make_options(dtype: torch.dtype, tol: Optional[float], max_rounds: int, max_
                  add_per_round: int, compact: bool, pg_iters: int) -> Options:
     """Engine options from a method's keyword options (``tol=None``: :func:`engine_tol`), checked
     here, where ``solve_scq``, ``solve_lasso`` and the modules' forwards reach them (they were
-    clamped silently before: ``max_rounds=0`` ran one round, ``tol=-1`` certified nothing)."""
+    clamped silently before: ``max_rounds=0`` ran one round, ``pg_iters=-3`` none). ``tol`` is
+    every method's option, checked once for all of them by ``dispatch.solve``."""
     return Options(
-        tol=engine_tol(dtype) if tol is None else v.check_positive("tol", tol),
+        tol=engine_tol(dtype) if tol is None else float(tol),
         max_rounds=v.check_positive_int("max_rounds", max_rounds),
         max_inner=v.check_positive_int("max_inner", max_inner),
         working_set=v.check_positive_int("working_set", working_set),
@@ -114,9 +115,9 @@ def make_options(dtype: torch.dtype, tol: Optional[float], max_rounds: int, max_
 
 def more_per_round(n_add: int, K: int, D: int, opts: Options, simplex: bool, widest_support: int = 0) -> int:
     """The codes examined per round once rounds keep filling every entry slot: twice as many, up to
-    D/2 + 1 (or ``add_per_round`` where larger). A support needs at most about D + 1 codes (the
-    lasso's at most D; SCQ's D + 1 but for the ridge), so more entering at once cannot all stay,
-    and the working set, as wide as its widest row, would only grow: with doubling unbounded, the
+    D/2 + 1 (or ``add_per_round`` where larger), for the lasso. Its support needs at most D codes
+    (without a ridge), so more entering at once cannot all stay, and the working set, as wide as
+    its widest row, would only grow: with doubling unbounded, the
     lasso at D = 64, K = 10000 (α = 0.1, N(0, 1) codes and inputs: supports of D) widened W to 1203
     slots, 5.6 s for 64 vectors, and its Gram cache asked for 41 GB at N = 4096. Where supports
     fill D, half of D a round is the better trade than D + 1: a few more rounds, each on a W of
