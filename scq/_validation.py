@@ -107,6 +107,12 @@ def check_nonnegative_int(name: str, value: object) -> int:
     return check_int_at_least(name, value, 0)
 
 
+def check_choice(name: str, value: object, choices: tuple) -> object:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype the solvers work in: the promoted input dtype, float32 for half types."""
     dtype = tensors[0].dtype

@@ -107,6 +107,71 @@ def test_bad_solver_options_are_named(zE, option, value, error, message, solver)
             scq.SCQ(E.shape[1], E.shape[0], **{option: value})(z)
 
 
+@pytest.mark.parametrize("method,option,value,error,message", [
+    ("pgd", "max_rounds", 0, ValueError, "max_rounds must be >= 1, got 0"),
+    ("pgd", "tol", 0.0, ValueError, "tol must be a finite number > 0, got 0.0"),
+    ("relaxed", "projection", "newton", ValueError, r"projection must be one of \('sort', 'bisect'\), got 'newton'"),
+    ("exact", "chunk_size", 0, ValueError, "chunk_size must be >= 1, got 0"),  # was range()'s "arg 3 must not be zero"
+    ("exact", "solver_args", 3, TypeError, "solver_args must be a dict or None, got int"),
+])
+def test_option_values_are_checked_where_they_enter(zE, method, option, value, error, message):
+    # At the edge: solve_scq before any work, a module at construction (not at its first
+    # forward), and again when its method is switched to one the options do not suit.
+    z, E = zE
+    with pytest.raises(error, match=message):
+        scq.solve_scq(z, E, 0.5, method=method, **{option: value})
+    with pytest.raises(error, match=message):
+        scq.SCQ(E.shape[1], E.shape[0], method=method, **{option: value})
+    if method != "pgd":
+        q = scq.SCQ(E.shape[1], E.shape[0], method="pgd", max_rounds=5)
+        with pytest.raises(TypeError, match="unknown options"):
+            q.method = method  # max_rounds is pgd's
+        q = scq.SCQ(E.shape[1], E.shape[0], method=method)
+        q.solver_options[option] = value
+        with pytest.raises(error, match=message):
+            q.method = method
+
+
+@pytest.mark.parametrize("option,value,error,message", [
+    ("ridge", -1.0, ValueError, "ridge must be a finite number >= 0, got -1.0"),
+    ("pg_iters", -1, ValueError, "pg_iters must be >= 0, got -1"),
+])
+def test_lasso_option_values_are_checked_where_they_enter(zE, option, value, error, message):
+    z, E = zE
+    with pytest.raises(error, match=message):
+        scq.solve_lasso(z, E, 0.5, **{option: value})
+    with pytest.raises(error, match=message):  # named as the option, not as lasso_method
+        scq.SVQ(E.shape[1], E.shape[0], solver="lasso", **{option: value})
+    with pytest.raises(ValueError, match="lasso_method: unknown method 'nope'"):
+        scq.SVQ(E.shape[1], E.shape[0], solver="lasso", lasso_method="nope")
+
+
+def test_a_registered_method_validates_its_own_options(zE):
+    from scq.solvers.registry import SCQ_METHODS
+
+    z, E = zE
+    seen = []
+
+    def check(scale: float = 1.0, **_):
+        seen.append(scale)
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+
+    @scq.register_method("_scaled_for_test", "relaxed, for a test", exact=False, validate=check)
+    def scaled(z, codebook, lam, target, *, scale: float = 1.0, tol=None):
+        return scq.solve_scq(z, codebook, lam * scale, method="relaxed")
+
+    try:
+        with pytest.raises(ValueError, match="scale must be > 0, got -1"):
+            scq.SCQ(E.shape[1], E.shape[0], method="_scaled_for_test", scale=-1)
+        with pytest.raises(ValueError, match="scale must be > 0, got 0"):
+            scq.solve_scq(z, E, 0.5, method="_scaled_for_test", scale=0)
+        scq.solve_scq(z, E, 0.5, method="_scaled_for_test", scale=2.0)
+        assert seen == [-1, 0, 2.0]
+    finally:
+        SCQ_METHODS.unregister("_scaled_for_test")
+
+
 def test_wrong_types(zE):
     z, E = zE
     with pytest.raises(TypeError, match="z must be a torch.Tensor"):

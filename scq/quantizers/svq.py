@@ -132,11 +132,12 @@ class SVQ(Quantizer):
 
     @lasso_method.setter
     def lasso_method(self, name: str) -> None:
-        # Checked when set (the edge), with the options it will be called with.
+        # Checked when set (the edge), with the options it will be called with (their values too).
         try:
-            self._lasso_method = check_method(LASSO_METHODS, name, self.solver_options)
+            LASSO_METHODS.get(name)
         except ValueError as err:
             raise ValueError(f"lasso_method: {err}") from None
+        self._lasso_method = check_method(LASSO_METHODS, name, self.solver_options)
 
     def _quantize(self, vectors: torch.Tensor, codebook: torch.Tensor, book: int) -> _Quantized:
         if self.solver == "mlp":

@@ -29,8 +29,11 @@ signed form u± = max(±w, 0) with multipliers μ± = α ± g:
 - error bounds: ‖z_q − z_q*‖ ≤ √(2·gap); ‖w − w*‖ ≤ √(2·gap/ρ) (``inf`` without a ridge: the lasso
   need not be strongly convex, z_q* is unique but w* may not be).
 
-Rounding counts too: the residual is measured in the compute dtype, so it cannot fall below about
-ε·√D relative (~1e-7 in float32).
+Off the simplex and rounding (docs/math.md §7): a p with 1ᵀp = c ≠ 1 is certified on the face
+1ᵀx = c (gap_c = gᵀp − c·min g) plus the distance between the two faces' optima, |1 − c|·√(s/λ)
+on p and |1 − c|·√s on z_q (:func:`error_bounds`); and a bound is never below what the
+measurement, made in the compute dtype, can resolve (:func:`with_rounding_floor`). The residual
+cannot fall below about ε·√D relative (~1e-7 in float32).
 """
 
 from __future__ import annotations
@@ -75,6 +78,44 @@ def scq_scale(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optio
                      lam * (1 + (1.0 if target is None else target.detach().abs().amax(-1))))
 
 
+def error_bounds(gap_c: torch.Tensor, delta: torch.Tensor, total: torch.Tensor, lam: float,
+                 scale: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """SCQ's bounds on ‖p − p*‖ and ‖z_q − z_q*‖ (module doc; ``cpu_kernels._bounds_row``) from
+    the Frank–Wolfe gap on the face 1ᵀx = c, c = ``total`` = 1ᵀp (``gap_c`` = gᵀp − c·min g), and
+    ‖δ‖: min(√(2·gap_c/λ), ‖δ‖/λ) + |1 − c|·√(s/λ) and min(√(2·gap_c), ‖δ‖/√λ) + |1 − c|·√s;
+    inf where c ≤ 0."""
+    off = (1 - total).abs()
+    gap_c = gap_c.clamp_min(0)
+    error = torch.minimum((2 * gap_c / lam).sqrt(), delta / lam) + off * (scale / lam).sqrt()
+    q_error = torch.minimum((2 * gap_c).sqrt(), delta / math.sqrt(lam)) + off * scale.sqrt()
+    nowhere = total <= 0
+    return error.masked_fill(nowhere, math.inf), q_error.masked_fill(nowhere, math.inf)
+
+
+def with_rounding_floor(cert: Certificate, z: torch.Tensor, codebook: torch.Tensor, lam: float,
+                        entry_scale: Optional[torch.Tensor] = None) -> Certificate:
+    """``cert`` with SCQ's error bounds raised to what its measurement can resolve (module doc),
+    ε of the compute dtype (negligible in float64):
+
+    - g = E(z_q − z) from one product: the rounding of z_q − z acts as a perturbation ρ of z,
+      ‖ρ‖ ≤ 4ε(‖z‖ + ‖e‖max) allowed, which moves z_q* by at most ‖ρ‖ (z ↦ z_q* is a proximal
+      map: non-expansive) and p* by at most ‖ρ‖/(2√λ); p's own rounding adds ε.
+    - g from products of codes with codes and with z (``entry_scale`` s given: pgd's compiled
+      rounds): each entry rounds on its own, by up to ~ε·s, a perturbation of b that moves p* by
+      up to ~ε·s/λ and z_q* by ~ε·s/√λ; allowed twice that.
+    """
+    # In few ops (each a launch on a GPU): ‖z‖ + ‖e‖max once, scaled in place.
+    eps = torch.finfo(cert.error_bound.dtype).eps
+    size = torch.linalg.vector_norm(z.detach(), dim=-1).add_(max_code_norm(codebook.detach()))
+    p_floor = size.mul(4 * eps / math.sqrt(lam)).add_(4 * eps)
+    q_floor = size.mul_(4 * eps)  # ‖ρ‖
+    if entry_scale is not None:
+        p_floor = torch.maximum(p_floor, entry_scale.mul(2 * eps / lam).add_(2 * eps))
+        q_floor = torch.maximum(q_floor, entry_scale.mul(2 * eps / math.sqrt(lam)))
+    return cert._replace(error_bound=torch.maximum(cert.error_bound, p_floor),
+                         quantized_error_bound=torch.maximum(cert.quantized_error_bound, q_floor))
+
+
 @torch.no_grad()
 def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: float,
                 target: Optional[torch.Tensor], dense: Optional[torch.Tensor] = None,
@@ -93,32 +134,34 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
     g = code_scores(zq - z, codebook)
     scale = scq_scale(z, codebook, lam, target)
     if dense is None and isinstance(weights, SparseWeights):
-        return _certify_scq_sparse(g, weights.indices, weights.values.detach().to(g.dtype), nearest,
-                                   None if target is None else target.detach(), lam, scale)
+        return with_rounding_floor(_certify_scq_sparse(g, weights.indices, weights.values.detach().to(g.dtype), nearest,
+                                                       None if target is None else target.detach(), lam, scale),
+                                   z, codebook, lam)
     p = (densify(weights) if dense is None else dense).detach()
     # The CPU: every measurement below in one compiled pass per row.
     compiled = fused.scq_certificate(g, p, nearest if target is None else None,
                                      None if target is None else target.detach(), lam, scale)
     if compiled is not None:
-        return Certificate(*compiled)
+        return with_rounding_floor(Certificate(*compiled), z, codebook, lam)
     g.add_(p, alpha=lam)
     if target is None:
         g.scatter_add_(1, nearest.unsqueeze(1), torch.full_like(g[:, :1], -lam))
     else:
         g.sub_(target.detach(), alpha=lam)
     gp = _rowdot(g, p)
-    gap = (gp - g.amin(-1)).clamp_min(0)
+    total = p.sum(-1)
+    g_min = g.amin(-1)
+    gap = (gp - g_min).clamp_min(0)
     mu = g.sub_(gp.unsqueeze(-1))  # g + ν with ν = −gᵀp, in place
     scratch = torch.div(mu, scale.unsqueeze(-1))
-    residual = torch.maximum(_ncp_(p, scratch).amax(-1), (p.sum(-1) - 1).abs())
+    residual = torch.maximum(_ncp_(p, scratch).amax(-1), (total - 1).abs())
     # δ: μ on the support, its negative part off it; ‖δ‖² = ‖min(μ, 0)‖² + ‖max(μ, 0) on S‖².
     torch.clamp_max(mu, 0, out=scratch)
     delta_sq = _rowdot(scratch, scratch)
     torch.clamp_min(mu, 0, out=scratch).masked_fill_(p <= 0, 0)
     delta = (delta_sq + _rowdot(scratch, scratch)).sqrt()
-    error = torch.minimum((2 * gap / lam).sqrt(), delta / lam)
-    q_error = torch.minimum((2 * gap).sqrt(), delta / math.sqrt(lam))
-    return Certificate(residual, gap, error, q_error)
+    error, q_error = error_bounds(gp - total * g_min, delta, total, lam, scale)
+    return with_rounding_floor(Certificate(residual, gap, error, q_error), z, codebook, lam)
 
 
 def _coalesced(indices: torch.Tensor, values: torch.Tensor) -> "tuple[torch.Tensor, ...]":
@@ -149,7 +192,8 @@ def _certify_scq_sparse(g: torch.Tensor, indices: torch.Tensor, values: torch.Te
     code, value, weight, first = _coalesced(indices, values)
     g_s = g.gather(1, code)
     gp = (g_s * value).sum(-1)
-    gap = (gp - g.amin(-1)).clamp_min(0)
+    g_min = g.amin(-1)
+    gap = (gp - g_min).clamp_min(0)
     mu_s = g_s - gp.unsqueeze(-1)
     on_support = first & (weight != 0)  # (a nan weight too: it reaches the residual below)
     residual = torch.maximum((value.sum(-1) - 1).abs(), gap / scale)
@@ -158,8 +202,8 @@ def _certify_scq_sparse(g: torch.Tensor, indices: torch.Tensor, values: torch.Te
     neg = g.sub_(gp.unsqueeze(-1)).clamp_max_(0)
     pos = torch.where(on_support & (weight > 0), mu_s.clamp_min(0), 0)
     delta = (_rowdot(neg, neg) + (pos * pos).sum(-1)).sqrt()
-    error = torch.minimum((2 * gap / lam).sqrt(), delta / lam)
-    q_error = torch.minimum((2 * gap).sqrt(), delta / math.sqrt(lam))
+    total = value.sum(-1)
+    error, q_error = error_bounds(gp - total * g_min, delta, total, lam, scale)
     return Certificate(residual, gap, error, q_error)
 
 

@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import _validation as v
+
 # The relative KKT residual SCS reaches at eps=1e-9 on the unit-scaled problems, with margin
 # (measured ≤ 2e-9): the exact methods' default certificate tolerance.
 EXACT_TOL = 1e-7
@@ -25,6 +27,14 @@ DEFAULT_SOLVER_ARGS = {"solve_method": "SCS", "eps": 1e-9, "max_iters": 100_000,
 
 
 @functools.lru_cache(maxsize=16)
+def check_cone_options(chunk_size: int = 32, solver_args: Optional[dict] = None, **_) -> None:
+    """The cone methods' ``validate`` (registry.Method): ``chunk_size`` an int ≥ 1 (0 failed inside
+    ``range``), ``solver_args`` ``None`` or a dict of SCS settings."""
+    v.check_positive_int("chunk_size", chunk_size)
+    if solver_args is not None and not isinstance(solver_args, dict):
+        raise TypeError(f"solver_args must be a dict or None, got {type(solver_args).__name__}")
+
+
 def scq_layer(K: int, D: int):
     """minimize ‖Cp − z‖² + ‖√λ·p − √λ·p̃‖²  s.t.  p ≥ 0, 1ᵀp = 1   (C = Eᵀ)."""
     # Imported here: cvxpy's import and each compile cost seconds that the fast methods never pay.

@@ -82,9 +82,15 @@ class LassoProblem:
 
 
 def check_method(table: MethodTable, method: str, options: dict) -> Method:
-    """The method, after checking that it accepts ``options`` (done once, at the edge)."""
+    """The method, after checking that it accepts ``options`` and their values: ``tol``, every
+    method's, here; the rest by the method's own ``validate``. Done once, at the edge
+    (``solve_scq``/``solve_lasso``, a module's constructor or ``method`` setter), not per solve."""
     m = table.get(method)
     check_options(f"{table.caller}(method={method!r})", m.fn, options)
+    if options.get("tol") is not None:
+        v.check_positive("tol", options["tol"])
+    if m.validate is not None:
+        m.validate(**options)
     return m
 
 
@@ -110,8 +116,8 @@ def solve(problem, method: Method, z: torch.Tensor, codebook: torch.Tensor, opti
     the argument. Callers need not check finiteness up front, a host sync per call (nor does a
     method that is approximate by design, whose certificate usually fails: ``relaxed``).
     """
-    tol = options.get("tol")
-    tol = method.default_tol(z.dtype) if tol is None else v.check_positive("tol", tol)
+    tol = options.get("tol")  # checked at the edge (check_method)
+    tol = method.default_tol(z.dtype) if tol is None else float(tol)
     # The solvers run in the compute dtype: autocast would hand them mixed half/float tensors.
     with torch.autocast(device_type=z.device.type, enabled=False):
         if z.shape[0] == 0:

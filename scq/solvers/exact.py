@@ -18,12 +18,12 @@ from typing import Optional
 import torch
 
 from ..problems import resolve_target
-from .cvxpy_layers import EXACT_TOL, check_cpu, run_chunked, scq_layer
+from .cvxpy_layers import EXACT_TOL, check_cone_options, check_cpu, run_chunked, scq_layer
 from .registry import register_method
 
 
 @register_method("exact", "cvxpylayers (diffcp + SCS, eps=1e-9, float64): the reference, one cone program per "
-                          "vector, CPU only", tol=EXACT_TOL)
+                          "vector, CPU only", tol=EXACT_TOL, validate=check_cone_options)
 def solve_exact(
     z: torch.Tensor,
     codebook: torch.Tensor,

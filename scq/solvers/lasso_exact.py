@@ -13,12 +13,13 @@ from typing import Optional
 
 import torch
 
-from .cvxpy_layers import EXACT_TOL, check_cpu, lasso_layer, run_chunked
+from .cvxpy_layers import EXACT_TOL, check_cone_options, check_cpu, lasso_layer, run_chunked
 from .registry import register_method
 
 
 @register_method("exact", "cvxpylayers (diffcp + SCS, eps=1e-9, float64): the reference, one cone program per "
-                          "vector, CPU only", tol=EXACT_TOL, problem="lasso")
+                          "vector, CPU only", tol=EXACT_TOL, problem="lasso",
+                 validate=check_cone_options)
 def solve_lasso_exact(
     z: torch.Tensor,
     codebook: torch.Tensor,

@@ -17,7 +17,7 @@ import torch
 
 from .. import _validation as v
 from .engine import QPForm, solve
-from .engine.working_set import engine_hint, make_options
+from .engine.working_set import check_engine_options, engine_hint, make_options
 from .registry import SolverInfo, register_method
 from .solution import SparseWeights
 
@@ -25,8 +25,15 @@ from .solution import SparseWeights
 DEFAULT_RIDGE = {torch.float64: 1e-10, torch.float32: 1e-6}
 
 
+def check_lasso_pgd_options(ridge: Optional[float] = None, **engine_options) -> None:
+    """This method's ``validate``: ``ridge`` (``None`` or ≥ 0) and the engine's options."""
+    if ridge is not None:
+        v.check_nonnegative("ridge", ridge)
+    check_engine_options(**engine_options)
+
+
 @register_method("pgd", "FISTA + exact active set on signed codes, working set grown from the KKT certificate; "
-                        "CPU/CUDA, KKT backward", problem="lasso")
+                        "CPU/CUDA, KKT backward", problem="lasso", validate=check_lasso_pgd_options)
 def solve_lasso_pgd(
     z: torch.Tensor,
     codebook: torch.Tensor,
@@ -55,7 +62,7 @@ def solve_lasso_pgd(
     if ridge is None:
         e_max_sq = float((codebook.detach() ** 2).sum(-1).max())  # the engine needs it too: read once
         ridge = DEFAULT_RIDGE.get(z.dtype, 1e-6) * e_max_sq
-    ridge = v.check_nonnegative("ridge", ridge)
+    ridge = float(ridge)  # checked at the edge (check_lasso_pgd_options)
     form = QPForm(simplex=False, signed=not nonneg, ridge=ridge, l1=alpha)
     diagnostics: dict = {}
     u, code, sign = solve(z, codebook, None, form, opts, diagnostics, e_max_sq)

@@ -75,6 +75,7 @@ class Method:
     doc: str
     exact: bool = True
     tol: Optional[float] = None  # default certificate tolerance, if looser than the dtype's
+    validate: Optional[Callable[..., None]] = None  # checks option values, given as keywords
 
     def default_tol(self, dtype: torch.dtype) -> float:
         return max(default_tol(dtype), self.tol or 0.0)
@@ -88,18 +89,20 @@ class MethodTable:
         self.caller = caller  # how errors name the entry point, e.g. "solve_scq"
         self._methods: dict[str, Method] = {}
 
-    def register(self, name: str, doc: str = "", *, exact: bool = True,
-                 tol: Optional[float] = None) -> Callable[[Callable], Callable]:
+    def register(self, name: str, doc: str = "", *, exact: bool = True, tol: Optional[float] = None,
+                 validate: Optional[Callable[..., None]] = None) -> Callable[[Callable], Callable]:
         """Decorator adding ``fn`` under ``name``, with a one-line description. ``exact``: the
         method claims the exact solution (a failed certificate warns); ``tol``: its default
-        certificate tolerance where looser than the dtype's (e.g. a cone solver's accuracy)."""
+        certificate tolerance where looser than the dtype's (e.g. a cone solver's accuracy);
+        ``validate``: called with the options a caller gives (as keywords) where they enter
+        (``solve_scq``/``solve_lasso``, a module's constructor), raising on a bad value."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"method name must be a non-empty str, got {name!r}")
 
         def decorator(fn: Callable) -> Callable:
             if name in self._methods:
                 raise ValueError(f"a {self.problem} method named {name!r} is already registered")
-            self._methods[name] = Method(name, fn, doc, bool(exact), tol)
+            self._methods[name] = Method(name, fn, doc, bool(exact), tol, validate)
             return fn
 
         return decorator
@@ -132,10 +135,11 @@ def _table(problem: str) -> MethodTable:
 
 
 def register_method(name: str, doc: str = "", *, exact: bool = True, tol: Optional[float] = None,
-                    problem: str = "scq") -> Callable[[Callable], Callable]:
+                    problem: str = "scq", validate: Optional[Callable[..., None]] = None
+                    ) -> Callable[[Callable], Callable]:
     """Decorator registering an SCQ method (or, with ``problem="lasso"``, a lasso method); see
     :meth:`MethodTable.register`."""
-    return _table(problem).register(name, doc, exact=exact, tol=tol)
+    return _table(problem).register(name, doc, exact=exact, tol=tol, validate=validate)
 
 
 def get_method(name: str, problem: str = "scq") -> Method:

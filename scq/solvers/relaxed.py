@@ -29,6 +29,7 @@ from typing import Optional
 
 import torch
 
+from .. import _validation as v
 from ..simplex import project_simplex
 from ..problems import code_scores, linear_term, nearest_codes
 from .registry import SolverInfo, register_method
@@ -58,8 +59,12 @@ def unconstrained_minimizer(z: torch.Tensor, codebook: torch.Tensor, lam: float,
     return torch.cholesky_solve(b.transpose(0, 1), chol).transpose(0, 1)
 
 
+def _check_relaxed_options(projection: str = "sort", **_) -> None:
+    v.check_choice("projection", projection, ("sort", "bisect"))
+
+
 @register_method("relaxed", "the SCQ paper's one-shot relaxation Π_Δ(H⁻¹b): fast, approximate by design",
-                 exact=False)
+                 exact=False, validate=_check_relaxed_options)
 def solve_relaxed(
     z: torch.Tensor,
     codebook: torch.Tensor,

@@ -1049,8 +1049,20 @@ def _certificate_row(g, g_min, support, weight, n_support, lam, s):
         mu = g[support[j]] - gp
         worst = max(worst, abs(min(pj, mu / s)))
         delta_sq += mu * mu if (mu >= 0) & (pj > 0) else 0.0
-    delta = np.sqrt(delta_sq)
-    return worst, gap, min(np.sqrt(2 * gap / lam), delta / lam), min(np.sqrt(2 * gap), delta / np.sqrt(lam))
+    error, q_error = _bounds_row(gp - total * g_min, np.sqrt(delta_sq), total, lam, s)
+    return worst, gap, error, q_error
+
+
+@njit(**_JIT)
+def _bounds_row(gap_c, delta, total, lam, s):
+    """The error bounds from the gap on the face 1ᵀx = c (c = ``total`` = 1ᵀp; ``gap_c`` = gᵀp −
+    c·min g) and ‖δ‖, as :func:`scq.solvers.certificate.error_bounds`: inf where c ≤ 0."""
+    if not total > 0.0:
+        return np.inf, np.inf
+    off = abs(1.0 - total)
+    gap_c = max(gap_c, 0.0)
+    return (min(np.sqrt(2 * gap_c / lam), delta / lam) + off * np.sqrt(s / lam),
+            min(np.sqrt(2 * gap_c), delta / np.sqrt(lam)) + off * np.sqrt(s))
 
 
 @njit(**_JIT)

@@ -535,11 +535,16 @@ def scq_certificate_rows(G, p, nearest, target, scale, out_residual, out_gap, ou
         worst = tl.maximum(worst, tl.max(tl.where(live, tl.abs(tl.minimum(pk, mu / s)), 0.0), 0))
         part = tl.where(mu < 0.0, mu * mu, tl.where(pk > 0.0, mu * mu, 0.0))
         delta_sq += tl.sum(tl.where(live, part, 0.0), 0)
+    off = tl.abs(1.0 - total)
     gap = tl.maximum(gp - g_min, 0.0)
-    residual = tl.maximum(worst, tl.abs(total - 1.0))
+    residual = tl.maximum(worst, off)
     delta = tl.sqrt(delta_sq)
-    error = tl.minimum(tl.sqrt(2.0 * gap / lam), delta / lam)
-    q_error = tl.minimum(tl.sqrt(2.0 * gap), delta / tl.sqrt(lam))
+    # The bounds of cpu_kernels._bounds_row: the gap on the face 1ᵀx = c, plus |1 − c|'s share.
+    gap_c = tl.maximum(gp - total * g_min, 0.0)
+    error = tl.minimum(tl.sqrt(2.0 * gap_c / lam), delta / lam) + off * tl.sqrt(s / lam)
+    q_error = tl.minimum(tl.sqrt(2.0 * gap_c), delta / tl.sqrt(lam)) + off * tl.sqrt(s)
+    error = tl.where(total > 0.0, error, float("inf"))
+    q_error = tl.where(total > 0.0, q_error, float("inf"))
     bad = nan != 0
     out_t = out_residual.dtype.element_ty
     tl.store(out_residual + row, tl.where(bad, float("nan"), residual).to(out_t))

@@ -96,21 +96,26 @@ def engine_tol(dtype: torch.dtype) -> float:
     return default_tol(dtype) / (FLOAT32_AIM_INSIDE if dtype != torch.float64 else 1.0)
 
 
+# The engine's integer options and their least values (``check_engine_options``).
+_INT_OPTIONS = {"max_rounds": 1, "max_inner": 1, "working_set": 1, "add_per_round": 1, "pg_iters": 0}
+
+
+def check_engine_options(**options) -> None:
+    """The engine methods' ``validate`` (registry.Method): the integer options given, each an int
+    of at least its least value (they were clamped silently once: ``max_rounds=0`` ran one round,
+    ``pg_iters=-3`` none). Run where options enter (``dispatch.check_method``), not per solve."""
+    for name, low in _INT_OPTIONS.items():
+        if name in options:
+            v.check_int_at_least(name, options[name], low)
+
+
 def make_options(dtype: torch.dtype, tol: Optional[float], max_rounds: int, max_inner: int, working_set: int,
                  add_per_round: int, compact: bool, pg_iters: int) -> Options:
-    """Engine options from a method's keyword options (``tol=None``: :func:`engine_tol`), checked
-    here, where ``solve_scq``, ``solve_lasso`` and the modules' forwards reach them (they were
-    clamped silently before: ``max_rounds=0`` ran one round, ``pg_iters=-3`` none). ``tol`` is
-    every method's option, checked once for all of them by ``dispatch.solve``."""
-    return Options(
-        tol=engine_tol(dtype) if tol is None else float(tol),
-        max_rounds=v.check_positive_int("max_rounds", max_rounds),
-        max_inner=v.check_positive_int("max_inner", max_inner),
-        working_set=v.check_positive_int("working_set", working_set),
-        add_per_round=v.check_positive_int("add_per_round", add_per_round),
-        compact=bool(compact),
-        pg_iters=v.check_nonnegative_int("pg_iters", pg_iters),
-    )
+    """Engine options from a method's keyword options (``tol=None``: :func:`engine_tol`), their
+    values checked already (:func:`check_engine_options`)."""
+    return Options(tol=engine_tol(dtype) if tol is None else float(tol), max_rounds=int(max_rounds),
+                   max_inner=int(max_inner), working_set=int(working_set), add_per_round=int(add_per_round),
+                   compact=bool(compact), pg_iters=int(pg_iters))
 
 
 def more_per_round(n_add: int, K: int, D: int, opts: Options, simplex: bool, widest_support: int = 0) -> int:
