@@ -234,6 +234,32 @@ def test_lasso_certificate_bounds_hold_off_the_solution():
     assert (((w - ref) @ E).norm(dim=-1) <= cert.quantized_error_bound * (1 + 1e-9)).all()
 
 
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("path", ["torch", "compiled", "sparse"])
+def test_elastic_net_gap_closes_at_its_solution_and_bounds_hold_off_it(nonneg, path, monkeypatch):
+    # With a ridge ρ the gap used to be taken to the plain lasso's dual point: at least ½ρ‖w‖² even
+    # at the optimum (bounds of ~15% of ‖z‖ at ρ = 0.1·scale²). The elastic net's own dual point
+    # (the lasso's on the design [E, √ρ I]) closes it; the reference solves that augmented lasso.
+    from scq.solvers.engine import fused
+    from scq.solvers.solution import to_sparse
+
+    monkeypatch.setattr(fused, "ENABLED", path == "compiled")
+    z, E = problem(N=8, K=24, D=5, seed=11)
+    ridge, alpha = 0.5, 0.3
+    design = torch.cat([E, ridge ** 0.5 * torch.eye(24, dtype=torch.float64)], 1)
+    ref = reference_lasso(torch.cat([z, torch.zeros(8, 24, dtype=torch.float64)], 1), design, alpha, nonneg)
+    form = (lambda w: to_sparse(w)) if path == "sparse" else (lambda w: w)
+    at = certify_lasso(form(ref), z, E, alpha, nonneg, ridge)
+    assert float(at.objective_gap.max()) < 1e-5 and float(at.quantized_error_bound.max()) < 1e-2  # was 0.4
+    gen = torch.Generator().manual_seed(12)
+    w = ref + 0.05 * torch.randn(8, 24, dtype=torch.float64, generator=gen)
+    w = w.clamp_min(0) if nonneg else w
+    cert = certify_lasso(form(w), z, E, alpha, nonneg, ridge)
+    assert (((w - ref) @ E).norm(dim=-1) <= cert.quantized_error_bound + at.quantized_error_bound).all()
+    assert ((w - ref).norm(dim=-1) <= cert.error_bound + at.error_bound).all()
+    assert float(cert.objective_gap.min()) > 1e-4  # off the optimum, and measured so
+
+
 def test_negative_weights_and_off_simplex_sums_are_caught():
     z, E = problem(N=4, K=6, D=3, seed=8)
     ref = reference_scq(z, E, 0.5)

@@ -23,11 +23,15 @@ measures the same quantities from it with the same formulas (:func:`scq_scale`;
 signed form u± = max(±w, 0) with multipliers μ± = α ± g:
 
 - residual: max over k and both signs of |min(u±_k, μ±_k/s)|, s = ‖e‖max(‖e‖max + ‖z‖) + ρ + α.
-- objective_gap: f(w) − D(θ) with the dual point θ = r·min(1, α/‖Er‖∞), r = z − z_q (for
-  ``nonneg``, ‖(Er)₊‖∞), D(θ) = ½‖z‖² − ½‖z − θ‖²: a lower bound on the plain lasso's optimum,
-  hence on f's.
-- error bounds: ‖z_q − z_q*‖ ≤ √(2·gap); ‖w − w*‖ ≤ √(2·gap/ρ) (``inf`` without a ridge: the lasso
-  need not be strongly convex, z_q* is unique but w* may not be).
+- objective_gap: f(w) − D(θ̃), D the dual of f as a lasso on the design [E, √ρI] and input [z, 0],
+  at the point θ̃ = t·[r, −√ρw], t = min(1, α/‖g‖∞) (``nonneg``: α/max(−g)⁺), r = z − z_q. Written
+  as ½(1 − t)²(‖r‖² + ρ‖w‖²) + t·gᵀw + α‖w‖₁ (each part exact at the optimum, where it is 0;
+  ½‖z‖² − ½‖z − θ‖² lost ~ε‖z‖² to cancellation). The plain lasso's dual point, used before,
+  left ½ρ‖w‖² in the gap at the optimum.
+- error bounds: ‖z_q − z_q*‖² + ρ‖w − w*‖² ≤ 2·gap, so ‖z_q − z_q*‖ ≤ √(2·gap) and
+  ‖w − w*‖ ≤ √(2·gap/ρ) (``inf`` without a ridge: the lasso need not be strongly convex, z_q* is
+  unique but w* may not be); floored at the rounding of z_q − z as for SCQ (‖η‖ = 4ε(‖z‖ + ‖z_q‖)
+  on z_q, ‖η‖/√ρ on w).
 
 Off the simplex and rounding (docs/math.md §7): a p with 1ᵀp = c ≠ 1 is certified on the face
 1ᵀx = c (gap_c = gᵀp − c·min g) plus the distance between the two faces' optima, |1 − c|·√(s/λ)
@@ -97,9 +101,9 @@ def with_rounding_floor(cert: Certificate, z: torch.Tensor, codebook: torch.Tens
     """``cert`` with SCQ's error bounds raised to what its measurement can resolve (module doc),
     ε of the compute dtype (negligible in float64):
 
-    - g = E(z_q − z) from one product: the rounding of z_q − z acts as a perturbation ρ of z,
-      ‖ρ‖ ≤ 4ε(‖z‖ + ‖e‖max) allowed, which moves z_q* by at most ‖ρ‖ (z ↦ z_q* is a proximal
-      map: non-expansive) and p* by at most ‖ρ‖/(2√λ); p's own rounding adds ε.
+    - g = E(z_q − z) from one product: the rounding of z_q − z acts as a perturbation η of z,
+      ‖η‖ ≤ 4ε(‖z‖ + ‖e‖max) allowed, which moves z_q* by at most ‖η‖ (z ↦ z_q* is a proximal
+      map: non-expansive) and p* by at most ‖η‖/(2√λ); p's own rounding adds ε.
     - g from products of codes with codes and with z (``entry_scale`` s given: pgd's compiled
       rounds): each entry rounds on its own, by up to ~ε·s, a perturbation of b that moves p* by
       up to ~ε·s/λ and z_q* by ~ε·s/√λ; allowed twice that.
@@ -108,7 +112,7 @@ def with_rounding_floor(cert: Certificate, z: torch.Tensor, codebook: torch.Tens
     eps = torch.finfo(cert.error_bound.dtype).eps
     size = torch.linalg.vector_norm(z.detach(), dim=-1).add_(max_code_norm(codebook.detach()))
     p_floor = size.mul(4 * eps / math.sqrt(lam)).add_(4 * eps)
-    q_floor = size.mul_(4 * eps)  # ‖ρ‖
+    q_floor = size.mul_(4 * eps)  # ‖η‖
     if entry_scale is not None:
         p_floor = torch.maximum(p_floor, entry_scale.mul(2 * eps / lam).add_(2 * eps))
         q_floor = torch.maximum(q_floor, entry_scale.mul(2 * eps / math.sqrt(lam)))
@@ -209,11 +213,14 @@ def _certify_scq_sparse(g: torch.Tensor, indices: torch.Tensor, values: torch.Te
 
 def _lasso_sweep(G, w, scale, alpha: float, ridge: float, nonneg: bool) -> "tuple[torch.Tensor, ...]":
     """The lasso certificate's per-row terms as torch ops (the compiled sweep's reference): the
-    residual, ‖Er‖∞ (Er = −G), Σ|w| and Σw², each (N,). Written for memory: two (N, K) scratch
-    buffers beside G and w, each sign's terms reduced before the other's are made (the plain
-    expressions held 8 buffers at the peak)."""
+    residual, ‖g‖∞ (``nonneg``: max(−g)⁺), Σ|w|, Σw² and Σw·g, g = G + ρw, each (N,). Written for
+    memory: two (N, K) scratch buffers beside G and w, each sign's terms reduced before the
+    other's are made (the plain expressions held 8 buffers at the peak)."""
     s = scale.unsqueeze(-1)
-    mu = torch.add(G, w, alpha=ridge).add_(alpha).div_(s)  # (α + g)/s, g = G + ρw
+    mu = torch.add(G, w, alpha=ridge)  # g
+    g_max = (-mu.amin(-1)).clamp_min(0) if nonneg else torch.maximum(mu.amax(-1), -mu.amin(-1))
+    w_g = _rowdot(w, mu)
+    mu.add_(alpha).div_(s)  # (α + g)/s
     u = w if nonneg else w.clamp_min(0)
     residual = torch.minimum(u, mu, out=mu).abs_().amax(-1)
     if not nonneg:  # the code's other sign: |min((−w)⁺, (α − g)/s)|
@@ -221,8 +228,7 @@ def _lasso_sweep(G, w, scale, alpha: float, ridge: float, nonneg: bool) -> "tupl
         torch.neg(w, out=u).clamp_min_(0)
         residual = torch.maximum(residual, torch.minimum(u, mu, out=mu).abs_().amax(-1))
     del mu, u
-    er_max = (-G.amin(-1)).clamp_min(0) if nonneg else torch.maximum(G.amax(-1), -G.amin(-1))
-    return residual, er_max, torch.linalg.vector_norm(w, ord=1, dim=-1), _rowdot(w, w)
+    return residual, g_max, torch.linalg.vector_norm(w, ord=1, dim=-1), _rowdot(w, w), w_g
 
 
 def _lasso_sweep_sparse(G, indices, values, scale, alpha: float, ridge: float, nonneg: bool) -> "tuple[torch.Tensor, ...]":
@@ -234,16 +240,18 @@ def _lasso_sweep_sparse(G, indices, values, scale, alpha: float, ridge: float, n
     code, _, weight, first = _coalesced(indices, values)
     on = first & (weight != 0)  # (a nan weight too: it reaches the sums below)
     g_s = G.gather(1, code) + ridge * weight
-    er_max = (-G.amin(-1)).clamp_min(0) if nonneg else torch.maximum(G.amax(-1), -G.amin(-1))
     off = G.neg_() if nonneg else G.abs_()
     off.scatter_reduce_(1, code, torch.where(on, float("-inf"), float("inf")).to(G.dtype), reduce="amin")
     s = scale.unsqueeze(-1)
     terms = _ncp(weight if nonneg else weight.clamp_min(0), (alpha + g_s) / s)
     if not nonneg:
         terms = torch.maximum(terms, _ncp((-weight).clamp_min(0), (alpha - g_s) / s))
-    residual = torch.maximum((off.amax(-1) - alpha).clamp_min(0) / scale, torch.where(on, terms, 0).amax(-1))
+    off_max = off.amax(-1)  # the codes off the support: g_k = G_k
+    residual = torch.maximum((off_max - alpha).clamp_min(0) / scale, torch.where(on, terms, 0).amax(-1))
+    g_max = torch.maximum(off_max, torch.where(on, -g_s if nonneg else g_s.abs(), -math.inf).amax(-1))
     counted = torch.where(first, weight, 0)
-    return residual, er_max, counted.abs().sum(-1), (counted * counted).sum(-1)
+    return (residual, g_max.clamp_min(0) if nonneg else g_max, counted.abs().sum(-1), (counted * counted).sum(-1),
+            (counted * g_s).sum(-1))
 
 
 @torch.no_grad()
@@ -263,11 +271,17 @@ def certify_lasso(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, alp
     swept = fused.lasso_certificate(G, w if sparse else w.detach(), scale, alpha, ridge, nonneg)
     if swept is None and sparse:
         swept = _lasso_sweep_sparse(G, w.indices, w.values.detach().to(G.dtype), scale, alpha, ridge, nonneg)
-    residual, er_max, w_abs, w_sq = _lasso_sweep(G, w.detach(), scale, alpha, ridge, nonneg) if swept is None else swept
-    # Dual point θ = r·min(1, α/‖Er‖∞) (Er = −g without the ridge term: −G).
-    theta = r * torch.clamp(alpha / er_max.clamp_min(torch.finfo(r.dtype).tiny), max=1.0).unsqueeze(-1)
-    primal = 0.5 * (r * r).sum(-1) + alpha * w_abs + 0.5 * ridge * w_sq
-    dual = 0.5 * (z * z).sum(-1) - 0.5 * ((z - theta) ** 2).sum(-1)
-    gap = (primal - dual).clamp_min(0)
+    residual, g_max, w_abs, w_sq, w_g = _lasso_sweep(G, w.detach(), scale, alpha, ridge, nonneg) if swept is None \
+        else swept
+    # The gap to the elastic net's dual point t·r̃ (module doc), in a form without the
+    # cancellation of ½‖z‖² against ½‖z − θ‖² (float32 lost ~ε‖z‖² to it): zero at the optimum.
+    t = torch.clamp(alpha / g_max.clamp_min(torch.finfo(r.dtype).tiny), max=1.0)
+    gap = (0.5 * (1 - t) ** 2 * (_rowdot(r, r) + ridge * w_sq) + t * w_g + alpha * w_abs).clamp_min(0)
     error = (2 * gap / ridge).sqrt() if ridge else torch.full_like(gap, math.inf)
-    return Certificate(residual, gap, error, (2 * gap).sqrt())
+    cert = Certificate(residual, gap, error, (2 * gap).sqrt())
+    # Rounding (docs/math.md §7): that of z_q − z is a perturbation η of z; z ↦ z_q* is a
+    # proximal map (non-expansive) and w* by at most ‖η‖/(2√ρ).
+    eps = torch.finfo(gap.dtype).eps
+    eta = (4 * eps) * (torch.linalg.vector_norm(z, dim=-1) + torch.linalg.vector_norm(zq, dim=-1))
+    return cert._replace(error_bound=torch.maximum(error, eta / math.sqrt(ridge)) if ridge else error,
+                         quantized_error_bound=torch.maximum(cert.quantized_error_bound, eta))

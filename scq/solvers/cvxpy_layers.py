@@ -26,7 +26,6 @@ EXACT_TOL = 1e-7
 DEFAULT_SOLVER_ARGS = {"solve_method": "SCS", "eps": 1e-9, "max_iters": 100_000, "mode": "dense"}
 
 
-@functools.lru_cache(maxsize=16)
 def check_cone_options(chunk_size: int = 32, solver_args: Optional[dict] = None, **_) -> None:
     """The cone methods' ``validate`` (registry.Method): ``chunk_size`` an int ≥ 1 (0 failed inside
     ``range``), ``solver_args`` ``None`` or a dict of SCS settings."""
@@ -35,6 +34,7 @@ def check_cone_options(chunk_size: int = 32, solver_args: Optional[dict] = None,
         raise TypeError(f"solver_args must be a dict or None, got {type(solver_args).__name__}")
 
 
+@functools.lru_cache(maxsize=16)
 def scq_layer(K: int, D: int):
     """minimize ‖Cp − z‖² + ‖√λ·p − √λ·p̃‖²  s.t.  p ≥ 0, 1ᵀp = 1   (C = Eᵀ)."""
     # Imported here: cvxpy's import and each compile cost seconds that the fast methods never pay.

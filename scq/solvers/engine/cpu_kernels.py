@@ -1116,13 +1116,14 @@ def scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error
 
 
 @njit(**_JIT)
-def lasso_certificate_rows(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq, lo, hi):
+def lasso_certificate_rows(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, g_max, w_abs, w_sq, w_g, lo,
+                           hi):
     """The per-row sweep of the lasso certificate (:func:`scq.solvers.certificate.certify_lasso`)
     over rows ``lo..hi`` of G = E(z_q − z) and the weights w, ``scale`` the rows' scales (N,):
     with g = G + ρw, the residual max_k |min(w_k, (α + g_k)/s)| (w_k's positive part unless
-    ``nonneg``; signed: also |min((−w_k)⁺, (α − g_k)/s)|), ‖Er‖∞ (Er = −G; ``nonneg``: its
-    positive part), Σ|w_k| and Σw_k² (sums in float64). One pass where the torch path makes ~15
-    over (N, K) tensors; all four nan where G or w holds a nan, as the torch path's are.
+    ``nonneg``; signed: also |min((−w_k)⁺, (α − g_k)/s)|), ‖g‖∞ (``nonneg``: max(−g)⁺), Σ|w_k|,
+    Σw_k² and Σw_k·g_k (sums in float64). One pass where the torch path makes ~15 over (N, K)
+    tensors; all five nan where G or w holds a nan, as the torch path's are.
 
     w dense (N, K), or (``w`` (0, K)) sparse: row n is Σ_j w_val[n, j]·one_hot(w_idx[n, j]) (as
     ``SparseWeights.to_dense``), spread into one (K,) row at a time: no (N, K) w in memory."""
@@ -1144,6 +1145,7 @@ def lasso_certificate_rows(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, resi
         emax = zero
         total_abs = 0.0
         total_sq = 0.0
+        total_wg = 0.0
         bad = False
         for k in range(K):
             wk = wn[k]
@@ -1155,17 +1157,18 @@ def lasso_certificate_rows(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, resi
             if not nonneg:
                 r = max(r, abs(min(max(-wk, zero), down)))
             res = max(res, r)
-            e = -G[n, k]
+            e = -gk
             emax = max(emax, max(e, zero) if nonneg else abs(e))
             total_abs += abs(np.float64(wk))
             total_sq += np.float64(wk) * np.float64(wk)
+            total_wg += np.float64(wk) * np.float64(gk)
             # min and max drop a nan where torch's propagate it: look for one in what they read
             # (inf inputs make inf/inf here)
             bad |= (up != up) | (down != down) | (wk != wk)
         if bad:
-            residual[n] = er_max[n] = w_abs[n] = w_sq[n] = np.nan
+            residual[n] = g_max[n] = w_abs[n] = w_sq[n] = w_g[n] = np.nan
         else:
-            residual[n], er_max[n], w_abs[n], w_sq[n] = res, emax, total_abs, total_sq
+            residual[n], g_max[n], w_abs[n], w_sq[n], w_g[n] = res, emax, total_abs, total_sq, total_wg
         for j in range(w_idx.shape[1] if sparse else 0):  # the row back to zeros
             row[w_idx[n, j]] = zero
 
@@ -1528,9 +1531,10 @@ def scq_certificate_par(G, p, nearest, target, lam, scale, residual, gap, error,
 
 
 @njit(parallel=True, **_JIT)
-def lasso_certificate_par(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq, bounds):
+def lasso_certificate_par(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, g_max, w_abs, w_sq, w_g,
+                          bounds):
     for t in prange(bounds.shape[0] - 1):
-        lasso_certificate_rows(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, er_max, w_abs, w_sq,
+        lasso_certificate_rows(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, g_max, w_abs, w_sq, w_g,
                                bounds[t], bounds[t + 1])
 
 

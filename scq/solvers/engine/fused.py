@@ -357,15 +357,15 @@ def scq_certificate(G, p, nearest, target, lam: float, scale):
 
 def lasso_certificate(G, w, scale, alpha: float, ridge: float, nonneg: bool):
     """The lasso certificate's per-row sweep on the CPU
-    (:func:`scq.solvers.engine.cpu_kernels.lasso_certificate_rows`): (residual, ‖Er‖∞, Σ|w|, Σw²),
-    four (N,) tensors, or ``None`` (CUDA, kernels off: the torch path). ``w``: dense (N, K), or
+    (:func:`scq.solvers.engine.cpu_kernels.lasso_certificate_rows`): (residual, ‖g‖∞, Σ|w|, Σw²,
+    Σw·g), five (N,) tensors, or ``None`` (CUDA, kernels off: the torch path). ``w``: dense (N, K), or
     ``SparseWeights``, read as they are (no (N, K) tensor made of them)."""
     sparse = not isinstance(w, torch.Tensor)
     values = w.values.detach() if sparse else w
 
     def run(k):
         N, K = G.shape
-        out = [torch.empty(N, dtype=G.dtype) for _ in range(4)]
+        out = [torch.empty(N, dtype=G.dtype) for _ in range(5)]
         if sparse:
             dense, idx, val = np.zeros((0, K), dtype=_numpy(G).dtype), _numpy(w.indices), _numpy(values)
         else:
