@@ -260,6 +260,25 @@ def test_elastic_net_gap_closes_at_its_solution_and_bounds_hold_off_it(nonneg, p
     assert float(cert.objective_gap.min()) > 1e-4  # off the optimum, and measured so
 
 
+@pytest.mark.parametrize("ridge,nonneg", [(0.0, False), (0.1, False), (0.1, True)])
+def test_float32_lasso_bounds_cover_the_distance_to_the_float64_solution(ridge, nonneg):
+    # Scale 10, as the elastic-net bounds were loosest there (~15% of ‖z‖ before the elastic net's
+    # own dual point).
+    g = torch.Generator().manual_seed(21)
+    E, z = 10 * torch.randn(64, 8, generator=g, dtype=torch.float64), 10 * torch.randn(64, 8, generator=g, dtype=torch.float64)
+    alpha, ridge = 10.0, 100 * ridge
+    ref = scq.solve_lasso(z, E, alpha, nonneg=nonneg, ridge=ridge, tol=1e-12)
+    ref_bound = certify_lasso(ref, z, E, alpha, nonneg, ridge)
+    w, info = scq.solve_lasso(z.float(), E.float(), alpha, nonneg=nonneg, ridge=ridge, return_info=True)
+    assert info.converged
+    cert = certify_lasso(w, z.float(), E.float(), alpha, nonneg, ridge)
+    zq_err = ((w.double() - ref) @ E).norm(dim=-1) - ref_bound.quantized_error_bound
+    assert (zq_err <= cert.quantized_error_bound.double()).all()
+    if ridge:
+        assert ((w.double() - ref).norm(dim=-1) - ref_bound.error_bound <= cert.error_bound.double()).all()
+    assert float((cert.quantized_error_bound.double() / z.norm(dim=-1)).median()) < 1e-3  # informative
+
+
 def test_negative_weights_and_off_simplex_sums_are_caught():
     z, E = problem(N=4, K=6, D=3, seed=8)
     ref = reference_scq(z, E, 0.5)
