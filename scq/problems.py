@@ -22,11 +22,12 @@ def max_code_norm(codebook: torch.Tensor) -> torch.Tensor:
     return codebook.norm(dim=-1).max()
 
 
-def row_scale(z: torch.Tensor, e_max: torch.Tensor, constant) -> torch.Tensor:
+def row_scale(z: torch.Tensor, e_max: torch.Tensor, constant, z_norm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The size of the terms a row's multipliers are made of, ‖e‖max(‖e‖max + ‖z‖) + ``constant``
     (N,): relative KKT tolerances are relative to this. The engine's stopping rule and the
-    certificate both use it, so that what the engine accepts the certificate can pass."""
-    return e_max * (e_max + z.norm(dim=-1)) + constant
+    certificate both use it, so that what the engine accepts the certificate can pass. ``z_norm``:
+    ‖z‖ per row, where the caller has it."""
+    return e_max * (e_max + (z.norm(dim=-1) if z_norm is None else z_norm)) + constant
 
 
 def code_scores(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -76,10 +76,24 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
-def scq_scale(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optional[torch.Tensor]) -> torch.Tensor:
-    """The residual's scale s of each row (N,) (see the module doc)."""
-    return row_scale(z.detach(), max_code_norm(codebook.detach()),
-                     lam * (1 + (1.0 if target is None else target.detach().abs().amax(-1))))
+class Sizes(NamedTuple):
+    """‖z‖ per row (N,) and ‖e‖max (0-dim): the row scale s and the rounding floor are made of them."""
+
+    z_norm: torch.Tensor
+    e_max: torch.Tensor
+
+
+def sizes_of(z: torch.Tensor, codebook: torch.Tensor) -> Sizes:
+    return Sizes(torch.linalg.vector_norm(z.detach(), dim=-1), max_code_norm(codebook.detach()))
+
+
+def scq_scale(z: torch.Tensor, codebook: torch.Tensor, lam: float, target: Optional[torch.Tensor],
+              sizes: Optional[Sizes] = None) -> torch.Tensor:
+    """The residual's scale s of each row (N,) (see the module doc); ``sizes``: :func:`sizes_of`
+    (z, codebook), where the caller has them."""
+    sizes = sizes_of(z, codebook) if sizes is None else sizes
+    return row_scale(z, sizes.e_max, lam * (1 + (1.0 if target is None else target.detach().abs().amax(-1))),
+                     sizes.z_norm)
 
 
 def error_bounds(gap_c: torch.Tensor, delta: torch.Tensor, total: torch.Tensor, lam: float,
@@ -96,7 +110,7 @@ def error_bounds(gap_c: torch.Tensor, delta: torch.Tensor, total: torch.Tensor, 
     return error.masked_fill(nowhere, math.inf), q_error.masked_fill(nowhere, math.inf)
 
 
-def with_rounding_floor(cert: Certificate, z: torch.Tensor, codebook: torch.Tensor, lam: float,
+def with_rounding_floor(cert: Certificate, sizes: Sizes, lam: float,
                         entry_scale: Optional[torch.Tensor] = None) -> Certificate:
     """``cert`` with SCQ's error bounds raised to what its measurement can resolve (module doc),
     ε of the compute dtype (negligible in float64):
@@ -108,9 +122,9 @@ def with_rounding_floor(cert: Certificate, z: torch.Tensor, codebook: torch.Tens
       rounds): each entry rounds on its own, by up to ~ε·s, a perturbation of b that moves p* by
       up to ~ε·s/λ and z_q* by ~ε·s/√λ; allowed twice that.
     """
-    # In few ops (each a launch on a GPU): ‖z‖ + ‖e‖max once, scaled in place.
+    # In few ops (each a launch on a GPU): ‖z‖ + ‖e‖max (the sizes s was made of) once, scaled in place.
     eps = torch.finfo(cert.error_bound.dtype).eps
-    size = torch.linalg.vector_norm(z.detach(), dim=-1).add_(max_code_norm(codebook.detach()))
+    size = sizes.z_norm + sizes.e_max
     p_floor = size.mul(4 * eps / math.sqrt(lam)).add_(4 * eps)
     q_floor = size.mul_(4 * eps)  # ‖η‖
     if entry_scale is not None:
@@ -136,17 +150,18 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
         nearest = nearest_code(code_scores(z, codebook), codebook)
     zq = combine(weights, codebook).detach()
     g = code_scores(zq - z, codebook)
-    scale = scq_scale(z, codebook, lam, target)
+    sizes = sizes_of(z, codebook)
+    scale = scq_scale(z, codebook, lam, target, sizes)
     if dense is None and isinstance(weights, SparseWeights):
         return with_rounding_floor(_certify_scq_sparse(g, weights.indices, weights.values.detach().to(g.dtype), nearest,
                                                        None if target is None else target.detach(), lam, scale),
-                                   z, codebook, lam)
+                                   sizes, lam)
     p = (densify(weights) if dense is None else dense).detach()
     # The CPU: every measurement below in one compiled pass per row.
     compiled = fused.scq_certificate(g, p, nearest if target is None else None,
                                      None if target is None else target.detach(), lam, scale)
     if compiled is not None:
-        return with_rounding_floor(Certificate(*compiled), z, codebook, lam)
+        return with_rounding_floor(Certificate(*compiled), sizes, lam)
     g.add_(p, alpha=lam)
     if target is None:
         g.scatter_add_(1, nearest.unsqueeze(1), torch.full_like(g[:, :1], -lam))
@@ -165,7 +180,7 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
     torch.clamp_min(mu, 0, out=scratch).masked_fill_(p <= 0, 0)
     delta = (delta_sq + _rowdot(scratch, scratch)).sqrt()
     error, q_error = error_bounds(gp - total * g_min, delta, total, lam, scale)
-    return with_rounding_floor(Certificate(residual, gap, error, q_error), z, codebook, lam)
+    return with_rounding_floor(Certificate(residual, gap, error, q_error), sizes, lam)
 
 
 def _coalesced(indices: torch.Tensor, values: torch.Tensor) -> "tuple[torch.Tensor, ...]":

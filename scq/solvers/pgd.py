@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .certificate import Certificate, scq_scale, with_rounding_floor
+from .certificate import Certificate, scq_scale, sizes_of, with_rounding_floor
 from .engine import QPForm, solve
 from .engine.working_set import check_engine_options, engine_hint, make_options
 from .registry import SolverInfo, register_method
@@ -64,17 +64,18 @@ def solve_pgd(
     opts = make_options(z.dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact, pg_iters)
     form = QPForm(simplex=True, signed=False, ridge=lam, l1=0.0, start_bonus=lam)
     diagnostics: dict = {}
-    scale: list = []  # the certificate's row scale, kept where the rounds measure with it: its rounding floor
+    kept: dict = {}  # the certificate's sizes and row scale, where the rounds measure with them: its rounding floor
 
     def certify_scale() -> torch.Tensor:
-        scale.append(scq_scale(z, codebook, lam, target))
-        return scale[-1]
+        kept["sizes"] = sizes = sizes_of(z, codebook)
+        kept["scale"] = scq_scale(z, codebook, lam, target, sizes)
+        return kept["scale"]
 
     values, indices, _ = solve(z, codebook, None if target is None else lam * target, form, opts, diagnostics,
                                certify_scale=certify_scale)
     measured = diagnostics.pop("certificate", None)  # the rounds' own measurement (compiled path only)
     info = SolverInfo("pgd", iterations=diagnostics.pop("iterations"), extra=diagnostics)
     if measured is not None:
-        info.extra["certificate"] = with_rounding_floor(Certificate(*measured), z, codebook, lam, scale[-1])
+        info.extra["certificate"] = with_rounding_floor(Certificate(*measured), kept["sizes"], lam, kept["scale"])
     info.extra["hint"] = lambda: engine_hint(diagnostics, opts)
     return SparseWeights(indices, values, codebook.shape[0]), info
