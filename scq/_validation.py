@@ -103,10 +103,6 @@ def check_positive_int(name: str, value: object) -> int:
     return check_int_at_least(name, value, 1)
 
 
-def check_nonnegative_int(name: str, value: object) -> int:
-    return check_int_at_least(name, value, 0)
-
-
 def check_choice(name: str, value: object, choices: tuple) -> object:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")

@@ -108,6 +108,9 @@ class _ProjectSimplex(torch.autograd.Function):
         return g.sub_(g.sum(-1, keepdim=True) / size.to(grad.dtype)).masked_fill_(off, 0), None, None
 
 
+PROJECTIONS = ("sort", "bisect")  # project_simplex's methods
+
+
 def project_simplex(x: torch.Tensor, dim: int = -1, *, method: str = "sort", n_iter: int = 50) -> torch.Tensor:
     """Euclidean projection of ``x`` onto the probability simplex along ``dim`` (sparsemax).
 
@@ -126,7 +129,7 @@ def project_simplex(x: torch.Tensor, dim: int = -1, *, method: str = "sort", n_i
     check_tensor("x", x)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension")
-    if method not in ("sort", "bisect"):
+    if method not in PROJECTIONS:
         raise ValueError(f"method must be 'sort' or 'bisect', got {method!r}")
     if x.shape[dim] == 0:
         raise ValueError(f"x has size 0 along dim={dim}: the simplex of dimension 0 is empty")

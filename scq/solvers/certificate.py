@@ -278,7 +278,8 @@ def certify_lasso(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, alp
     zq = combine(weights, codebook).detach()
     r = z - zq
     G = code_scores(-r, codebook)  # E(z_q − z)
-    scale = row_scale(z, max_code_norm(codebook), ridge + alpha)
+    sizes = sizes_of(z, codebook)
+    scale = row_scale(z, sizes.e_max, ridge + alpha, sizes.z_norm)
     # The per-row sweep over K in one compiled pass where there is one (CPU), else torch ops;
     # sparse weights are read on their support either way.
     w = weights if dense is None else dense
@@ -297,6 +298,6 @@ def certify_lasso(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, alp
     # Rounding (docs/math.md §7): that of z_q − z is a perturbation η of z; z ↦ z_q* is a
     # proximal map (non-expansive) and w* by at most ‖η‖/(2√ρ).
     eps = torch.finfo(gap.dtype).eps
-    eta = (4 * eps) * (torch.linalg.vector_norm(z, dim=-1) + torch.linalg.vector_norm(zq, dim=-1))
+    eta = torch.linalg.vector_norm(zq, dim=-1).add_(sizes.z_norm).mul_(4 * eps)
     return cert._replace(error_bound=torch.maximum(error, eta / math.sqrt(ridge)) if ridge else error,
                          quantized_error_bound=torch.maximum(cert.quantized_error_bound, eta))

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from .. import _validation as v
-from ..simplex import project_simplex
+from ..simplex import PROJECTIONS, project_simplex
 from ..problems import code_scores, linear_term, nearest_codes
 from .registry import SolverInfo, register_method
 
@@ -60,7 +60,7 @@ def unconstrained_minimizer(z: torch.Tensor, codebook: torch.Tensor, lam: float,
 
 
 def _check_relaxed_options(projection: str = "sort", **_) -> None:
-    v.check_choice("projection", projection, ("sort", "bisect"))
+    v.check_choice("projection", projection, PROJECTIONS)
 
 
 @register_method("relaxed", "the SCQ paper's one-shot relaxation Π_Δ(H⁻¹b): fast, approximate by design",
