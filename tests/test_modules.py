@@ -108,16 +108,26 @@ def test_inits(init):
     assert torch.isfinite(q.codebook).all()
 
 
-def test_modules_pickle_and_reload(tmp_path):
+@pytest.mark.parametrize("used", [False, True])
+def test_modules_pickle_and_reload(used):
     import io
 
-    for q in (scq.VQ(4, 8), scq.SCQ(4, 8), scq.SVQ(4, 16, solver="lasso", alpha=0.5)):
+    # ``used``: after a forward and backward, whose last_info held a lambda (pgd's and the lasso's
+    # hint): torch.save(model) failed on any model that had run once.
+    x = torch.randn(5, 4, requires_grad=True)
+    modules = (scq.VQ(4, 8), scq.SCQ(4, 8), scq.SCQ(4, 8, method="relaxed"), scq.SVQ(4, 16, solver="lasso", alpha=0.5),
+               scq.SVQ(4, 16, solver="mlp"))
+    for q in modules:
+        if used:
+            q(x).quantized.sum().backward()
         buffer = io.BytesIO()
         torch.save(q, buffer)
         buffer.seek(0)
         again = torch.load(buffer, weights_only=False)
         assert torch.equal(again.codebook, q.codebook)
         again.load_state_dict(q.state_dict())  # the codebook check runs after loading
+        torch.testing.assert_close(again(x.detach()).quantized, q(x.detach()).quantized)
+        assert dict(again.solver_options if hasattr(q, "solver_options") else {}) == dict(getattr(q, "solver_options", {}))
 
 
 def test_hyperparameters_are_checked_when_set():

@@ -1,5 +1,7 @@
 """Bad input is rejected early with an error naming the argument (every method, every entry point)."""
 
+import copy
+import io
 import math
 
 import pytest
@@ -127,9 +129,9 @@ def test_option_values_are_checked_where_they_enter(zE, method, option, value, e
         with pytest.raises(TypeError, match="unknown options"):
             q.method = method  # max_rounds is pgd's
         q = scq.SCQ(E.shape[1], E.shape[0], method=method)
-        q.solver_options[option] = value
         with pytest.raises(error, match=message):
-            q.method = method
+            q.solver_options[option] = value  # a change after construction is checked too
+        assert option not in q.solver_options
 
 
 @pytest.mark.parametrize("option,value,error,message", [
@@ -285,3 +287,47 @@ def test_an_approximate_methods_bad_inputs_are_named_too(bad):
     x[2, 1] = bad
     with pytest.raises(ValueError, match="x contains NaN or Inf"):
         q(x)
+
+
+def test_solver_options_changed_after_construction_are_checked(zE):
+    # They were a plain dict: q.solver_options["max_rounds"] = 0 was taken and clamped at the next
+    # forward. Every way of changing them is checked now, and a refused change leaves them as they were.
+    z, E = zE
+    q = scq.SCQ(E.shape[1], E.shape[0], method="pgd", max_rounds=5)
+    with pytest.raises(ValueError, match="max_rounds must be >= 1, got 0"):
+        q.solver_options["max_rounds"] = 0
+    with pytest.raises(TypeError, match=r"unknown options \['projection'\]"):
+        q.solver_options.update(tol=1e-6, projection="sort")
+    with pytest.raises(TypeError, match="unknown options"):
+        q.solver_options = {"projection": "sort"}
+    assert dict(q.solver_options) == {"max_rounds": 5}
+    q.solver_options.update(tol=1e-6, pg_iters=3)
+    del q.solver_options["max_rounds"]
+    assert dict(q.solver_options) == {"tol": 1e-6, "pg_iters": 3}
+    assert "pg_iters=3" in repr(q)
+    q(z)
+    assert q.last_info.tol == 1e-6  # the options changed are the ones the solve runs with
+    # A copy (deepcopy, torch.save) checks against its own method.
+    twin = copy.deepcopy(q)
+    twin.solver_options = {}
+    twin.method = "relaxed"
+    twin.solver_options["projection"] = "bisect"
+    assert dict(q.solver_options) == {"tol": 1e-6, "pg_iters": 3} and q.method == "pgd"
+    buffer = io.BytesIO()
+    torch.save(q, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    with pytest.raises(ValueError, match="pg_iters must be >= 0, got -1"):
+        loaded.solver_options["pg_iters"] = -1
+    assert loaded.solver_options["pg_iters"] == 3
+
+
+def test_svq_solver_options_changed_after_construction_are_checked():
+    lasso = scq.SVQ(8, 16, solver="lasso", ridge=0.1)
+    with pytest.raises(ValueError, match="ridge must be a finite number >= 0, got -1"):
+        lasso.solver_options["ridge"] = -1
+    assert lasso.solver_options["ridge"] == 0.1
+    mlp = scq.SVQ(8, 16, solver="mlp")
+    with pytest.raises(TypeError, match="solver='mlp' takes no solver options, got \\['tol'\\]"):
+        mlp.solver_options["tol"] = 1e-3
+    assert len(mlp.solver_options) == 0

@@ -9,7 +9,8 @@ healthy before it is used, and tracks usage after.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,44 @@ def split_features(kwargs: dict) -> "tuple[dict, dict]":
     """(the training features among ``kwargs``, everything else: the solver's options)."""
     features = {k: v for k, v in kwargs.items() if k in FEATURES}
     return features, {k: v for k, v in kwargs.items() if k not in FEATURES}
+
+
+class SolverOptions(MutableMapping):
+    """A module's solver options (``SCQ(..., tol=1e-6).solver_options``): a dict whose every change
+    is checked as the constructor checked the options, before it is made: ``options["tol"] = -1``
+    raises and leaves them as they were, instead of failing (or being clamped) at a later forward.
+    ``check(options)``: the owner's check of a whole new set of options (unknown names, values)."""
+
+    def __init__(self, options: Mapping[str, Any], check: Callable[[dict], None]):
+        self._options = dict(options)
+        self._check = check
+
+    def _replace(self, options: dict) -> None:
+        self._check(options)
+        self._options = options
+
+    def __getitem__(self, name: str) -> Any:
+        return self._options[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._replace({**self._options, name: value})
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self._options:
+            raise KeyError(name)
+        self._replace({k: val for k, val in self._options.items() if k != name})
+
+    def update(self, *args, **kwargs) -> None:  # one check for the whole change, not one per item
+        self._replace({**self._options, **dict(*args, **kwargs)})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._options)
+
+    def __len__(self) -> int:
+        return len(self._options)
+
+    def __repr__(self) -> str:
+        return repr(self._options)
 
 
 class _Quantized(NamedTuple):

@@ -27,7 +27,7 @@ from ..functional import check_alpha
 from ..solvers.dispatch import LassoProblem, check_method, solve
 from ..solvers.registry import LASSO_METHODS, SolverInfo
 from ..solvers.solution import combine, hard_codes
-from .base import Quantizer, _Quantized, split_features
+from .base import Quantizer, SolverOptions, _Quantized, split_features
 
 SOLVERS = ("mlp", "lasso")
 
@@ -98,8 +98,6 @@ class SVQ(Quantizer):
         self.alpha = check_alpha(alpha)
         self.nonneg = bool(nonneg)
         self.strict = bool(strict)
-        if solver == "mlp" and solver_options:
-            raise TypeError(f"solver='mlp' takes no solver options, got {sorted(solver_options)}")
         self.solver_options = solver_options
         self.lasso_method = lasso_method
         self.last_info: SolverInfo | None = None
@@ -125,6 +123,23 @@ class SVQ(Quantizer):
     @property
     def freeze_projection(self) -> bool:
         return self.solver == "mlp" and not any(p.requires_grad for p in self.mlp.parameters())
+
+    @property
+    def solver_options(self) -> SolverOptions:
+        """The options the lasso method is called with (``tol``, ``ridge``, ...); a change, to an
+        item or the whole, is checked against the method before it is made."""
+        return self._solver_options
+
+    @solver_options.setter
+    def solver_options(self, options: "dict[str, object]") -> None:
+        self._check_options(options)
+        self._solver_options = SolverOptions(options, self._check_options)
+
+    def _check_options(self, options: dict) -> None:
+        if self.solver == "mlp" and options:
+            raise TypeError(f"solver='mlp' takes no solver options, got {sorted(options)}")
+        if "_lasso_method" in self.__dict__:  # (in the constructor, the method's setter checks them next)
+            check_method(LASSO_METHODS, self.lasso_method, options)
 
     @property
     def lasso_method(self) -> str:

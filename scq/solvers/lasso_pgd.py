@@ -11,6 +11,8 @@ dw_S = G_SS⁻¹(E_S dz + dE_S r − E_S dE_Sᵀ w_S), G_SS = E_S E_Sᵀ + ρI.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Optional
 
 import torch
@@ -67,5 +69,6 @@ def solve_lasso_pgd(
     diagnostics: dict = {}
     u, code, sign = solve(z, codebook, None, form, opts, diagnostics, e_max_sq)
     info = SolverInfo("pgd", iterations=diagnostics.pop("iterations"), extra=diagnostics)
-    info.extra.update(ridge=ridge, hint=lambda: engine_hint(diagnostics, opts))
+    # (A partial, not a lambda: picklable, so that torch.save of a module keeps its last_info.)
+    info.extra.update(ridge=ridge, hint=functools.partial(engine_hint, diagnostics, opts))
     return SparseWeights(code, u * sign, codebook.shape[0]), info

@@ -13,6 +13,8 @@ relaxation), in the input's dtype, on CPU and CUDA, with O(N·K + N·m²) memory
 
 from __future__ import annotations
 
+import functools
+
 from typing import Optional
 
 import torch
@@ -77,5 +79,6 @@ def solve_pgd(
     info = SolverInfo("pgd", iterations=diagnostics.pop("iterations"), extra=diagnostics)
     if measured is not None:
         info.extra["certificate"] = with_rounding_floor(Certificate(*measured), kept["sizes"], lam, kept["scale"])
-    info.extra["hint"] = lambda: engine_hint(diagnostics, opts)
+    # (A partial, not a lambda: picklable, so that torch.save of a module keeps its last_info.)
+    info.extra["hint"] = functools.partial(engine_hint, diagnostics, opts)
     return SparseWeights(indices, values, codebook.shape[0]), info
