@@ -8,10 +8,12 @@ from tests.helpers import assert_close
 
 
 @pytest.mark.parametrize("cls,kwargs", [(scq.VQ, {}), (scq.SCQ, {}), (scq.SCQ, {"method": "relaxed"})])
-@pytest.mark.parametrize("shape", [(7, 6), (2, 3, 6), (2, 0, 6)])
+@pytest.mark.parametrize("shape", [(7, 6), (2, 3, 6), (2, 0, 6), (6,)])
 def test_output_shapes_unpack(cls, kwargs, shape):
+    # (6,): one vector, no batch axes, as nn.Linear takes it (it failed in the indices' reshape).
     q = cls(6, 10, **kwargs)
-    out = q(torch.randn(*shape))
+    x = torch.randn(*shape)
+    out = q(x)
     quantized, weights, indices, loss = out
     assert isinstance(out, scq.QuantizerOutput)
     assert quantized.shape == shape
@@ -21,6 +23,34 @@ def test_output_shapes_unpack(cls, kwargs, shape):
     if weights.numel():
         assert_close(weights.sum(-1), torch.ones(shape[:-1]), atol=1e-5)
         assert torch.equal(indices, weights.argmax(-1))
+    if len(shape) == 1:  # the same answer as a batch of one
+        one = q(x[None])
+        assert_close(one.quantized[0], quantized)
+        assert torch.equal(one.indices[0], indices)
+
+
+@pytest.mark.parametrize("cls,kwargs", [(scq.SCQ, {}), (scq.SVQ, {"solver": "lasso", "alpha": 0.5}),
+                                        (scq.SVQ, {"solver": "mlp"})])
+def test_one_vector_with_heads_and_sparse_weights(cls, kwargs):
+    x = torch.randn(6, requires_grad=True)
+    out = cls(6, 10, heads=2, **kwargs)(x)
+    assert out.quantized.shape == (6,) and out.weights.shape == (2, 10) and out.indices.shape == (2,)
+    out.quantized.sum().backward()
+    assert x.grad.shape == (6,)
+    sparse = cls(6, 10, return_weights="sparse", **kwargs)(x.detach())
+    assert sparse.indices.shape == () and sparse.weights.values.shape[:-1] == ()
+
+
+def test_backward_scope_made_without_init_is_deleted_quietly():
+    # torch.compile's tracer makes the forward's BackwardScope without __init__; its __del__ then
+    # raised AttributeError ("Exception ignored in ..." printed at every compiled call).
+    from scq.solvers.threads import BackwardScope
+
+    scope = BackwardScope.__new__(BackwardScope)
+    scope.__del__()
+    threads = torch.get_num_threads()
+    scope._leave()
+    assert torch.get_num_threads() == threads
 
 
 def test_vq_is_nearest_code_with_straight_through():

@@ -398,7 +398,7 @@ class Quantizer(nn.Module):
         if self.heads > 1 and self.num_codebooks == 1 and weights is not None:
             weights = reshape_weights(weights, (n, h))  # shared codebook: rows were (n·h)
         return QuantizerOutput(quantized, reshape_weights(weights, (*batch_shape, *head_axis)),
-                               indices.reshape(*batch_shape, *head_axis), loss)
+                               indices.reshape((*batch_shape, *head_axis)), loss)  # (a tuple: () for one vector)
 
     def _output_weights(self, weights, dtype: torch.dtype):
         """One codebook's weights in the form ``return_weights`` asks for, in the input dtype."""
