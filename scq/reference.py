@@ -60,11 +60,17 @@ def reference_scq(
     T = resolve_target(Z, E, None if target is None else target.reshape(-1, E.shape[0]).to(torch.float64).cpu())
     Zn, En, Tn = _as_np(Z), _as_np(E), _as_np(T)
     out = np.zeros((Zn.shape[0], En.shape[0]))
+    programs: dict = {}  # one per chunk height: built and canonicalized once, then re-solved for each chunk
     for start in range(0, Zn.shape[0], chunk):
         zc, tc = Zn[start : start + chunk], Tn[start : start + chunk]
-        P = cp.Variable(tc.shape)
-        objective = cp.sum_squares(P @ En - zc) + lam * cp.sum_squares(P - tc)
-        problem = cp.Problem(cp.Minimize(objective), [P >= 0, cp.sum(P, axis=1) == 1])
+        if tc.shape not in programs:
+            # Parameters (DPP): cvxpy compiles the program once and then only swaps in each chunk's
+            # z and p̃; a new Problem per chunk spent ~90% of the reference's time compiling.
+            P, z_par, t_par = cp.Variable(tc.shape), cp.Parameter(zc.shape), cp.Parameter(tc.shape)
+            objective = cp.sum_squares(P @ En - z_par) + lam * cp.sum_squares(P - t_par)
+            programs[tc.shape] = (cp.Problem(cp.Minimize(objective), [P >= 0, cp.sum(P, axis=1) == 1]), P, z_par, t_par)
+        problem, P, z_par, t_par = programs[tc.shape]
+        z_par.value, t_par.value = zc, tc
         _solve(problem)
         out[start : start + chunk] = P.value
     # Clarabel stops a hair outside the simplex: project the rounding away.
@@ -188,9 +194,10 @@ def reference_lasso(z: torch.Tensor, codebook: torch.Tensor, alpha: float, nonne
     Zn = _as_np(z.reshape(-1, z.shape[-1]))
     En = _as_np(codebook)
     out = np.zeros((Zn.shape[0], En.shape[0]))
+    w, z_par = cp.Variable(En.shape[0], nonneg=nonneg), cp.Parameter(En.shape[1])
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(En.T @ w - z_par) + alpha * cp.norm1(w)))  # compiled once
     for n, zn in enumerate(Zn):
-        w = cp.Variable(En.shape[0], nonneg=nonneg)
-        problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(En.T @ w - zn) + alpha * cp.norm1(w)))
+        z_par.value = zn
         _solve(problem)
         out[n] = w.value
     return torch.from_numpy(out).reshape(*z.shape[:-1], En.shape[0])
