@@ -13,7 +13,10 @@ def test_there_are_notebooks():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path):
+def test_notebook_runs(path, monkeypatch):
+    # Toy sizes where a notebook reads SCQ_NOTEBOOK_SMOKE (its kernel inherits the environment):
+    # every cell runs, in seconds rather than a minute.
+    monkeypatch.setenv("SCQ_NOTEBOOK_SMOKE", "1")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
