@@ -29,7 +29,7 @@ def codebook_gram(request, monkeypatch):
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
 def pytest_collection_modifyitems(session, config, items):
     """Start the Triton-interpreter checks' subprocess (tests/test_fused.py) as soon as a selected
-    test needs it, and run that module last, so that the subprocess's ~75 s of mostly
+    test needs it, and run that module last, so that the subprocess's ~2 minutes of mostly
     single-threaded work overlaps the other tests instead of being waited for."""
     for item in items:
         if "interpreted" in getattr(item, "fixturenames", ()):
