@@ -23,8 +23,10 @@ def check_tensor(name: str, x: object) -> torch.Tensor:
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
-    # One reduction and one host sync per call: cheap next to any solve.
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    # One reduction and one host sync per call: cheap next to any solve. On x detached: isfinite
+    # is abs() underneath, which would record a node (and save x) in x's graph, an extra saved
+    # tensor that made torch.utils.checkpoint's recomputation disagree with the first forward.
+    if x.numel() and not bool(torch.isfinite(x.detach()).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
 
 

@@ -171,3 +171,29 @@ def test_hyperparameters_are_checked_when_set():
     s = scq.SVQ(4, 16, solver="lasso", alpha=0.5)
     with pytest.raises(ValueError, match="lasso_method"):
         s.lasso_method = "nope"
+
+
+@pytest.mark.parametrize("make", [lambda: scq.SCQ(8, 32), lambda: scq.SCQ(8, 32, method="relaxed"),
+                                  lambda: scq.SVQ(8, 32, solver="lasso", alpha=0.3, freeze_codebook=False),
+                                  lambda: scq.VQ(8, 32)], ids=["pgd", "relaxed", "lasso", "vq"])
+def test_gradient_checkpointing_from_the_first_forward(make):
+    # torch.utils.checkpoint (non-reentrant) recomputes the forward in the backward and needs the
+    # same tensors saved both times. A fresh module checks x for NaN on its first forward only, and
+    # that check (isfinite, an abs() underneath) saved x in the graph: the recomputation saved one
+    # tensor fewer and the backward raised CheckpointError.
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    q, layer = make(), torch.nn.Linear(8, 8)
+    x = torch.randn(64, 8)
+
+    def loss(out):
+        return out.quantized.square().sum() + out.loss
+
+    loss(checkpoint(lambda v: q(layer(v)), x, use_reentrant=False)).backward()
+    grads = [p.grad.clone() for p in (layer.weight, q.codebook) if p.grad is not None]
+    for p in (layer.weight, layer.bias, q.codebook):
+        p.grad = None
+    loss(q(layer(x))).backward()
+    for got, want in zip(grads, [p.grad for p in (layer.weight, q.codebook) if p.grad is not None]):
+        assert_close(got, want)

@@ -92,6 +92,6 @@ def run_chunked(layer, args_for: Callable[[slice], tuple], n: int, chunk_size: i
             raise RuntimeError(f"{what}: the cone solver failed ({err})") from err
         chunks.append(out)
     weights = torch.cat(chunks)
-    if not bool(torch.isfinite(weights).all()):
+    if not bool(torch.isfinite(weights.detach()).all()):
         raise RuntimeError(f"{what}: the cone solver returned non-finite weights")
     return weights

@@ -156,9 +156,9 @@ def _check_finite(z: torch.Tensor, codebook: torch.Tensor, name: str, err: "Exce
     """Modules check neither their inputs nor their codebook on every forward (a host sync each
     time): where a solve failed, or its certificate did, name the likely cause, at no cost to calls
     that succeed."""
-    if not bool(torch.isfinite(z).all()):
+    if not bool(torch.isfinite(z.detach()).all()):
         raise ValueError(f"{name} contains NaN or Inf values") from err
-    if not bool(torch.isfinite(codebook).all()):
+    if not bool(torch.isfinite(codebook.detach()).all()):
         raise ValueError("codebook contains NaN or Inf values (check the training step that wrote it)") from err
 
 
