@@ -100,6 +100,25 @@ class SolverOptions(MutableMapping):
         return repr(self._options)
 
 
+class HasSolverOptions:
+    """Mixin of the modules whose solve takes options (SCQ, SVQ): ``solver_options`` as a
+    :class:`SolverOptions`, each change checked by the module's ``_check_options(options)``."""
+
+    def _check_options(self, options: dict) -> None:
+        raise NotImplementedError
+
+    @property
+    def solver_options(self) -> SolverOptions:
+        """The options the solver is called with (``tol``, ``max_rounds``, ...); a change, to an
+        item or the whole, is checked against the method before it is made."""
+        return self._solver_options
+
+    @solver_options.setter
+    def solver_options(self, options: "Mapping[str, Any]") -> None:
+        self._check_options(dict(options))
+        self._solver_options = SolverOptions(options, self._check_options)
+
+
 class _Quantized(NamedTuple):
     # One codebook's result, inside the module: rows (n, d), weights (n, K) or SparseWeights
     # (n, m), indices (n,).

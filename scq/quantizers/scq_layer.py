@@ -15,10 +15,10 @@ from ..functional import DEFAULT_METHOD
 from ..solvers.dispatch import SCQProblem, check_method, solve
 from ..solvers.registry import SCQ_METHODS, SolverInfo
 from ..solvers.solution import combine, hard_codes
-from .base import Quantizer, SolverOptions, _Quantized, commitment_loss, split_features
+from .base import HasSolverOptions, Quantizer, _Quantized, commitment_loss, split_features
 
 
-class SCQ(Quantizer):
+class SCQ(HasSolverOptions, Quantizer):
     """Soft convex quantization: each input becomes the best convex combination of codes.
 
     Args:
@@ -85,17 +85,6 @@ class SCQ(Quantizer):
     @method.setter
     def method(self, name: str) -> None:
         self._method = check_method(SCQ_METHODS, name, self.solver_options)
-
-    @property
-    def solver_options(self) -> SolverOptions:
-        """The options the method is called with (``tol``, ``max_rounds``, ...); a change, to an
-        item or the whole, is checked against the method before it is made."""
-        return self._solver_options
-
-    @solver_options.setter
-    def solver_options(self, options: "dict[str, object]") -> None:
-        self._check_options(options)
-        self._solver_options = SolverOptions(options, self._check_options)
 
     def _check_options(self, options: dict) -> None:
         if "_method" in self.__dict__:  # (in the constructor, the method's setter checks them next)

@@ -27,13 +27,13 @@ from ..functional import check_alpha
 from ..solvers.dispatch import LassoProblem, check_method, solve
 from ..solvers.registry import LASSO_METHODS, SolverInfo
 from ..solvers.solution import combine, hard_codes
-from .base import Quantizer, SolverOptions, _Quantized, split_features
+from .base import HasSolverOptions, Quantizer, _Quantized, split_features
 
 SOLVERS = ("mlp", "lasso")
 
 
 
-class SVQ(Quantizer):
+class SVQ(HasSolverOptions, Quantizer):
     """Sparse soft vector quantization.
 
     Args:
@@ -123,17 +123,6 @@ class SVQ(Quantizer):
     @property
     def freeze_projection(self) -> bool:
         return self.solver == "mlp" and not any(p.requires_grad for p in self.mlp.parameters())
-
-    @property
-    def solver_options(self) -> SolverOptions:
-        """The options the lasso method is called with (``tol``, ``ridge``, ...); a change, to an
-        item or the whole, is checked against the method before it is made."""
-        return self._solver_options
-
-    @solver_options.setter
-    def solver_options(self, options: "dict[str, object]") -> None:
-        self._check_options(options)
-        self._solver_options = SolverOptions(options, self._check_options)
 
     def _check_options(self, options: dict) -> None:
         if self.solver == "mlp" and options:
