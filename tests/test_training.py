@@ -556,3 +556,30 @@ def test_decode_rejects_bad_input():
     r = scq.ResidualQuantizer(8, 2, 16)
     with pytest.raises(ValueError, match="1 <= Q <= 2"):
         r.decode(torch.rand(4, 3, 16))
+
+
+@pytest.mark.parametrize("make", [lambda: scq.SCQ(8, 32, kmeans_init=True, dead_code_threshold=2.0),
+                                  lambda: scq.VQ(8, 32, kmeans_init=True, dead_code_threshold=2.0)], ids=["scq", "vq"])
+def test_training_features_under_gradient_checkpointing(make):
+    # torch.utils.checkpoint runs the forward again inside the backward. That recomputation ran the
+    # codebook's upkeep a second time (k-means init, dead codes, the usage EMA): the codebook changed
+    # under it (SCQ raised CheckpointError: another working-set width) and every batch counted twice.
+    # Now it updates nothing: three steps match the same training without checkpointing.
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    q, layer = make(), torch.nn.Linear(8, 8)
+    twin, twin_layer = make(), torch.nn.Linear(8, 8)
+    twin.load_state_dict(q.state_dict())
+    twin_layer.load_state_dict(layer.state_dict())
+    for step in range(3):
+        x = torch.randn(64, 8) * (1 + step)  # drifting inputs: codes die and are re-seeded
+        torch.manual_seed(10 + step)  # (re-seeding draws from the batch at random)
+        out = checkpoint(lambda v: q(layer(v)), x, use_reentrant=False)
+        (out.quantized.square().sum() + out.loss).backward()
+        torch.manual_seed(10 + step)
+        ref = twin(twin_layer(x))
+        (ref.quantized.square().sum() + ref.loss).backward()
+        assert torch.equal(q.cluster_size, twin.cluster_size), step
+        assert torch.equal(q.codebook, twin.codebook), step
+        assert_close(layer.weight.grad, twin_layer.weight.grad)

@@ -27,6 +27,11 @@ __all__ = ["QuantizerOutput", "Quantizer", "commitment_loss", "INITS", "init_cod
 
 RETURN_WEIGHTS = ("dense", "sparse", "none")
 
+# The autograd graph task running on this thread, -1 outside any backward pass (what
+# torch.utils.checkpoint itself reads). Private to torch: where a release drops it, every forward
+# counts as outside a backward, as before the recomputation was told apart.
+_graph_task_id = getattr(torch._C, "_current_graph_task_id", lambda: -1)
+
 
 class QuantizerOutput(NamedTuple):
     """``quantized, weights, indices, loss = quantizer(x)``.
@@ -313,7 +318,7 @@ class Quantizer(nn.Module):
                              f"got shape {tuple(x.movedim(-1, self.channel_dim).shape)}")
         if x.device != self.codebook.device:
             raise ValueError(f"x is on {x.device} but the codebook is on {self.codebook.device}")
-        if not self._certified_forward or (self.training and self._writes_codes_from_inputs()):
+        if not self._certified_forward or (self._updates_state() and self._writes_codes_from_inputs()):
             v.check_finite("x", x)  # else the certificate finds NaN, and the solve names x (dispatch.solve)
         dtype = v.compute_dtype(x, self.codebook)
         return x.reshape(-1, self.dim).to(dtype), x.shape[:-1]
@@ -321,6 +326,13 @@ class Quantizer(nn.Module):
     # True where every forward's answer is certified by dispatch.solve, which looks for non-finite
     # inputs when a certificate fails: the forward then spends no host sync on checking x up front.
     _certified_forward: bool = False
+
+    def _updates_state(self) -> bool:
+        """Does this forward update the codebook's state (initialization, dead codes, usage EMA, VQ's
+        EMA codebook)? In training, except where the forward runs inside a backward pass: that is
+        torch.utils.checkpoint recomputing it, which must give the first forward's graph (it raised
+        CheckpointError once the codebook had changed under it) and must not count the batch twice."""
+        return self.training and _graph_task_id() == -1
 
     def _writes_codes_from_inputs(self) -> bool:
         """Will this training forward write codes from the batch (initialization, dead codes)? Then
@@ -341,7 +353,7 @@ class Quantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> QuantizerOutput:
         flat, batch_shape = self._flatten(x)
         vecs = self._vectors(flat)
-        if self.training:
+        if self._updates_state():
             self._maintain_codebook(vecs.detach())
         books = self._codebook(flat.dtype)
         # Solves of small batches, or on a busy machine, run on one thread, forward and backward
@@ -352,7 +364,7 @@ class Quantizer(nn.Module):
         with scope.forward():
             vecs, books = scope.inputs(vecs, books)
             parts = [self._quantize(rows, books[b], b) for b, rows in enumerate(self._per_codebook(vecs))]
-            if self.training and self.cluster_size is not None:
+            if self._updates_state() and self.cluster_size is not None:
                 self._track_usage(parts)
             out = self._assemble(parts, flat.shape[0], batch_shape, x)
             quantized, loss = scope.outputs(out.quantized, out.loss)

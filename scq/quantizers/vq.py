@@ -70,7 +70,7 @@ class VQ(Quantizer):
             q = F.embedding(indices, codebook)
             if self.ema_update:
                 loss = self.beta * torch.mean((vectors - q.detach()) ** 2) if vectors.shape[0] else vectors.sum() * 0
-                if self.training:
+                if self._updates_state():
                     self._ema_step(book, vectors.detach(), indices)
             else:
                 loss = commitment_loss(vectors, q, self.beta)
