@@ -634,3 +634,23 @@ def test_lasso_certificate_kernel_matches_the_torch_path(dtype, nonneg, ridge, f
             continue
         assert float((a - b).abs().max()) <= tol * float(b.abs().max()), (a, b)
     assert float(ref.residual[keep].max()) > 0 and float(ref.objective_gap[keep].max()) > 0
+
+
+def test_a_first_compile_is_announced_and_a_cached_one_is_not(tmp_path, caplog):
+    # The first solve on a machine compiles for 1-2 minutes on 2 cores: said beforehand, once, where
+    # Numba's on-disk cache holds none of the kernels (here: an empty cache folder).
+    import logging
+    import subprocess
+    import sys
+
+    from scq.solvers.engine import cpu_kernels, fused
+
+    script = "from scq.solvers.engine import cpu_kernels, fused; fused._compile_notice(cpu_kernels)"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "scq: compiling the CPU kernels with Numba" in done.stderr
+    scq.solve_scq(torch.randn(4, 3), torch.randn(8, 3), 0.1)  # compiled (and cached) in this process
+    with caplog.at_level(logging.WARNING, logger="scq"):
+        fused._compile_notice(cpu_kernels)
+    assert "compiling" not in caplog.text
