@@ -12,7 +12,6 @@ dw_S = G_SS⁻¹(E_S dz + dE_S r − E_S dE_Sᵀ w_S), G_SS = E_S E_Sᵀ + ρI.
 from __future__ import annotations
 
 import functools
-
 from typing import Optional
 
 import torch

@@ -14,7 +14,6 @@ relaxation), in the input's dtype, on CPU and CUDA, with O(N·K + N·m²) memory
 from __future__ import annotations
 
 import functools
-
 from typing import Optional
 
 import torch

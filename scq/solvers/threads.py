@@ -133,13 +133,12 @@ class BackwardScope:
     Should the backward stop before the inputs' node (``autograd.grad`` of part of the graph, an
     error), the pool comes back when the graph is freed, with this object."""
 
-    # The pool's size while the scope holds one thread. A class default too: an instance that
-    # torch.compile's tracer makes without __init__ must still be deletable quietly.
+    # The pool's size while the scope holds one thread: a class default, so that an instance that
+    # torch.compile's tracer makes without __init__ is still deleted quietly.
     _before: Optional[int] = None
 
     def __init__(self, active: bool):
         self.active = active
-        self._before = None
 
     def forward(self):
         """The forward block's thread context."""

@@ -85,17 +85,16 @@ def _numpy(t: torch.Tensor):
 def _kernels():
     from . import cpu_kernels
 
-    if not _compile_notice.given:
-        _compile_notice(cpu_kernels)
+    _compile_notice(cpu_kernels)
     return cpu_kernels
 
 
+@functools.lru_cache(maxsize=None)  # once per process
 def _compile_notice(kernels) -> None:
-    """Say, once per process, that the kernels are about to compile where Numba's on-disk cache has
-    none of them (the first use on a machine, or after an upgrade): the first call then takes 1–2
-    minutes on 2 cores, which without a word looks like a hang. Read through Numba's private cache
-    API; where that fails, nothing is said."""
-    _compile_notice.given = True
+    """Say that the kernels are about to compile where Numba's on-disk cache has none of them (the
+    first use on a machine, or after an upgrade): the first call then takes 1–2 minutes on 2 cores,
+    which without a word looks like a hang. Read through Numba's private cache API; where that
+    fails, nothing is said."""
     try:
         cached = any(f._cache._cache_file._load_index() for f in vars(kernels).values() if hasattr(f, "_cache"))
     except Exception:  # noqa: BLE001 - another Numba version: no notice, nothing else changes
@@ -103,9 +102,6 @@ def _compile_notice(kernels) -> None:
     if not cached:
         logging.getLogger("scq").warning(
             "scq: compiling the CPU kernels with Numba (first use here: 1-2 minutes on 2 cores, cached on disk after)")
-
-
-_compile_notice.given = False
 
 
 # Below this many rows per thread, one thread does the work: splitting costs more than it saves.
