@@ -24,7 +24,8 @@ class _Combine(torch.autograd.Function):
     """z_q[n] = Σ_j values[n, j] · codebook[indices[n, j]].
 
     Written out because autograd's backward of ``codebook[indices]`` (index_put with
-    accumulation) costs several times this ``index_add_``.
+    accumulation) costs several times this ``index_add_``. Twice differentiable: a backward that
+    builds a graph (``create_graph=True``) takes the torch ops, which autograd differentiates again.
     """
 
     @staticmethod
@@ -37,7 +38,6 @@ class _Combine(torch.autograd.Function):
         return torch.bmm(values.unsqueeze(1), gather_rows(codebook, indices)).squeeze(1)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         with one_thread(ctx.one_thread):
             return _Combine._backward(ctx, grad)
@@ -45,8 +45,9 @@ class _Combine(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, grad):
         values, codebook, indices = ctx.saved_tensors
-        compiled = fused.combine_backward(values, codebook, indices, grad, need_values=ctx.needs_input_grad[0],
-                                          need_codebook=ctx.needs_input_grad[1])
+        # Grad mode is on in a backward only under create_graph=True: then torch ops, not the kernel.
+        compiled = None if torch.is_grad_enabled() else fused.combine_backward(
+            values, codebook, indices, grad, need_values=ctx.needs_input_grad[0], need_codebook=ctx.needs_input_grad[1])
         if compiled is not None:
             return compiled[0], compiled[1], None
         grad_values = grad_codebook = None

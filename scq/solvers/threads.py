@@ -188,7 +188,7 @@ class _ScopeNode(torch.autograd.Function):
         return tuple(t.clone() if outputs else t.view_as(t) for t in tensors)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
+        # An identity: twice differentiable as it stands (a gradient penalty's create_graph=True).
         ctx.scope._enter() if ctx.outputs else ctx.scope._leave()
         return (None, None, *grads)

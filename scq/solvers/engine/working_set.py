@@ -819,6 +819,11 @@ class WorkingSetFunction(torch.autograd.Function):
     Backward (docs/math.md §4–5), with v = M g on the support (M the inverse of the KKT system
     restricted to S, including the 1ᵀu = 1 row for the simplex) and C the signed code rows:
     ∂z = VC, ∂(linear extra) = V, ∂C = Vᵀ(Z − UC) − Uᵀ(VC), scattered back to E with the signs.
+
+    Twice differentiable (a gradient penalty, a Hessian-vector product: ``create_graph=True``):
+    the support is locally constant, so the backward's formula, written in torch ops of z, E, the
+    saved u and the incoming gradient, is what autograd differentiates again. That path runs only
+    where a backward builds a graph; every other backward takes the compiled kernel.
     """
 
     @staticmethod
@@ -834,7 +839,6 @@ class WorkingSetFunction(torch.autograd.Function):
         return u, code, sign
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_u, _grad_code, _grad_sign):
         with one_thread(ctx.one_thread):
             return WorkingSetFunction._backward(ctx, grad_u)
@@ -845,8 +849,10 @@ class WorkingSetFunction(torch.autograd.Function):
         problem = ctx.problem
         sys_dtype, sys_ridge = ctx.systems
         need_z, need_E, need_B = ctx.needs_input_grad[:3]
-        compiled = fused.backward(z, E, code, sign, u, s, grad_u, ridge=sys_ridge, simplex=problem.simplex,
-                                  signed=problem.signed, need_E=need_E, sys_dtype=sys_dtype, table=ctx.table)
+        # Grad mode is on in a backward only under create_graph=True: then the torch ops below.
+        compiled = None if torch.is_grad_enabled() else fused.backward(
+            z, E, code, sign, u, s, grad_u, ridge=sys_ridge, simplex=problem.simplex, signed=problem.signed,
+            need_E=need_E, sys_dtype=sys_dtype, table=ctx.table)
         if compiled is not None:  # the CPU: per row, on the support only, no (N, m, D) tensor
             v, VC, grad_E = compiled
             v = v.to(z.dtype)
