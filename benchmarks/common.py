@@ -54,8 +54,16 @@ def time_call(fn: Callable[[], object], device: str = "cpu", repeats: int = 5, w
 
 
 def spread(times: Sequence[float]) -> float:
-    """Slowest over fastest of repeated timings (1 when there is one)."""
-    return max(times) / min(times) if times and min(times) > 0 else float("nan")
+    """Slowest over fastest of repeated timings (1 when there is one); from 10 timings on, the
+    90th over the 10th percentile, so that one stray call among many (this VM's) does not flag a
+    measurement whose median is sound."""
+    if not times or min(times) <= 0:
+        return float("nan")
+    if len(times) < 10:
+        return max(times) / min(times)
+    ordered = sorted(times)
+    at = lambda q: ordered[round(q * (len(ordered) - 1))]
+    return at(0.9) / at(0.1)
 
 
 def load_average() -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -91,6 +92,14 @@ def cases(quick: bool, device: str = "cpu") -> list[Case]:
     return out
 
 
+# Interleaved rounds per case: at least MIN_REPEATS, then more until the case has taken
+# REPEAT_BUDGET_S (CPU, CUDA) or MAX_REPEATS rounds. Five medians alone left the ratio of a
+# 2 ms VQ call to the others at the mercy of one or two slow calls on this VM (VQ at N = K = 1024,
+# D = 16 took 1.9–5.1 ms from call to call, median 2.9, in 41 interleaved rounds).
+MIN_REPEATS, MAX_REPEATS = 5, 41
+REPEAT_BUDGET_S = (3.0, 1.0)
+
+
 def _slow(name: str) -> bool:
     return name in ("scq-exact", "qpth")
 
@@ -119,7 +128,7 @@ class Contender:
 
     def row(self, device: str) -> dict:
         row = dict(fwd_s=statistics.median(self.fwd_times), fwdbwd_s=statistics.median(self.fwdbwd_times),
-                   spread=max(spread(self.fwd_times), spread(self.fwdbwd_times)))
+                   spread=max(spread(self.fwd_times), spread(self.fwdbwd_times)), repeats=len(self.fwdbwd_times))
         row["peak_mb"] = peak_memory_mb(self.forward_backward, device)
         _, weights, _ = self.forward()
         info = getattr(self.module, "last_info", None)
@@ -172,12 +181,13 @@ def measure(name: str, case: Case, device: str, dtype: torch.dtype, seed: int, r
 
 def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool = True,
         dtype: torch.dtype = torch.float32, checkpoint: Optional[Path] = None) -> list[dict]:
-    """Every case, its contenders timed interleaved (one call of each in turn, ``repeats`` rounds),
-    so a change in the machine's load affects all of them alike. ``checkpoint``: a CSV rewritten
+    """Every case, its contenders timed interleaved (one call of each in turn, in rounds: see
+    ``MIN_REPEATS``), so a change in the machine's load affects all of them alike. ``checkpoint``: a CSV rewritten
     with the rows so far after each case (no ratios yet), so that a run stopped early (a time
     limit on a lent GPU) leaves what it measured."""
     meta = machine_info(device, dtype)
-    repeats = 2 if quick else 5  # the smoke run times little: two repeats still give a spread
+    repeats = 2 if quick else MIN_REPEATS  # the smoke run times little: two repeats still give a spread
+    budget_s = 0.0 if quick else REPEAT_BUDGET_S[device == "cuda"]
     rows = []
     # A sweep's centre lies on the N, K and D sweeps alike: it is timed once, its rows listed in each.
     timed: dict = {}
@@ -207,9 +217,11 @@ def run(quick: bool = False, device: str = "cpu", seed: int = 0, progress: bool 
                 ready.append(contender)
             except (MemoryError, RuntimeError) as err:  # e.g. a peer running out of memory
                 case_rows[name]["status"] = f"failed: {str(err).splitlines()[0][:120]}"
-        for round_ in range(repeats):
+        began, round_ = time.perf_counter(), 0
+        while ready and (round_ < repeats or (round_ < MAX_REPEATS and time.perf_counter() - began < budget_s)):
+            round_ += 1
             for contender in list(ready):
-                if _slow(contender.name) and round_ > 0:
+                if _slow(contender.name) and round_ > 1:
                     continue
                 try:
                     contender.fwd_times.append(time_once(contender.forward, device))

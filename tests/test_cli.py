@@ -91,6 +91,15 @@ def test_load_warnings_flag_a_busy_machine_and_noisy_timings():
     assert "scq-pgd N=512" in warnings[1]
 
 
+def test_spread_is_robust_to_one_stray_call_among_many():
+    from scq.bench.common import spread
+
+    assert spread([1.0, 2.0, 1.5]) == 2.0  # few timings: slowest over fastest
+    assert spread([1.0] * 19 + [6.0]) == 1.0  # many: one stray call does not flag the median
+    assert spread([1.0] * 10 + [2.0] * 10) == 2.0  # a real split still does
+    assert spread([]) != spread([])  # nan
+
+
 def test_runtime_sweeps_cover_every_codebook_and_report_the_worst_ratio(tmp_path):
     # The full run sweeps N, K and D on every codebook kind (cases only: nothing is timed), and
     # the worst ratio to VQ of each method and kind is picked from the sweeps' rows.
