@@ -242,3 +242,27 @@ def test_an_idle_system_run_queue_is_read_without_the_own_thread_scan(monkeypatc
     (tmp_path / "loadavg").write_text("3.00 2.01 1.05 4/300 12345\n")
     others = threads.runnable_threads()
     assert scanned and 0 <= others <= 3
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: nothing to raise the thread count to")
+def test_a_process_that_asked_for_one_thread_keeps_it_after_its_solves():
+    # Numba's first parallel call starts its OpenMP pool, which set the process's OpenMP thread
+    # count (torch's too: one libgomp) to every core: a DataLoader worker or one of several training
+    # processes asking torch for one thread ran on all of them after its first solve. A fresh
+    # process, since the pool starts once per process.
+    import subprocess
+    import sys
+
+    script = """
+import numba, torch
+torch.set_num_threads(1)
+import scq
+x = torch.randn(256, 8, requires_grad=True)  # N*K > 2**16: the solves run on torch's thread count
+q = scq.SCQ(dim=8, codebook_size=512)
+q(x).quantized.sum().backward()
+scq.solve_lasso(x.detach(), torch.randn(512, 8), 0.1)
+print(numba.threading_layer(), torch.get_num_threads())  # (threading_layer raises where no pool started)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "1"

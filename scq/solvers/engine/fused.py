@@ -113,8 +113,15 @@ def _bounds(N: int) -> np.ndarray:
     ``threads.one_thread``), and Numba's pool set to match."""
     import numba
 
-    T = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, N // ROWS_PER_THREAD))
+    threads = torch.get_num_threads()
+    T = max(1, min(threads, numba.config.NUMBA_NUM_THREADS, N // ROWS_PER_THREAD))
     numba.set_num_threads(T)
+    if torch.get_num_threads() != threads:
+        # Numba's first parallel call starts its OpenMP pool, which sets the process's OpenMP
+        # thread count (torch's too, one libgomp) to every core: a process that asked torch for
+        # one thread (a DataLoader worker, one of several training processes on a machine) ran on
+        # all of them after its first solve. Put back what the caller had.
+        torch.set_num_threads(threads)
     return np.array([N * t // T for t in range(T + 1)], dtype=np.int64)
 
 
