@@ -10,6 +10,7 @@ import torch
 from torch.autograd import gradgradcheck
 
 import scq
+from tests.conftest import cuda_devices
 from tests.helpers import problem
 
 
@@ -39,6 +40,18 @@ def test_lasso_is_twice_differentiable(nonneg, codebook_gram):
     z, E = problem(N=3, K=10, D=4, seed=14)
     args = (z.clone().requires_grad_(), E.clone().requires_grad_())
     assert gradgradcheck(lambda a, b: scq.solve_lasso(a, b, 0.2, nonneg=nonneg), args)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("solve", ["scq-pgd", "scq-relaxed", "lasso"])
+def test_second_derivatives_on_cuda(solve, device):
+    # The forward runs the Triton rounds there; the backward that builds a graph, torch ops.
+    z, E = problem(N=4, K=9, D=3, seed=6, device=device)
+    args = (z.clone().requires_grad_(), E.clone().requires_grad_())
+    if solve == "lasso":
+        assert gradgradcheck(lambda a, b: scq.solve_lasso(a, b, 0.2), args)
+    else:
+        assert gradgradcheck(lambda a, b: scq.solve_scq(a, b, 0.3, method=solve[4:]), args)
 
 
 def _penalty(module, x):
