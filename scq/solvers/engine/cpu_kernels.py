@@ -366,7 +366,9 @@ def _active_set_row(H, b, p, s, valid, dual_tol, max_iter, max_support, simplex,
                 worst_slot = i
         has_violation = worst > dual_tol
         stalled = at_opt and has_violation and not progress_new
-        degenerate = stalled and single_add and worst <= slack * dual_tol
+        # (or within what a weight below drop_tol leaves: its multiplier is at most H_kk·w, and in
+        # float32 at large λ that exceeds the tolerance: λ = 10 cycled to max_iter every round)
+        degenerate = stalled and single_add and worst <= max(slack * dual_tol, 2 * drop_tol * H[worst_slot, worst_slot])
         finished = at_opt and (not has_violation or degenerate)
         single_add = single_add or stalled
         n_adds = 0

@@ -118,7 +118,8 @@ def active_set_solve(Hn, bn, p, s, ok, dual_tol, m, max_iter, max_support, drop_
         worst_slot = tl.argmax(violation, 0)
         has_violation = (worst > dual_tol).to(tl.int32)
         stalled = at_opt & has_violation & (1 - progress_new)
-        degenerate = stalled & single_add & (worst <= slack * dual_tol).to(tl.int32)
+        h_worst = tl.sum(tl.where(i == worst_slot, tl.sum(tl.where(eye, Hn, 0.0), 1), 0.0), 0)  # H at the worst slot
+        degenerate = stalled & single_add & (worst <= tl.maximum(slack * dual_tol, 2 * drop_tol * h_worst)).to(tl.int32)
         finished = at_opt & ((1 - has_violation) | degenerate) & (1 - failed)
         single_add_new = single_add | stalled
         adds = (violation > dual_tol).to(tl.int32) & at_opt
