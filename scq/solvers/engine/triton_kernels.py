@@ -90,6 +90,7 @@ def active_set_solve(Hn, bn, p, s, ok, dual_tol, m, max_iter, max_support, drop_
     single_add = izero
     progress = izero + 1
     iters = izero
+    h_diag = tl.sum(tl.where(eye, Hn, 0.0), 1)  # H_kk: what a dropped weight's multiplier is measured by
     while (iters < max_iter) & (done == 0):
         # 1. Equality solve on S by Gauss–Jordan (identity off S).
         x, y, failed = eliminate(Hn, s.to(p.dtype), bn, m, i, eye)
@@ -118,7 +119,7 @@ def active_set_solve(Hn, bn, p, s, ok, dual_tol, m, max_iter, max_support, drop_
         worst_slot = tl.argmax(violation, 0)
         has_violation = (worst > dual_tol).to(tl.int32)
         stalled = at_opt & has_violation & (1 - progress_new)
-        h_worst = tl.sum(tl.where(i == worst_slot, tl.sum(tl.where(eye, Hn, 0.0), 1), 0.0), 0)  # H at the worst slot
+        h_worst = tl.sum(tl.where(i == worst_slot, h_diag, 0.0), 0)
         degenerate = stalled & single_add & (worst <= tl.maximum(slack * dual_tol, 2 * drop_tol * h_worst)).to(tl.int32)
         finished = at_opt & ((1 - has_violation) | degenerate) & (1 - failed)
         single_add_new = single_add | stalled
