@@ -250,7 +250,7 @@ def test_rows_run_to_the_end_one_by_one_as_the_batch_loop_runs_them(case, monkey
     target = torch.softmax(torch.randn(150, 120, generator=g, dtype=dtype), -1) if case == "scq-target" else None
     calls = []
     launch = ck.table_rounds_par
-    monkeypatch.setattr(ck, "table_rounds_par", lambda *a: calls.append(len(a[33])) or launch(*a))  # a[33]: its rows
+    monkeypatch.setattr(ck, "table_rounds_par", lambda *a: calls.append(len(a[34])) or launch(*a))  # a[34]: its rows
     monkeypatch.setattr(ws, "uses_codebook_gram", lambda N, K: True)
 
     def run(row_by_row):

@@ -96,8 +96,8 @@ _CASES = textwrap.dedent("""
 def _interpreted_script() -> str:
     """Every interpreted check in one script (Triton and torch import once); it prints one JSON dict."""
     parts = (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE), ("refine", _REFINE),
-             ("round", _ROUND), ("rounds", _ROUNDS), ("scores", _SCORES), ("outgrown", _OUTGROWN),
-             ("certificate", _CERTIFICATE))
+             ("round", _ROUND), ("rounds", _ROUNDS), ("collapsed", _COLLAPSED), ("scores", _SCORES),
+             ("outgrown", _OUTGROWN), ("certificate", _CERTIFICATE))
     script = _PROBLEM + "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
                                    for name, body in parts)
     return script + "\nimport json\nprint(json.dumps({" + ", ".join(f"'{name}': _{name}()" for name, _ in parts) + "}))"
@@ -504,6 +504,49 @@ def test_the_fused_rounds_take_the_torch_loops_steps_under_the_interpreter(inter
         assert c["converged"], c
         assert c["rounds"][0] == c["rounds"][1] > 4 and c["working_set"][0] == c["working_set"][1] > 4, c
         assert c["dev"] <= (1e-12 if c["case"][1] == "torch.float64" else 1e-6), c
+
+
+_COLLAPSED = textwrap.dedent("""
+    import json, torch, scq
+    from scq.solvers.engine import fused, working_set as W
+
+    # Two rows of test_pgd's near-collapsed codebook at λ = 10 (float32) that, alone, cycled to
+    # max_rounds before the verdict's allowance on degenerate faces (W.dropped_weight_allowance).
+    g = torch.Generator().manual_seed(0)
+    center = torch.randn(16, generator=g)
+    center = 0.29 * center / center.norm()
+    E = center + 0.01 * torch.randn(64, 16, generator=g)
+    z = (center + 0.01 * torch.randn(256, 16, generator=g))[[15, 239]]
+    backend, allowance = fused.backend, W.dropped_weight_allowance
+
+    def run(triton, allow=True):
+        fused.ENABLED, fused.backend = triton, (lambda H: "triton") if triton else backend
+        W.dropped_weight_allowance = allowance if allow else (lambda dtype, h_max: 0.0 * h_max)
+        p, info = scq.solve_scq(z, E, 10.0, method="pgd", return_info=True)
+        W.dropped_weight_allowance = allowance
+        return p, info
+
+    from scq.solvers.engine import round_triton
+    ref, ref_info = run(False)
+    round_triton._END_KERNEL = None  # loaded again at its first launch: proof that the kernel ran
+    got, info = run(True)
+    launched = round_triton._END_KERNEL is not None
+    _, without = run(True, allow=False)
+    fused.ENABLED, fused.backend = True, backend
+    exact = scq.solve_scq(z.double(), E.double(), 10.0)
+    print(json.dumps(dict(rounds=[info.extra["rounds"], ref_info.extra["rounds"], without.extra["rounds"]],
+                          converged=bool(info.converged and ref_info.converged), launched=launched,
+                          dev=float((got.double() - exact).abs().max()))))
+""")
+
+
+@needs_triton
+def test_the_fused_rounds_stop_cycling_on_a_near_collapsed_codebook_under_the_interpreter(interpreted):
+    # The CUDA end-of-round kernel's verdict takes the degenerate-face allowance as the torch loop
+    # does (rows that cycled to all 30 rounds without it end in 2).
+    c = interpreted["collapsed"]
+    assert c["rounds"][0] == c["rounds"][1] <= 3 < c["rounds"][2], c
+    assert c["converged"] and c["launched"] and c["dev"] < 1e-5, c
 
 
 _CERTIFICATE = textwrap.dedent("""

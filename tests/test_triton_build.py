@@ -161,9 +161,10 @@ def test_the_end_of_round_kernel_builds_for_hopper(f):
     # gathers (a barrier between the old W's reads and the new one's writes): built for sm_90.
     from scq.solvers.engine import round_triton
 
-    pointers = dict(worst=f"*{f}", worst_code="*i64", new_sign=f"*{f}", nu=f"*{f}", tol=f"*{f}", conv_in="*i8",
-                    broken_in="*i8", weights=f"*{f}", support="*i8", iterations="*i64", rows="*i64", code="*i64",
-                    sign=f"*{f}", u=f"*{f}", s="*i8", valid="*i8", broken="*i8", next_rows="*i64", counts="*i64")
+    pointers = dict(worst=f"*{f}", worst_code="*i64", new_sign=f"*{f}", nu=f"*{f}", tol=f"*{f}", residual=f"*{f}",
+                    allowance=f"*{f}", conv_in="*i8", broken_in="*i8", weights=f"*{f}", support="*i8",
+                    iterations="*i64", rows="*i64", code="*i64", sign=f"*{f}", u=f"*{f}", s="*i8", valid="*i8",
+                    broken="*i8", next_rows="*i64", counts="*i64")
     scalars = dict(m="i32", n_add="i32", width="i32", alpha="fp32",
                    **{name: "i32" for name in ("s_wn", "s_pn", "s_qn", "s_cn", "s_gn", "s_un", "s_sn", "s_vn")})
     signature = dict(pointers, **scalars, **{name: "constexpr" for name in ("BLOCK", "BLOCK_ADD", "BLOCK_W",

@@ -33,6 +33,24 @@ import torch
 DEGENERATE_SLACK = 10.0
 
 
+def drop_tolerance(dtype: torch.dtype) -> float:
+    """Weights this small are rounding noise of a zero: the active set drops them (keeping rows
+    from cycling on them)."""
+    return 16 * torch.finfo(dtype).eps
+
+
+def dropped_weight_allowance(dtype: torch.dtype, h_max):
+    """The most multiplier violation a weight dropped as ≤ 2·drop_tol can leave, |μ_k| ≤ H_kk·w
+    with H_kk ≤ ``h_max`` (max‖e‖² + ρ; a float or a device scalar): where a row's active set
+    accepted a degenerate face (its ``residual`` above the tolerance), the round's verdict lets
+    codes outside W violate by this much too. Such codes would enter, be dropped again and be
+    replaced by the next: in float32 at large λ, against a near-collapsed codebook, the exact
+    weights hold several ~1e-6 entries below drop_tol, and rows cycled through them for all
+    ``max_rounds`` without the answer moving. Relative to the certificate's scale (≥ max‖e‖² + ρ)
+    it is at most 32 eps (3.8e-6 in float32, inside the default tolerance 1e-5)."""
+    return 2 * drop_tolerance(dtype) * h_max
+
+
 def masked_cholesky(H: torch.Tensor, support: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
     """Cholesky factor of H restricted to ``support`` (N, m) bool, identity off it, and the rows
     (N,) bool whose restricted matrix was not numerically positive definite (their factor is the
@@ -95,8 +113,7 @@ def _iterate(H, b, p, s, valid, dual_tol, single_add, progress, n_iter, simplex,
     converged).
     """
     N = p.shape[0]
-    # Weights this small are rounding noise of a zero; dropping them keeps rows from cycling.
-    drop_tol = 16 * torch.finfo(p.dtype).eps
+    drop_tol = drop_tolerance(p.dtype)
     h_diag = H.diagonal(dim1=-2, dim2=-1)  # H_kk: what a dropped weight's multiplier is measured by
     done = torch.zeros(N, dtype=torch.bool, device=p.device)
     nu = torch.zeros(N, dtype=p.dtype, device=p.device)

@@ -865,26 +865,31 @@ def _finish_scratch(n_add, m, G, u):
 
 
 @njit(**_JIT)
-def _finish_row(g, r, l1, signed, code, sign, valid, s, nu, state, tol, broken, new_code, new_sign, violating, u,
-                lam, cert_scale, last, cert, scratch):
+def _finish_row(g, r, l1, signed, code, sign, valid, s, nu, residual, state, tol, allowance, broken, new_code,
+                new_sign, violating, u, lam, cert_scale, last, cert, scratch):
     """The end of a round for one row (row ``r`` of the batch; see :func:`finish_rows`, whose
     arguments these are) from its gradients ``g`` (K,; the linear term taken off), its ν and
     state from the round: the entering codes into ``new_code``, ``new_sign``, ``violating`` (the
     row's (n_add,) views; n_add is their length), the certificate (``lam`` ≥ 0) into ``cert``
     at r, ``broken`` at r. Returns (finished, need): whether the row is done (or broken) and the
-    width of W it needs for its support and violators."""
+    width of W it needs for its support and violators. Where the row's active set accepted a
+    degenerate face (its ``residual`` above ``tol[r]``), codes outside W may violate by
+    ``allowance`` too (``working_set.verdict_tol``)."""
     in_w, score, block_top, low, worst, support, weight = scratch
     n_add = new_code.shape[0]
     m = code.shape[1]
+    row_tol = tol[r]
+    if residual > row_tol:
+        row_tol = max(row_tol, allowance)
     # Only violators are placed: the codes scoring below l1 + ν + tol need no sorting (a hair
     # lower, so that rounding leaves the verdict below to the test it always was).
-    margin = 1e-6 * (abs(l1) + abs(nu) + abs(tol[r])) + 1e-30
+    margin = 1e-6 * (abs(l1) + abs(nu) + abs(row_tol)) + 1e-30
     _entering_row(g, code[r], sign[r], valid[r], signed, in_w, score, block_top, low[:n_add], worst[:n_add], new_code,
-                  l1 + nu + tol[r] - margin)
+                  l1 + nu + row_tol - margin)
     n_violating = 0
     for j in range(n_add):
         new_sign[j] = -1.0 if signed and g[new_code[j]] > 0 else 1.0
-        violating[j] = worst[j] - l1 - nu > tol[r]
+        violating[j] = worst[j] - l1 - nu > row_tol
         n_violating += violating[j]
     done, was_broken = (state & 1) != 0, (state & 2) != 0
     broken[r] = was_broken
@@ -913,8 +918,9 @@ def _finish_row(g, r, l1, signed, code, sign, valid, s, nu, state, tol, broken, 
 
 
 @njit(**_JIT)
-def finish_rows(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken,
-                finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, lo, hi):
+def finish_rows(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, res, state, tol,
+                allowance, broken, finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, lo,
+                hi):
     """The end of a certificate round for rows ``rows[lo:hi]`` of the batch (row i of the round is
     row r = ``rows[i]``), after :func:`round_rows`: G (n, K) holds E(z_q − z) for the round's rows
     (overwritten). Per row: the gradients g = G − extra (or less ``bonus`` at the start code), the
@@ -922,7 +928,8 @@ def finish_rows(G, table, scores, extra, start, bonus, l1, signed, rows, code, s
     into ``new_code``, ``new_sign`` (n, n_add)), which of them violate the KKT conditions by more
     than ``tol`` (``violating``), whether the row is ``finished`` (certified on W and no code
     outside it violating, or ``broken``: its active set broke down, written at r) and how wide W
-    must be for it to take its violators in (``need``). ``nu``, ``state``: the round kernel's.
+    must be for it to take its violators in (``need``). ``nu``, ``res``, ``state``: the round
+    kernel's; ``allowance``: see :func:`_finish_row`.
     Everything but ``broken`` is at i.
 
     ``lam`` ≥ 0 (SCQ, whose g is then Hp − b less λp): a row that finishes, or every row in the
@@ -954,9 +961,9 @@ def finish_rows(G, table, scores, extra, start, bonus, l1, signed, rows, code, s
                     g[k] -= extra[r, k]
             elif has_start:
                 g[start[r]] -= bonus
-        finished[n], need[n] = _finish_row(g, r, l1, signed, code, sign, valid, s, nu[n], state[n], tol, broken,
-                                           new_code[n], new_sign[n], violating[n], u, lam, cert_scale, last, cert,
-                                           scratch)
+        finished[n], need[n] = _finish_row(g, r, l1, signed, code, sign, valid, s, nu[n], res[n], state[n], tol,
+                                           allowance, broken, new_code[n], new_sign[n], violating[n], u, lam,
+                                           cert_scale, last, cert, scratch)
 
 
 @njit(**_JIT)
@@ -1357,7 +1364,8 @@ def _grow_entry(r, n_add, add_cap, wide_cap, d, s, row_add, row_state, width):
 
 @njit(**_JIT)
 def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, signed, u, s, valid,
-                      tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, refine, lam, cert_scale, cert,
+                      tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam,
+                      cert_scale, cert,
                       max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds, row_add, row_iters,
                       row_state, broken, new_code, new_sign, violating, need, lo, hi):
     """Every certificate round of rows ``rows[lo:hi]``, each row to its end before the next row
@@ -1409,7 +1417,7 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
             row_state[r] = ROW_RUNNING
         while running:
             row_rounds[r] += 1
-            nu, _, state = _round_row(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, n, r,
+            nu, residual, state = _round_row(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, n, r,
                                       cache_gram, cache_gram, cache_code, cache_gram, cache_gram, cache_code, u, s,
                                       valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, refine,
                                       no_zq, round_scratch)
@@ -1419,9 +1427,9 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
                             start[r] if has_start else -1, bonus, g, nz, w_nz)
             n_add = row_add[r]
             last = row_rounds[r] == max_rounds
-            done, width = _finish_row(g, r, l1, signed, code, sign, valid, s, nu, state, tol, broken,
-                                      new_code[r, :n_add], new_sign[r, :n_add], violating[r, :n_add], u, lam,
-                                      cert_scale, last, cert, finish_scratch)
+            done, width = _finish_row(g, r, l1, signed, code, sign, valid, s, nu, residual, state, tol, allowance,
+                                      broken, new_code[r, :n_add], new_sign[r, :n_add], violating[r, :n_add], u,
+                                      lam, cert_scale, last, cert, finish_scratch)
             running = False
             if done:
                 row_state[r] = ROW_DONE
@@ -1493,23 +1501,24 @@ def round_par(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, r
 
 @njit(parallel=True, **_JIT)
 def table_rounds_par(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, signed, u, s, valid, tol,
-                     n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, refine, lam, cert_scale, cert,
-                     max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds, row_add, row_iters,
-                     row_state, broken, new_code, new_sign, violating, need, bounds):
+                     n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam, cert_scale,
+                     cert, max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds, row_add,
+                     row_iters, row_state, broken, new_code, new_sign, violating, need, bounds):
     for t in prange(bounds.shape[0] - 1):
         table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, signed, u, s, valid,
-                          tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, refine, lam, cert_scale,
-                          cert, max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds, row_add,
-                          row_iters, row_state, broken, new_code, new_sign, violating, need, bounds[t], bounds[t + 1])
+                          tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam,
+                          cert_scale, cert, max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds,
+                          row_add, row_iters, row_state, broken, new_code, new_sign, violating, need, bounds[t],
+                          bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)
-def finish_par(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol, broken,
-               finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, bounds):
+def finish_par(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, res, state, tol,
+               allowance, broken, finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, bounds):
     for t in prange(bounds.shape[0] - 1):
-        finish_rows(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, state, tol,
-                    broken, finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, bounds[t],
-                    bounds[t + 1])
+        finish_rows(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, res, state, tol,
+                    allowance, broken, finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert,
+                    bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)

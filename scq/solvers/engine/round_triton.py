@@ -151,13 +151,15 @@ def _end_kernel():
 
 
 def end_of_round(worst: torch.Tensor, worst_code: torch.Tensor, new_sign: "torch.Tensor | None", res: ActiveSetResult,
-                 dual_tol: torch.Tensor, code: torch.Tensor, sign: torch.Tensor, u: torch.Tensor, s: torch.Tensor,
-                 valid: torch.Tensor, broken: torch.Tensor, rows: "torch.Tensor | None", m: int, alpha: float
+                 dual_tol: torch.Tensor, allowance: torch.Tensor, code: torch.Tensor, sign: torch.Tensor,
+                 u: torch.Tensor, s: torch.Tensor, valid: torch.Tensor, broken: torch.Tensor, rows: "torch.Tensor | None", m: int, alpha: float
                  ) -> "tuple[torch.Tensor, torch.Tensor]":
     """The end of a certificate round for the round's rows in one launch, as the torch loop of
     :func:`scq.solvers.engine.working_set._forward` does it in ~40, in place: from the ``n_add``
     most violating codes outside W (``worst`` (n, n_add), descending; their codes and entering
-    signs, ``None`` for unsigned codes) and the round's solve ``res``, each row's verdict, its
+    signs, ``None`` for unsigned codes) and the round's solve ``res``, each row's verdict (its
+    tolerance ``dual_tol``, or on a degenerate face at least ``allowance`` (1,) in its dtype:
+    :func:`scq.solvers.engine.working_set.verdict_tol`), its
     ``broken`` flag (N,), and its next W written over the old one in the batch's state ``code``,
     ``sign``, ``u``, ``s``, ``valid`` (N, capacity ≥ m + n_add; W is the first m slots): m + n_add
     slots, the support, the violators, the rest of the old W, then empty slots (the caller keeps
@@ -180,6 +182,7 @@ def end_of_round(worst: torch.Tensor, worst_code: torch.Tensor, new_sign: "torch
         weights, support = res.weights.contiguous(), res.support.contiguous().view(torch.int8)
         s8, v8 = s.view(torch.int8), valid.view(torch.int8)
         _end_kernel()[(n,)](worst, worst_code, new_sign, res.nu.contiguous(), dual_tol.reshape(-1).contiguous(),
+                            res.residual.contiguous(), allowance,
                             res.converged.contiguous().view(torch.int8), res.broken.contiguous().view(torch.int8),
                             weights, support, res.iterations, code if rows is None else rows, code, sign, u, s8, v8,
                             broken.view(torch.int8), next_rows, counts, m, n_add, width, float(alpha),

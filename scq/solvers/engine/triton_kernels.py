@@ -326,7 +326,8 @@ def round_rows(E, z, code, sign, u_in, s_in, valid, extra, start, tol, rows,
 
 
 @triton.jit
-def end_of_round_rows(worst, worst_code, new_sign, nu, tol, conv_in, broken_in, weights, support, iterations, rows,
+def end_of_round_rows(worst, worst_code, new_sign, nu, tol, residual, allowance, conv_in, broken_in, weights, support,
+                      iterations, rows,
                       code, sign, u, s, valid, broken, next_rows, counts, m, n_add, width, alpha,
                       s_wn, s_pn, s_qn, s_cn, s_gn, s_un, s_sn, s_vn,
                       BLOCK: tl.constexpr, BLOCK_ADD: tl.constexpr, BLOCK_W: tl.constexpr, HAS_SIGN: tl.constexpr,
@@ -335,7 +336,9 @@ def end_of_round_rows(worst, worst_code, new_sign, nu, tol, conv_in, broken_in, 
     ``rows[program_id]`` (``HAS_ROWS``; else the same; see
     :func:`scq.solvers.engine.round_triton.end_of_round`): the row's verdict from its ``n_add`` most
     violating codes outside W (``worst`` scores, descending) and the round kernel's (``conv_in``,
-    ``broken_in``, ``nu``), the round's counts (atomics into ``counts``: unfinished rows, rows
+    ``broken_in``, ``nu``, ``residual``: where it is above the row's tolerance, the active set
+    accepted a degenerate face and the verdict's tolerance is at least ``allowance[0]``,
+    ``working_set.verdict_tol``), the round's counts (atomics into ``counts``: unfinished rows, rows
     whose last entry slot violates, the widest W needed, the most active-set iterations), the row
     appended to ``next_rows`` if unfinished, and its next W written over the old one in place
     (``width`` slots: the support first, then the violators, then the rest of the old W, then empty
@@ -347,6 +350,7 @@ def end_of_round_rows(worst, worst_code, new_sign, nu, tol, conv_in, broken_in, 
     entry = j < n_add
     violation = tl.load(worst + out * s_wn + j, mask=entry, other=float("-inf")) - alpha - tl.load(nu + out)
     dual_tol = tl.load(tol + row)
+    dual_tol = tl.where(tl.load(residual + out) > dual_tol, tl.maximum(dual_tol, tl.load(allowance)), dual_tol)
     violating = ((violation > dual_tol) & entry).to(tl.int32)  # a prefix: the scores are descending
     first = tl.sum(tl.where(j == 0, violation, 0.0), 0)
     was_broken = (tl.load(broken_in + out) != 0).to(tl.int32)

@@ -45,7 +45,8 @@ import torch
 from ... import _validation as v
 from ...problems import code_scores, max_code_norm, nearest_code, row_scale
 from . import fused
-from .active_set import DEGENERATE_SLACK, masked_cholesky, solve_active_set, support_solve, support_vjp
+from .active_set import (DEGENERATE_SLACK, drop_tolerance, dropped_weight_allowance, masked_cholesky, solve_active_set,
+                         support_solve, support_vjp)
 from ..solution import gather_rows
 from ..threads import one_thread
 from .active_set_triton import Refinement
@@ -302,6 +303,23 @@ def _refine(E, code, sign, z, linear, H, res, problem: QPForm, ridge: float, C):
     return weights, torch.where(ok, res.nu + d_nu.to(res.nu.dtype), res.nu)
 
 
+def verdict_tol(dual_tol: torch.Tensor, residual: torch.Tensor, allowance: torch.Tensor) -> torch.Tensor:
+    """The tolerance of a round's verdict on the codes outside W, per row: ``dual_tol``, or where
+    the row's active set accepted a degenerate face (``residual`` above it) at least
+    ``allowance`` (:func:`verdict_allowance`). (The compiled paths' verdicts do the same.)"""
+    return torch.where(residual.to(dual_tol.dtype) > dual_tol, torch.clamp_min(dual_tol, allowance), dual_tol)
+
+
+def verdict_allowance(sys_dtype: torch.dtype, e_max: torch.Tensor, e_max_sq: Optional[float], sys_ridge: float,
+                      dual_tol: torch.Tensor) -> torch.Tensor:
+    """:func:`~scq.solvers.engine.active_set.dropped_weight_allowance` for systems in ``sys_dtype``,
+    H_kk ≤ max‖e‖² + ρ, as a (1,) tensor in ``dual_tol``'s dtype and device (no sync: from the
+    device's max‖e‖ where ``e_max_sq`` is not read yet)."""
+    h_max = (e_max.square() if e_max_sq is None else e_max_sq) + sys_ridge
+    return torch.as_tensor(dropped_weight_allowance(sys_dtype, h_max), dtype=dual_tol.dtype,
+                           device=dual_tol.device).reshape(1)
+
+
 def _entering_codes(zq, z, E, extra, start, code, sign, valid, n_add: int, problem: QPForm):
     """:func:`_entering` at the round's points z_q: one GEMM for the gradients, then on CUDA the
     scores in one launch (:func:`scq.solvers.engine.round_triton.entering_scores`) and their top-k."""
@@ -446,9 +464,10 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     m = code.shape[1]
     s = u > 0
     if kernels is not None:
+        allowance = dropped_weight_allowance(sys_dtype, e_max_sq + sys_ridge)
         out = fused.attempt("round", lambda: _rounds_on_cpu(
             kernels, z, E, extra, start, dual_tol, problem, opts, sys_dtype, sys_ridge, code, sign, u, s, valid, n_add,
-            diagnostics, certify_scale, table, scores))
+            diagnostics, certify_scale, table, scores, allowance))
         if out is not None:
             return out + (table,)
     if max_support is None and fused.triton_takes(m, sys_dtype, device):
@@ -467,6 +486,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     rounds = 0
     rows = None  # rows still uncertified (None: all of them)
     all_finished = False
+    allowance = None  # the verdict's on degenerate faces (verdict_tol), made once for the systems' dtype
 
     def take(t):
         return t if rows is None else t[rows]
@@ -481,7 +501,9 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         ur, sr, nu = res.weights.to(dtype), res.support, res.nu.to(dtype)
         worst, worst_code, new_sign = _entering_codes(zq, zr, E, extra_r, start_r, cr, sgr, vr, n_add, problem)
         violation = worst - alpha - nu.unsqueeze(1)
-        violating = violation > tol_r.unsqueeze(1)
+        if allowance is None:
+            allowance = verdict_allowance(sys_dtype, e_max, e_max_sq, sys_ridge, dual_tol)
+        violating = violation > verdict_tol(tol_r, res.residual, allowance).unsqueeze(1)
         conv_r = res.converged & ~violating[:, 0]
         res_r = torch.maximum(violation[:, 0].clamp_min(0), res.residual) / take(scale)
         if rows is None:
@@ -507,7 +529,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
                 sys_dtype = wanted
                 code, sign, u, s, valid, m = first
                 gram_cache = fused.GramCache.within(N, K, sys_dtype, dtype)
-                rows = None
+                rows = allowance = None
                 continue
         all_finished = n_left == 0
         if all_finished or rounds == opts.max_rounds:
@@ -574,6 +596,7 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     rows = None  # the round's rows (None: all of them)
     inner_total = rounds = 0
     all_finished = False
+    allowance = None  # the verdict's on degenerate faces (verdict_tol), made once for the systems' dtype
     while rounds < opts.max_rounds:
         rounds += 1
         if m > MAX_SLOTS or m + n_add > round_triton.MAX_NEXT_WIDTH:
@@ -603,8 +626,10 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         if problem.signed:
             at_rows = lambda t: t if t is None or rows is None else t[rows]
             new_sign = _entering_signs(G, worst_code, at_rows(extra), at_rows(start_w), problem.start_bonus)
+        if allowance is None:
+            allowance = verdict_allowance(sys_dtype, e_max, e_max_sq, sys_ridge, dual_tol)
         ended = fused.attempt("end-of-round", lambda: round_triton.end_of_round(
-            worst, worst_code, new_sign, res, dual_tol, *state, broken, rows, m, problem.l1))
+            worst, worst_code, new_sign, res, dual_tol, allowance, *state, broken, rows, m, problem.l1))
         if ended is None:
             return None
         counts, next_rows = ended
@@ -620,7 +645,7 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
             wanted = system_dtype(dtype, problem.ridge, e_max_sq)
             if wanted != sys_dtype and dtype == torch.float32 and rounds < opts.max_rounds:
                 # Round 1 again, from round 0's W, with float64 systems (as the torch loop).
-                sys_dtype, state, capacity, m, rows = wanted, None, 0, code.shape[1], None
+                sys_dtype, state, capacity, m, rows, allowance = wanted, None, 0, code.shape[1], None, None
                 broken.zero_()
                 continue
         all_finished = n_left == 0
@@ -641,7 +666,7 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
 
 def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code, sign,
                    u, s, valid, n_add: int, diagnostics: dict, certify_scale: Optional[Callable[[], torch.Tensor]],
-                   table: Optional[torch.Tensor], scores: Optional[torch.Tensor]):
+                   table: Optional[torch.Tensor], scores: Optional[torch.Tensor], allowance: float):
     """The certificate rounds of :func:`_forward` as three compiled loops over the unfinished rows
     (``k``: :mod:`~scq.solvers.engine.cpu_kernels`), the state of every row kept in place: the
     work on W (``round_rows``), one GEMM for the gradients (none with the codebook's Gram matrix:
@@ -657,7 +682,10 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     ``table``, ``scores``: EEᵀ and ZEᵀ in the systems' dtype where :func:`uses_codebook_gram` (else
     ``None``): the rows' Gram matrices and the rounds' G are read from them, with no GEMM per round;
     a row then needs nothing of the others between rounds, and each runs its rounds to the end in
-    one call (:func:`_rounds_row_by_row`, unless ``ROW_BY_ROW`` is off)."""
+    one call (:func:`_rounds_row_by_row`, unless ``ROW_BY_ROW`` is off).
+
+    ``allowance``: what the verdict lets codes outside W violate by on rows whose active set
+    accepted a degenerate face (:func:`verdict_tol`)."""
     z, E = z.detach(), E.detach()
     extra = None if extra is None else extra.detach()
     N, D = z.shape
@@ -689,7 +717,7 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     if use_table and ROW_BY_ROW:  # no GEMM between rounds: each row runs its rounds to the end in one call
         rounds, inner_total, all_finished, m, capacity, (code, sign, u, s) = _rounds_row_by_row(
             k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, start_np, bonus, problem, opts, sys_dtype,
-            sys_ridge, (code, sign, u, s, valid), tol, broken, cert, cert_lam, cert_scale, n_add)
+            sys_ridge, (code, sign, u, s, valid), tol, broken, cert, cert_lam, cert_scale, n_add, allowance)
     else:
         rows = np.arange(N, dtype=np.int64)
         inner_total = 0
@@ -706,7 +734,7 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
             cache.exchange(n, 0 if use_table else m, rows_t, lambda *cached: k.round_par(
                 E_sys, E_out, table_np, scores_np, w[0], w[1], z_sys, extra_sys, start_np, bonus, float(problem.l1),
                 float(sys_ridge), *cached, w[2], w[3], w[4], tol, int(opts.pg_iters), int(fused.FISTA_PATIENCE),
-                bool(problem.simplex), int(opts.max_inner), 16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK,
+                bool(problem.simplex), int(opts.max_inner), drop_tolerance(sys_dtype), finfo.tiny, DEGENERATE_SLACK,
                 refines(sys_dtype), nu, res, state,
                 zq.numpy(), bounds))
             inner_total += int(state.max()) >> 2 if n else 0
@@ -721,9 +749,9 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
             violating = np.zeros((n, n_add), dtype=np.bool_)
             need = np.zeros(n, dtype=np.int64)
             k.finish_par(G.numpy(), table_np, scores_np, extra_sys, start_np, bonus, float(problem.l1),
-                         bool(problem.signed), rows, w[0], w[1], w[4], w[3], nu, state, tol, broken.numpy(), finished,
-                         new_code, new_sign, violating, need, w[2], cert_lam, cert_scale, rounds == opts.max_rounds, cert,
-                         bounds)
+                         bool(problem.signed), rows, w[0], w[1], w[4], w[3], nu, res, state, tol, allowance,
+                         broken.numpy(), finished, new_code, new_sign, violating, need, w[2], cert_lam, cert_scale,
+                         rounds == opts.max_rounds, cert, bounds)
             n_left = int(n - finished.sum())
             all_finished = n_left == 0
             if all_finished or rounds == opts.max_rounds:
@@ -757,7 +785,7 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
 
 def _rounds_row_by_row(k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, start_np, bonus: float, problem: QPForm,
                        opts: Options, sys_dtype: torch.dtype, sys_ridge: float, W, tol, broken, cert, cert_lam: float,
-                       cert_scale, n_add: int):
+                       cert_scale, n_add: int, allowance: float):
     """The rounds of :func:`_rounds_on_cpu` where the codebook's Gram matrix gives every row's
     systems and gradients: each row's rounds back to back in one compiled call
     (:func:`~scq.solvers.engine.cpu_kernels.table_rounds_rows`), called again only for rows that
@@ -792,7 +820,7 @@ def _rounds_row_by_row(k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, s
         k.table_rounds_par(E_sys, E_out, table_np, scores_np, w[0], w[1], z_sys, extra_sys, start_np, bonus,
                            float(problem.l1), float(sys_ridge), bool(problem.signed), w[2], w[3], w[4], tol,
                            int(opts.pg_iters), int(fused.FISTA_PATIENCE), bool(problem.simplex), int(opts.max_inner),
-                           16 * finfo.eps, finfo.tiny, DEGENERATE_SLACK, refines(sys_dtype),
+                           drop_tolerance(sys_dtype), finfo.tiny, DEGENERATE_SLACK, allowance, refines(sys_dtype),
                            cert_lam, cert_scale, cert, int(opts.max_rounds), GROW_AFTER_ROUNDS, add_cap,
                            no_cache_gram, no_cache_code, rows, row_rounds, row_add, row_iters, row_state,
                            broken.numpy(), new_code, new_sign, violating, need, fused.row_ranges(rows.shape[0]))
