@@ -119,7 +119,7 @@ def settings(quick: bool, scale: float = 1.0) -> "tuple[list[ImageSetting], list
         return ([ImageSetting("patches16", 16, 16, 16, (0,), 256, 32, CONTENDERS),
                  ImageSetting("patches32", 32, 16, 8, (0,), 64, 16, ("none", f"vq-K{K}", "scq-pgd-lam0.1"))],
                 [ForecastSetting("moving_digits", 16, 2, (0,), 32, 8, FORECASTERS)])
-    # Sized for two CPU cores in under an hour; scale steps and seeds up where there is more.
+    # Sized for two CPU cores (about 20 minutes); scale steps and seeds up where there is more.
     return ([ImageSetting("patches16", 16, 800, 64, (0, 1, 2), 16384, 2048, CONTENDERS),
              ImageSetting("patches32", 32, 800, 16, (0, 1, 2), 8192, 1024, SECOND_SIZE)],
             [ForecastSetting("moving_digits", 400, 8, (0, 1, 2), 2000, 400, FORECASTERS)])

@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
                             "and vector-quantize-pytorch, contention (slowdown beside busy processes, CPU only), "
                             "codebook usage in a trained autoencoder, all of these (default), or the study "
                             "(rate-distortion at matched bits and forecasting, every contender trained over seeds; "
-                            "about an hour on 2 CPU cores, not part of 'all')")
+                            "about 20 minutes on 2 CPU cores, not part of 'all')")
     bench.add_argument("--quick", action="store_true",
                        help="a smoke run at small sizes (every part in about a minute on 2 CPU cores); its numbers "
                             "are not results")
@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="study only: training runs at once, one thread each (default: the number of cores, "
                             "at most 4; 1 with --quick or --device cuda)")
     bench.add_argument("--scale", type=float, default=1.0,
-                       help="study only: multiply the full study's training steps (default 1: sized for an hour "
+                       help="study only: multiply the full study's training steps (default 1: 20 minutes "
                             "on 2 CPU cores; larger on a bigger machine or a GPU)")
     return parser
 
