@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 
 import torch
+from torch._C import _functorch
 
 # Dtypes too narrow for the solvers' arithmetic: computed in float32, returned in the input dtype.
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -19,6 +20,12 @@ def check_tensor(name: str, x: object) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    if _functorch.is_batchedtensor(x):
+        # (torch.func.grad, vjp and jacrev work: only vmap's per-sample view of a batch cannot)
+        raise RuntimeError(
+            f"{name} comes from torch.vmap, which scq's solvers do not support: each solve decides on its data "
+            f"(rounds, supports, convergence). Pass the batch as leading dimensions instead, (..., D): the "
+            f"solvers are batched already")
     return x
 
 

@@ -94,10 +94,12 @@ class _ProjectSimplex(torch.autograd.Function):
     """p = Π_Δ(u) along the last dimension; backward g ↦ s ⊙ (g − mean_S g)."""
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, method: str, n_iter: int) -> torch.Tensor:
-        p = (u - simplex_threshold(u, method, n_iter)).clamp_min_(0)
-        ctx.save_for_backward(p)
-        return p
+    def forward(u: torch.Tensor, method: str, n_iter: int) -> torch.Tensor:
+        return (u - simplex_threshold(u, method, n_iter)).clamp_min_(0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

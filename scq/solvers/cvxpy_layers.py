@@ -16,6 +16,7 @@ import functools
 from typing import Callable, Optional
 
 import torch
+from torch._C import _functorch
 
 from .. import _validation as v
 
@@ -68,9 +69,14 @@ def lasso_layer(K: int, D: int, nonneg: bool):
     return CvxpyLayer(problem, parameters=[C, z, alpha], variables=[w])
 
 
-def check_cpu(z: torch.Tensor, what: str) -> None:
+def check_cpu(z: torch.Tensor, what: str, *others: Optional[torch.Tensor]) -> None:
+    """``z`` on the CPU, and neither it nor ``others`` a torch.func transform's tensor."""
     if z.device.type != "cpu":
         raise ValueError(f"{what} runs on the CPU only (cvxpylayers/diffcp); z is on {z.device}")
+    if any(t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in (z,) + others):
+        # (cvxpylayers' autograd Function predates torch.func: its own error would be obscure)
+        raise RuntimeError(f"{what} (cvxpylayers) does not run under torch.func transforms; method='pgd' gives the "
+                           f"same solution and does")
 
 
 def run_chunked(layer, args_for: Callable[[slice], tuple], n: int, chunk_size: int, solver_args: Optional[dict],

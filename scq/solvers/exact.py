@@ -36,7 +36,7 @@ def solve_exact(
 ) -> torch.Tensor:
     """Options: ``tol`` (the certificate's tolerance; default 1e-7, SCS's reach at eps=1e-9), ``chunk_size`` (vectors
     per cone-solver batch) and ``solver_args`` (merged over the defaults, passed to diffcp)."""
-    check_cpu(z, "method='exact'")
+    check_cpu(z, "method='exact'", codebook, target)
     target = resolve_target(z, codebook, target)
     f64 = torch.float64
     E, Z, T = codebook.to(f64), z.to(f64), target.to(f64)

@@ -31,7 +31,7 @@ def solve_lasso_exact(
     solver_args: Optional[dict] = None,
 ) -> torch.Tensor:
     """Options: ``tol`` (the certificate's tolerance; default 1e-7, SCS's reach at eps=1e-9), ``chunk_size``, ``solver_args``."""
-    check_cpu(z, "solve_lasso(method='exact')")
+    check_cpu(z, "solve_lasso(method='exact')", codebook)
     f64 = torch.float64
     E, Z = codebook.to(f64), z.to(f64)
     with torch.no_grad():

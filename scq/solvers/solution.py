@@ -29,13 +29,17 @@ class _Combine(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, values, codebook, indices):
-        ctx.save_for_backward(values, codebook, indices)
-        ctx.one_thread = codebook.device.type == "cpu" and torch.get_num_threads() == 1  # the backward runs alike
+    def forward(values, codebook, indices):
         out = fused.combine(values, codebook, indices)  # the CPU: compiled, no (N, m, D) gather
         if out is not None:
             return out
         return torch.bmm(values.unsqueeze(1), gather_rows(codebook, indices)).squeeze(1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        values, codebook, indices = inputs
+        ctx.save_for_backward(values, codebook, indices)
+        ctx.one_thread = codebook.device.type == "cpu" and torch.get_num_threads() == 1  # the backward runs alike
 
     @staticmethod
     def backward(ctx, grad):

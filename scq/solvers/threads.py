@@ -181,11 +181,14 @@ class _ScopeNode(torch.autograd.Function):
     :class:`BackwardScope`."""
 
     @staticmethod
-    def forward(ctx, scope, outputs, *tensors):
-        ctx.scope, ctx.outputs = scope, outputs  # the scope lives as long as the graph does
+    def forward(scope, outputs, *tensors):
         # Copies where the user's tensors leave the block (they may be changed in place), views
         # where the block's own enter it.
         return tuple(t.clone() if outputs else t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.scope, ctx.outputs = inputs[:2]  # the scope lives as long as the graph does
 
     @staticmethod
     def backward(ctx, *grads):

@@ -855,19 +855,29 @@ class WorkingSetFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, E, extra, problem, opts, diagnostics, e_max_sq, certify_scale):
-        code, sign, u, s, table = _forward(z, E, extra, problem, opts, diagnostics, e_max_sq, certify_scale)
+    def forward(z, E, extra, problem, opts, diagnostics, e_max_sq, certify_scale):
+        code, sign, u, s, table = _forward(z, E, extra, problem, opts, diagnostics.filled, e_max_sq, certify_scale)
+        # The support and EEᵀ are outputs too, for setup_context (it sees only inputs and outputs).
+        return u, code, sign, s, table
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        # (Forward and context apart, so that torch.func's grad and vjp can run it.)
+        z, E, _, problem, _, diagnostics, _, _ = inputs
+        u, code, sign, s, table = output
         # The backward runs as the forward did (dispatch.solve decided; the load may change since).
         ctx.one_thread = z.device.type == "cpu" and torch.get_num_threads() == 1
         ctx.save_for_backward(z, E, code, sign, u, s)
         ctx.problem = problem
-        ctx.table = table  # EEᵀ where the rounds had it: the backward reads its products too
-        ctx.systems = diagnostics["systems"]  # (dtype, ridge) of the forward's support systems
-        ctx.mark_non_differentiable(code, sign)
-        return u, code, sign
+        ctx.table = table  # EEᵀ where the rounds had it (else None): the backward reads its products too
+        ctx.systems = diagnostics.filled["systems"]  # (dtype, ridge) of the forward's support systems
+        ctx.mark_non_differentiable(*(t for t in (code, sign, s, table) if t is not None))
+        ctx.set_materialize_grads(False)  # no zero gradients made for the outputs that take none
 
     @staticmethod
-    def backward(ctx, grad_u, _grad_code, _grad_sign):
+    def backward(ctx, grad_u, _grad_code, _grad_sign, _grad_s, _grad_table):
+        if grad_u is None:  # (the weights reached no loss)
+            return (None,) * 8
         with one_thread(ctx.one_thread):
             return WorkingSetFunction._backward(ctx, grad_u)
 
@@ -918,4 +928,13 @@ def solve(z: torch.Tensor, E: torch.Tensor, extra: Optional[torch.Tensor], probl
     Differentiable w.r.t. ``z``, ``E`` and ``extra`` (through ``u``). Fills ``diagnostics`` with
     the engine's counters (iterations, rounds, working-set size, support sizes, broken-down rows).
     """
-    return WorkingSetFunction.apply(z, E, extra, problem, opts, diagnostics, e_max_sq, certify_scale)
+    box = _DiagnosticsBox(diagnostics)
+    return WorkingSetFunction.apply(z, E, extra, problem, opts, box, e_max_sq, certify_scale)[:3]
+
+
+class _DiagnosticsBox:
+    """The dict the forward fills, passed to the Function in a box: torch.func would pass a copy of
+    a dict (a pytree) and the caller would never see the counters."""
+
+    def __init__(self, filled: dict):
+        self.filled = filled
