@@ -511,7 +511,8 @@ _COLLAPSED = textwrap.dedent("""
     from scq.solvers.engine import fused, working_set as W
 
     # Two rows of test_pgd's near-collapsed codebook at λ = 10 (float32) that, alone, cycled to
-    # max_rounds before the verdict's allowance on degenerate faces (W.dropped_weight_allowance).
+    # max_rounds before the verdict's allowance on degenerate faces (W.dropped_weight_allowance),
+    # on float32 systems (codes this close now get float64 ones: "auto" below).
     g = torch.Generator().manual_seed(0)
     center = torch.randn(16, generator=g)
     center = 0.29 * center / center.norm()
@@ -519,11 +520,12 @@ _COLLAPSED = textwrap.dedent("""
     z = (center + 0.01 * torch.randn(256, 16, generator=g))[[15, 239]]
     backend, allowance = fused.backend, W.dropped_weight_allowance
 
-    def run(triton, allow=True):
+    def run(triton, allow=True, spread=0.0):
         fused.ENABLED, fused.backend = triton, (lambda H: "triton") if triton else backend
         W.dropped_weight_allowance = allowance if allow else (lambda dtype, h_max: 0.0 * h_max)
+        W.PRECISE_SYSTEMS_SPREAD, default_spread = spread, W.PRECISE_SYSTEMS_SPREAD
         p, info = scq.solve_scq(z, E, 10.0, method="pgd", return_info=True)
-        W.dropped_weight_allowance = allowance
+        W.dropped_weight_allowance, W.PRECISE_SYSTEMS_SPREAD = allowance, default_spread
         return p, info
 
     from scq.solvers.engine import round_triton
@@ -532,10 +534,12 @@ _COLLAPSED = textwrap.dedent("""
     got, info = run(True)
     launched = round_triton._END_KERNEL is not None
     _, without = run(True, allow=False)
+    _, auto = run(True, spread=W.PRECISE_SYSTEMS_SPREAD)
     fused.ENABLED, fused.backend = True, backend
     exact = scq.solve_scq(z.double(), E.double(), 10.0)
     print(json.dumps(dict(rounds=[info.extra["rounds"], ref_info.extra["rounds"], without.extra["rounds"]],
                           converged=bool(info.converged and ref_info.converged), launched=launched,
+                          auto=[str(auto.extra["systems"][0]), auto.extra["rounds"], bool(auto.converged)],
                           dev=float((got.double() - exact).abs().max()))))
 """)
 
@@ -547,6 +551,8 @@ def test_the_fused_rounds_stop_cycling_on_a_near_collapsed_codebook_under_the_in
     c = interpreted["collapsed"]
     assert c["rounds"][0] == c["rounds"][1] <= 3 < c["rounds"][2], c
     assert c["converged"] and c["launched"] and c["dev"] < 1e-5, c
+    # (and by default, on float64 systems: working_set.PRECISE_SYSTEMS_SPREAD)
+    assert c["auto"][0] == "torch.float64" and c["auto"][1] <= 3 and c["auto"][2], c
 
 
 _CERTIFICATE = textwrap.dedent("""

@@ -252,9 +252,12 @@ def test_float32_on_a_near_collapsed_codebook_does_not_cycle_between_rounds(path
     # entered, was dropped and made way for the next: every row that had them ran all 30 rounds
     # (18% of a training batch, 3 of 4 steps a full max_rounds solve). The verdict now lets a row
     # that accepted a degenerate face leave codes outside W at what a dropped weight leaves.
-    from scq.solvers.engine import fused
+    # (Codes this close now get float64 systems, test below; kept on float32 ones here, as codes
+    # a little further apart are, which cycled too: 8 rows of a captured training batch.)
+    from scq.solvers.engine import fused, working_set
 
     monkeypatch.setattr(fused, "ENABLED", path == "compiled")
+    monkeypatch.setattr(working_set, "PRECISE_SYSTEMS_SPREAD", 0.0)
     g = torch.Generator().manual_seed(seed)
     center = torch.randn(16, generator=g)
     center = 0.29 * center / center.norm()
@@ -263,3 +266,24 @@ def test_float32_on_a_near_collapsed_codebook_does_not_cycle_between_rounds(path
     p, info = scq.solve_scq(z, E, 10.0, return_info=True)
     assert info.converged and info.extra["finished"] and info.extra["rounds"] <= 3
     assert (p.double() - scq.solve_scq(z.double(), E.double(), 10.0)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("path", ["compiled", "torch"])
+@pytest.mark.parametrize("lam, spread", [(0.01, 1e-3), (1.0, 1e-2), (100.0, 0.1)])
+def test_float32_codes_too_alike_for_float32_get_float64_systems(path, lam, spread, monkeypatch):
+    # Codes 1e-3 to 1e-1 of their norm apart (a collapsed codebook, as early in training): their
+    # multipliers differ by less than float32 resolves at the problem's scale, and on float32
+    # systems rows chased rounding noise through all 30 rounds (up to 100 iterations each; at
+    # λ = 0.01 the answer failed its certificate). The systems are float64 there now.
+    from scq.solvers.engine import fused
+
+    monkeypatch.setattr(fused, "ENABLED", path == "compiled")
+    g = torch.Generator().manual_seed(0)
+    center = torch.randn(64, generator=g)
+    center = 0.3 * center / center.norm()
+    E = center + spread * 0.3 / 8 * torch.randn(512, 64, generator=g)
+    z = center + spread * 0.3 / 8 * torch.randn(256, 64, generator=g)
+    p, info = scq.solve_scq(z, E, lam, return_info=True)
+    assert info.extra["systems"][0] == torch.float64 and p.dtype == torch.float32
+    assert info.converged and info.extra["finished"] and info.extra["rounds"] <= 5
+    assert info.residual < 1e-6

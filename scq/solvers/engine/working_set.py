@@ -158,6 +158,13 @@ def engine_hint(diagnostics: dict, opts: Options) -> str:
 # when the inputs are float32: float32 Cholesky broke down at λ ≈ 1e-6 with ‖e‖ ≈ 3. Above it,
 # float32 is safe (Cholesky solves are backward stable) and ~1.3× faster on the CPU.
 PRECISE_SYSTEMS_BELOW = 1e-5
+# ... and, on the simplex, where the codes are bunched together: their spread about their mean,
+# σ² = mean‖e − ē‖², below this fraction of max‖e‖² + ρ. The multipliers of codes so alike differ
+# by less than float32 resolves at the problem's scale (λp and the products are ~max‖e‖² + ρ), so
+# rows chased rounding noise to max_rounds, up to max_inner iterations each (codebooks at 1e-2 to
+# 1e-4 of their norm apart, λ = 1e-3 to 100: 30 rounds in every case, one answer uncertified;
+# float64 systems: 1–3 rounds, faster). Trained and data-like codebooks sit at 1e-2 to 1.
+PRECISE_SYSTEMS_SPREAD = 1e-3
 # Rounds after which a row that fills every entry slot doubles the codes examined per round.
 GROW_AFTER_ROUNDS = 4
 
@@ -167,13 +174,22 @@ GROW_AFTER_ROUNDS = 4
 ROW_BY_ROW = True
 
 
-def system_dtype(dtype: torch.dtype, ridge: float, e_max_sq: float) -> torch.dtype:
+def system_dtype(dtype: torch.dtype, ridge: float, e_max_sq: float, spread_sq: Optional[float] = None) -> torch.dtype:
     """The dtype of the small per-vector systems (Gram, Cholesky, active set, FISTA): float64 for
-    float32 inputs whose systems are ill-conditioned. They cost O(N·m³) beside the O(N·K·D)
+    float32 inputs whose systems are ill-conditioned (``PRECISE_SYSTEMS_BELOW``) or, on the
+    simplex, whose codes are too alike for float32 to tell apart (``spread_sq``: σ² of
+    :func:`codebook_spread`; ``PRECISE_SYSTEMS_SPREAD``). They cost O(N·m³) beside the O(N·K·D)
     certificate GEMMs, which stay in the input's dtype."""
-    if dtype == torch.float32 and ridge < PRECISE_SYSTEMS_BELOW * e_max_sq:
+    if dtype == torch.float32 and (ridge < PRECISE_SYSTEMS_BELOW * e_max_sq or (
+            spread_sq is not None and spread_sq < PRECISE_SYSTEMS_SPREAD * (e_max_sq + ridge))):
         return torch.float64
     return dtype
+
+
+def codebook_spread(E: torch.Tensor) -> torch.Tensor:
+    """σ² = mean‖e − ē‖² (a device scalar): how far apart the codes are, for :func:`system_dtype`."""
+    E = E.detach()
+    return (E - E.mean(0)).square().sum(-1).mean()
 
 
 def refines(sys_dtype: torch.dtype) -> bool:
@@ -421,10 +437,13 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     # start, in float64. Without a ridge the systems' jitter needs the value first: one sync more
     # (unless the caller has read it already, as the lasso's default ridge does).
     kernels = fused.round_kernels(z) if problem.ridge > 0 else None
+    # (Only float32 inputs on the simplex can need float64 systems for bunched codes; read with max‖e‖².)
+    spread = codebook_spread(E) if dtype == torch.float32 and problem.simplex else None
     if e_max_sq is None and (problem.ridge <= 0 or kernels is not None):
         # (On the CPU a "sync" is a read of memory: the compiled rounds take the value first.)
         e_max_sq = float(e_max) ** 2
-    sys_dtype = dtype if e_max_sq is None else system_dtype(dtype, problem.ridge, e_max_sq)
+        spread = None if spread is None else float(spread)
+    sys_dtype = dtype if e_max_sq is None else system_dtype(dtype, problem.ridge, e_max_sq, spread)
     alpha = problem.l1
     dual_tol = opts.tol / DEGENERATE_SLACK * scale
     # Without a ridge, H_SS is singular past D codes (the lasso's |S| ≤ D): codes then enter one at
@@ -472,7 +491,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
             return out + (table,)
     if max_support is None and fused.triton_takes(m, sys_dtype, device):
         out = _rounds_on_triton(z, E, extra, start, dual_tol, problem, opts, sys_dtype, sys_ridge, code, sign, u, s,
-                                valid, n_add, e_max, e_max_sq, diagnostics)
+                                valid, n_add, e_max, e_max_sq, spread, diagnostics)
         if out is not None:
             return out + (None,)
     # Where round 1 starts again if it ran in the wrong precision (only float32 inputs can).
@@ -518,13 +537,13 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         n_support = sr.sum(1)
         counts = [(~finished).sum(), violating[:, -1].any(), (n_support + violating.sum(1)).max()]
         counts += [res.iterations] if fused_count else []
-        counts += [e_max.square()] if e_max_sq is None else []
+        counts += [e_max.square(), spread if torch.is_tensor(spread) else e_max] if e_max_sq is None else []
         counts = torch.stack([c.to(torch.float64) for c in counts]).tolist()  # exact below 2⁵³
         n_left, saturated, need = (int(c) for c in counts[:3])
         inner_total += int(counts[3]) if fused_count else res.iterations
         if e_max_sq is None:
-            e_max_sq = counts[-1]
-            wanted = system_dtype(dtype, problem.ridge, e_max_sq)
+            e_max_sq, spread = counts[-2], (counts[-1] if spread is not None else None)
+            wanted = system_dtype(dtype, problem.ridge, e_max_sq, spread)
             if wanted != sys_dtype and first is not None and rounds < opts.max_rounds:
                 sys_dtype = wanted
                 code, sign, u, s, valid, m = first
@@ -572,7 +591,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
 
 
 def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code,
-                      sign, u, s, valid, n_add: int, e_max, e_max_sq: Optional[float], diagnostics: dict):
+                      sign, u, s, valid, n_add: int, e_max, e_max_sq: Optional[float], spread, diagnostics: dict):
     """The certificate rounds of :func:`_forward` on CUDA, three Triton launches a round
     (:mod:`~scq.solvers.engine.round_triton`) around its GEMM and top-k, the batch's state kept in
     place (W as wide as the widest row needs, in arrays of at least twice that capacity): the work
@@ -636,13 +655,14 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         # The round's one host sync: rows left, did some row fill every entry slot, how wide must
         # W grow, the most active-set iterations (and, the first time without it, max‖e‖²).
         if e_max_sq is None:
-            counts = torch.cat([counts.to(torch.float64), e_max.square().reshape(1)])
+            extra_counts = [e_max.square(), spread if torch.is_tensor(spread) else e_max]
+            counts = torch.cat([counts.to(torch.float64)] + [c.to(torch.float64).reshape(1) for c in extra_counts])
         counts = counts.tolist()
         n_left, saturated, need = (int(c) for c in counts[:3])
         inner_total += int(counts[3])
         if e_max_sq is None:
-            e_max_sq = counts[-1]
-            wanted = system_dtype(dtype, problem.ridge, e_max_sq)
+            e_max_sq, spread = counts[-2], (counts[-1] if spread is not None else None)
+            wanted = system_dtype(dtype, problem.ridge, e_max_sq, spread)
             if wanted != sys_dtype and dtype == torch.float32 and rounds < opts.max_rounds:
                 # Round 1 again, from round 0's W, with float64 systems (as the torch loop).
                 sys_dtype, state, capacity, m, rows, allowance = wanted, None, 0, code.shape[1], None, None
