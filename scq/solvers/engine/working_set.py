@@ -441,8 +441,10 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     spread = codebook_spread(E) if dtype == torch.float32 and problem.simplex else None
     if e_max_sq is None and (problem.ridge <= 0 or kernels is not None):
         # (On the CPU a "sync" is a read of memory: the compiled rounds take the value first.)
-        e_max_sq = float(e_max) ** 2
-        spread = None if spread is None else float(spread)
+        if spread is None:
+            e_max_sq = float(e_max) ** 2
+        else:  # (one read for both)
+            e_max_sq, spread = torch.stack([e_max.to(spread.dtype).square(), spread]).tolist()
     sys_dtype = dtype if e_max_sq is None else system_dtype(dtype, problem.ridge, e_max_sq, spread)
     alpha = problem.l1
     dual_tol = opts.tol / DEGENERATE_SLACK * scale
