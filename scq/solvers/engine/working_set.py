@@ -445,6 +445,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
             e_max_sq = float(e_max) ** 2
         else:  # (one read for both)
             e_max_sq, spread = torch.stack([e_max.to(spread.dtype).square(), spread]).tolist()
+    elif e_max_sq is not None and spread is not None:  # (a caller that read max‖e‖² already)
+        spread = float(spread)
     sys_dtype = dtype if e_max_sq is None else system_dtype(dtype, problem.ridge, e_max_sq, spread)
     alpha = problem.l1
     dual_tol = opts.tol / DEGENERATE_SLACK * scale
