@@ -1417,10 +1417,10 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
             row_state[r] = ROW_RUNNING
         while running:
             row_rounds[r] += 1
-            nu, residual, state = _round_row(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, n, r,
-                                      cache_gram, cache_gram, cache_code, cache_gram, cache_gram, cache_code, u, s,
-                                      valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, refine,
-                                      no_zq, round_scratch)
+            nu, residual, state = _round_row(
+                E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, n, r, cache_gram, cache_gram,
+                cache_code, cache_gram, cache_gram, cache_code, u, s, valid, tol, n_iter, patience, simplex, max_iter,
+                drop_tol, tiny, slack, refine, no_zq, round_scratch)
             nu = g.dtype.type(nu)  # as the batch loop keeps it: in the systems' dtype
             row_iters[r] += state >> 2
             _table_gradient(table, scores[r], code[r], sign[r], u[r], extra[r] if has_extra else no_extra,
@@ -1514,7 +1514,8 @@ def table_rounds_par(E, E_out, table, scores, code, sign, z, extra, start, bonus
 
 @njit(parallel=True, **_JIT)
 def finish_par(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, res, state, tol,
-               allowance, broken, finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert, bounds):
+               allowance, broken, finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert,
+               bounds):
     for t in prange(bounds.shape[0] - 1):
         finish_rows(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, res, state, tol,
                     allowance, broken, finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert,

@@ -152,8 +152,8 @@ def _end_kernel():
 
 def end_of_round(worst: torch.Tensor, worst_code: torch.Tensor, new_sign: "torch.Tensor | None", res: ActiveSetResult,
                  dual_tol: torch.Tensor, allowance: torch.Tensor, code: torch.Tensor, sign: torch.Tensor,
-                 u: torch.Tensor, s: torch.Tensor, valid: torch.Tensor, broken: torch.Tensor, rows: "torch.Tensor | None", m: int, alpha: float
-                 ) -> "tuple[torch.Tensor, torch.Tensor]":
+                 u: torch.Tensor, s: torch.Tensor, valid: torch.Tensor, broken: torch.Tensor,
+                 rows: "torch.Tensor | None", m: int, alpha: float) -> "tuple[torch.Tensor, torch.Tensor]":
     """The end of a certificate round for the round's rows in one launch, as the torch loop of
     :func:`scq.solvers.engine.working_set._forward` does it in ~40, in place: from the ``n_add``
     most violating codes outside W (``worst`` (n, n_add), descending; their codes and entering

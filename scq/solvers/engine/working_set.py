@@ -161,9 +161,10 @@ PRECISE_SYSTEMS_BELOW = 1e-5
 # ... and, on the simplex, where the codes are bunched together: their spread about their mean,
 # σ² = mean‖e − ē‖², below this fraction of max‖e‖² + ρ. The multipliers of codes so alike differ
 # by less than float32 resolves at the problem's scale (λp and the products are ~max‖e‖² + ρ), so
-# rows chased rounding noise to max_rounds, up to max_inner iterations each (codebooks at 1e-2 to
-# 1e-4 of their norm apart, λ = 1e-3 to 100: 30 rounds in every case, one answer uncertified;
-# float64 systems: 1–3 rounds, faster). Trained and data-like codebooks sit at 1e-2 to 1.
+# rows chased rounding noise to max_rounds, up to max_inner iterations each (codebooks 1e-1 to
+# 1e-3 of their norm apart, λ = 1e-3 to 100: 38 cases at 30 rounds, one answer uncertified;
+# float64 systems: 1–5 rounds, faster). Trained codebooks (λ ≤ 1) and data-like ones sit at 3e-3
+# to 1 (float32 systems); λ = 10's early in training at 2e-4 to 2e-3.
 PRECISE_SYSTEMS_SPREAD = 1e-3
 # Rounds after which a row that fills every entry slot doubles the codes examined per round.
 GROW_AFTER_ROUNDS = 4
@@ -595,7 +596,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
 
 
 def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code,
-                      sign, u, s, valid, n_add: int, e_max, e_max_sq: Optional[float], spread, diagnostics: dict):
+                      sign, u, s, valid, n_add: int, e_max, e_max_sq: Optional[float],
+                      spread: Optional[torch.Tensor], diagnostics: dict):
     """The certificate rounds of :func:`_forward` on CUDA, three Triton launches a round
     (:mod:`~scq.solvers.engine.round_triton`) around its GEMM and top-k, the batch's state kept in
     place (W as wide as the widest row needs, in arrays of at least twice that capacity): the work
