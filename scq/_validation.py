@@ -15,6 +15,12 @@ from torch._C import _functorch
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def transformed(*tensors: "torch.Tensor | None") -> bool:
+    """Whether a tensor is a torch.func transform's wrapper (``grad``, ``vjp``, ``jacrev``): it has
+    no storage for a compiled kernel (or cvxpylayers) to read."""
+    return any(t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+
+
 def check_tensor(name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")

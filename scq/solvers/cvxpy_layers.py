@@ -16,7 +16,6 @@ import functools
 from typing import Callable, Optional
 
 import torch
-from torch._C import _functorch
 
 from .. import _validation as v
 
@@ -73,7 +72,7 @@ def check_cpu(z: torch.Tensor, what: str, *others: Optional[torch.Tensor]) -> No
     """``z`` on the CPU, and neither it nor ``others`` a torch.func transform's tensor."""
     if z.device.type != "cpu":
         raise ValueError(f"{what} runs on the CPU only (cvxpylayers/diffcp); z is on {z.device}")
-    if any(t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in (z,) + others):
+    if v.transformed(z, *others):
         # (cvxpylayers' autograd Function predates torch.func: its own error would be obscure)
         raise RuntimeError(f"{what} (cvxpylayers) does not run under torch.func transforms; method='pgd' gives the "
                            f"same solution and does")

@@ -37,8 +37,8 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch._C import _functorch
 
+from ..._validation import transformed
 from . import fista_triton, triton_launch
 from .active_set import DEGENERATE_SLACK, ActiveSetResult
 
@@ -76,14 +76,9 @@ def disable(kernel: str, err: BaseException) -> None:
 
 def _chosen(H: torch.Tensor) -> Optional[str]:
     # ENABLED is read here too, so that a test that forces ``backend`` still sees a disable().
-    return backend(H) if ENABLED and not _transformed(H) else None
-
-
-def _transformed(*tensors: torch.Tensor) -> bool:
-    """Whether a tensor is a torch.func transform's wrapper (``torch.func.grad``, ``vjp``,
-    ``jacrev``): it has no storage for a kernel to read, so its work takes the torch path.
-    (Inside the engine's autograd Function the tensors are plain: the solve itself runs compiled.)"""
-    return any(t is not None and _functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+    # A torch.func transform's tensors have no storage for a kernel: their work takes the torch
+    # path. (Inside the engine's autograd Function the tensors are plain: the solve runs compiled.)
+    return backend(H) if ENABLED and not transformed(H) else None
 
 
 def _numpy(t: torch.Tensor):
@@ -146,7 +141,7 @@ def _on_cpu(kernel: str, tensors, body):
     """``body(kernels)`` where the CPU kernels serve ``tensors`` (CPU, one float dtype, kernels on),
     else ``None``: the caller's torch path."""
     first = tensors[0]
-    if _chosen(first) != "cpu" or any(t.dtype != first.dtype for t in tensors[1:]) or _transformed(*tensors[1:]):
+    if _chosen(first) != "cpu" or any(t.dtype != first.dtype for t in tensors[1:]) or transformed(*tensors[1:]):
         return None
     return _attempt(kernel, lambda: body(_kernels()))
 
@@ -228,7 +223,7 @@ def backward(z, E, code, sign, u, support, grad_u, *, ridge: float, simplex: boo
     ``torch.use_deterministic_algorithms``, its ∂E being summed by atomics); on the CPU
     :func:`scq.solvers.engine.cpu_kernels.backward_rows`, with ``table``, the forward's codebook Gram
     matrix EEᵀ (K, K) in ``sys_dtype`` where it had one: the supports' products are read from it."""
-    if _transformed(z, E, u, grad_u):
+    if transformed(z, E, u, grad_u):
         return None
     if triton_takes(code.shape[1], sys_dtype, z.device):
         if torch.are_deterministic_algorithms_enabled() or E.dtype != z.dtype:
@@ -372,7 +367,7 @@ def scq_certificate(G, p, nearest, target, lam: float, scale):
     """The SCQ certificate's per-row pass, compiled: four (N,) tensors, or ``None``. On CUDA one
     Triton launch (:func:`scq.solvers.engine.certificate_triton.scq_certificate`), on the CPU
     :func:`scq.solvers.engine.cpu_kernels.scq_certificate_rows`."""
-    if triton_takes(1, G.dtype, G.device) and not _transformed(G, p, nearest, target, scale):
+    if triton_takes(1, G.dtype, G.device) and not transformed(G, p, nearest, target, scale):
         from .certificate_triton import scq_certificate as fused_certificate
 
         return _attempt("certificate", lambda: fused_certificate(G, p, nearest, target, lam, scale))

@@ -193,6 +193,17 @@ def codebook_spread(E: torch.Tensor) -> torch.Tensor:
     return (E - E.mean(0)).square().sum(-1).mean()
 
 
+def _unread(e_max: torch.Tensor, spread: Optional[torch.Tensor]) -> "list[torch.Tensor]":
+    """What :func:`system_dtype` needs and round 1's counts read where it was not read before:
+    max‖e‖² and (float32 on the simplex) the spread."""
+    return [e_max.square()] + ([spread] if spread is not None else [])
+
+
+def _read(values: "list[float]") -> "tuple[float, Optional[float]]":
+    """(max‖e‖², spread or ``None``) from the values of :func:`_unread`, as read."""
+    return values[0], (values[1] if len(values) > 1 else None)
+
+
 def refines(sys_dtype: torch.dtype) -> bool:
     """Whether a round refines its answers once on their support (residual in float64): where the
     systems are float32, whose Gram products err by ~eps·‖e‖², so weights by ~eps·‖e‖²/ρ (5e-5
@@ -542,12 +553,12 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         n_support = sr.sum(1)
         counts = [(~finished).sum(), violating[:, -1].any(), (n_support + violating.sum(1)).max()]
         counts += [res.iterations] if fused_count else []
-        counts += [e_max.square(), spread if torch.is_tensor(spread) else e_max] if e_max_sq is None else []
-        counts = torch.stack([c.to(torch.float64) for c in counts]).tolist()  # exact below 2⁵³
+        late = _unread(e_max, spread) if e_max_sq is None else []
+        counts = torch.stack([c.to(torch.float64) for c in counts + late]).tolist()  # exact below 2⁵³
         n_left, saturated, need = (int(c) for c in counts[:3])
         inner_total += int(counts[3]) if fused_count else res.iterations
         if e_max_sq is None:
-            e_max_sq, spread = counts[-2], (counts[-1] if spread is not None else None)
+            e_max_sq, spread = _read(counts[len(counts) - len(late):])
             wanted = system_dtype(dtype, problem.ridge, e_max_sq, spread)
             if wanted != sys_dtype and first is not None and rounds < opts.max_rounds:
                 sys_dtype = wanted
@@ -660,14 +671,12 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         counts, next_rows = ended
         # The round's one host sync: rows left, did some row fill every entry slot, how wide must
         # W grow, the most active-set iterations (and, the first time without it, max‖e‖²).
-        if e_max_sq is None:
-            extra_counts = [e_max.square(), spread if torch.is_tensor(spread) else e_max]
-            counts = torch.cat([counts.to(torch.float64)] + [c.to(torch.float64).reshape(1) for c in extra_counts])
-        counts = counts.tolist()
+        late = _unread(e_max, spread) if e_max_sq is None else []
+        counts = torch.cat([counts.to(torch.float64)] + [c.to(torch.float64).reshape(1) for c in late]).tolist()
         n_left, saturated, need = (int(c) for c in counts[:3])
         inner_total += int(counts[3])
         if e_max_sq is None:
-            e_max_sq, spread = counts[-2], (counts[-1] if spread is not None else None)
+            e_max_sq, spread = _read(counts[len(counts) - len(late):])
             wanted = system_dtype(dtype, problem.ridge, e_max_sq, spread)
             if wanted != sys_dtype and dtype == torch.float32 and rounds < opts.max_rounds:
                 # Round 1 again, from round 0's W, with float64 systems (as the torch loop).
