@@ -655,3 +655,17 @@ def test_a_first_compile_is_announced_and_a_cached_one_is_not(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="scq"):
         fused._compile_notice(cpu_kernels)
     assert "compiling" not in caplog.text
+
+
+def test_a_factor_carried_to_the_next_round_points_at_its_codes_new_slots_or_is_dropped():
+    # A row's next round starts its active set from the last round's Cholesky factor, on the slots
+    # its codes hold after W was rearranged; where one of them left W the factor is not used.
+    from scq.solvers.engine import cpu_kernels as ck
+
+    fact_code, fact_sign = np.array([7, 3, 9, 0]), np.array([1.0, -1.0, 1.0, 1.0])
+    row_code, row_sign = np.array([3, 5, 9, 7, 3]), np.array([1.0, 1.0, 1.0, 1.0, -1.0])
+    idx = np.full(4, -1)
+    assert ck._carried_factor(row_code, row_sign, fact_code, fact_sign, 3, idx) == 3
+    assert idx[:3].tolist() == [3, 4, 2]  # code 3 with its sign −1: slot 4, not slot 0
+    assert ck._carried_factor(row_code, row_sign, fact_code, fact_sign, 4, idx) == 0  # code 0 left W
+    assert ck._carried_factor(row_code, row_sign, fact_code, fact_sign, 0, idx) == 0

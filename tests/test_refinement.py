@@ -57,10 +57,12 @@ def _numba_refine(z, E, lin, H, u, nu):
     code = torch.arange(s)
     scratch = dict(A=torch.empty(s, s, dtype=f32).numpy(), idx=torch.empty(s, dtype=torch.long).numpy(),
                    support=torch.empty(s, dtype=torch.long).numpy())
-    nu = cpu_kernels._refine_row(E.numpy(), z[0].numpy(), code.numpy(), torch.ones(s, dtype=f32).numpy(),
-                                 lin.double().numpy(), LAM, True, H.numpy(), u.numpy(), float(nu), scratch["A"],
-                                 scratch["idx"], 0, scratch["support"], torch.empty(s, dtype=f32).numpy(),
-                                 torch.empty(s, dtype=f32).numpy(), torch.empty(D, dtype=f64).numpy())
+    nu, k = cpu_kernels._refine_row(E.numpy(), z[0].numpy(), code.numpy(), torch.ones(s, dtype=f32).numpy(),
+                                    lin.double().numpy(), LAM, True, H.numpy(), u.numpy(), float(nu), scratch["A"],
+                                    scratch["idx"], 0, scratch["support"], torch.empty(s, dtype=f32).numpy(),
+                                    torch.empty(s, dtype=f32).numpy(), torch.empty(D, dtype=f64).numpy())
+    # No factor came in: S's was made, and the slots it is on listed for the row's next round.
+    assert k == int((u > 0).sum()) and sorted(scratch["idx"][:k].tolist()) == torch.nonzero(u > 0).flatten().tolist()
     return u, nu
 
 
@@ -159,11 +161,11 @@ def test_the_numba_refinement_reuses_the_active_sets_factor_in_its_own_order():
     for t, j in enumerate(order):
         assert cpu_kernels._factor_append(H.numpy(), A, idx, t, j)
     got = u.clone()
-    got_nu = cpu_kernels._refine_row(E.numpy(), z[0].numpy(), torch.arange(s).numpy(), np.ones(s, dtype=np.float32),
-                                     lin.double().numpy(), LAM, True, H.numpy(), got.numpy(), float(nu), A, idx, s,
-                                     np.empty(s, dtype=np.int64), np.empty(s, dtype=np.float32),
-                                     np.empty(s, dtype=np.float32), np.empty(D, dtype=np.float64))
-    assert idx.tolist() == order.tolist()  # the factor was used, not rebuilt in slot order
+    got_nu, k = cpu_kernels._refine_row(E.numpy(), z[0].numpy(), torch.arange(s).numpy(), np.ones(s, dtype=np.float32),
+                                        lin.double().numpy(), LAM, True, H.numpy(), got.numpy(), float(nu), A, idx, s,
+                                        np.empty(s, dtype=np.int64), np.empty(s, dtype=np.float32),
+                                        np.empty(s, dtype=np.float32), np.empty(D, dtype=np.float64))
+    assert idx.tolist() == order.tolist() and k == s  # the factor was used, not rebuilt in slot order
     fresh, fresh_nu = _numba_refine(z, E, lin, H, u, nu)
     assert float((got.double() - exact).abs().max()) < 1e-6
     assert torch.allclose(got, fresh, atol=1e-7) and got_nu == pytest.approx(fresh_nu, rel=1e-5)
