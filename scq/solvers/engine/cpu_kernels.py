@@ -1266,7 +1266,8 @@ def _entering_row(g, code, sign, valid, signed, in_w, score, block_top, low, bes
     code's score and each block's largest; the ``n_add``-th largest block top is a floor no
     entering code is below (that many distinct codes reach it), so the second pass sorts only the
     codes of the blocks that reach it (about ``n_add`` blocks; 1.2–1.4× faster than one pass). A
-    block is strided, codes b, b + B, b + 2B, … (B blocks of ``ENTERING_BLOCK`` codes), so that
+    block is strided, codes b, b + B, b + 2B, … (B blocks of at most ``ENTERING_BLOCK`` codes, B at
+    least ``ENTERING_LANES`` where K allows; :func:`_entering_scratch`), so that
     the sweep's maxima are elementwise over B lanes and vectorize, where a block of neighbours
     needs a reduction per block, which does not: the kernel took half the time (1.2 → 0.57 µs at
     K = 1024), ~9% of the compiled rounds at N = K = 1024, D = 16."""
