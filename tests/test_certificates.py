@@ -430,8 +430,8 @@ def test_pgd_measures_the_certificate_of_its_last_round(dtype, with_target, max_
     reference = certify_scq(weights, z, E, 0.1, target)
     _agrees(measured, reference, z, E, 0.1)
     assert measured.residual[5].isnan() and not measured.residual[6:].isnan().any()
-    if max_rounds == 1:  # cut off: the measurement says so
-        assert float(reference.residual.nan_to_num().max()) > 1e-3
+    if max_rounds == 1:  # cut off: the measurement says so (far above the 1e-5 tolerance of float32)
+        assert not info.converged and float(reference.residual.nan_to_num().max()) > 1e-4
 
 
 def test_the_front_door_takes_pgds_own_certificate(monkeypatch):
@@ -452,7 +452,7 @@ def test_the_front_door_takes_pgds_own_certificate(monkeypatch):
     reference = certify_scq(p, z, E, 0.2, None)
     assert abs(info.residual - float(reference.residual.max())) <= 50 * torch.finfo(z.dtype).eps
     with pytest.warns(RuntimeWarning, match="did not reach"):  # the cut-off rows are flagged
-        cut_off = scq.solve_scq(z, E, 0.2, method="pgd", return_info=True, max_rounds=1)[1]
+        cut_off = scq.solve_scq(z, E, 0.2, method="pgd", return_info=True, max_rounds=1, fw_steps=0)[1]
     assert not cut_off.converged and cut_off.residual > 1e-3
 
 

@@ -12,6 +12,7 @@ import scq
 from scq.solvers.engine import active_set as A
 from scq.solvers.engine import fista as F
 from scq.solvers.engine import fused
+from scq.solvers.engine import working_set as ws
 
 from .helpers import small_qps
 
@@ -210,6 +211,8 @@ def test_the_compiled_rounds_take_the_torch_loops_steps(case, monkeypatch, codeb
     E = torch.randn(200, 6, generator=g, dtype=dtype)
     x = torch.randn(60, 6, generator=g, dtype=dtype) * 0.3  # inside the hull: large supports
     opts = dict(working_set=4, add_per_round=2, max_rounds=60)
+    if case != "lasso":  # (step for step: without the row-by-row rounds' Frank–Wolfe start, the torch loop's too)
+        opts["fw_steps"] = 0
     if case == "scq-lockstep":
         opts["compact"] = False
     target = torch.softmax(torch.randn(60, 200, generator=g, dtype=dtype), -1) if case == "scq-target" else None
@@ -240,13 +243,14 @@ def test_rows_run_to_the_end_one_by_one_as_the_batch_loop_runs_them(case, monkey
     # same answer, gradients, certificate and flags. A W of 1 slot and 2 entries a round make rows
     # outgrow W's arrays (the kernel is called again for them) and double their entries.
     from scq.solvers.engine import cpu_kernels as ck
-    from scq.solvers.engine import working_set as ws
 
     g = torch.Generator().manual_seed(12)
     dtype = f32 if case == "scq-float32" else f64
     E = torch.randn(120, 8, generator=g, dtype=dtype)
     x = torch.randn(150, 8, generator=g, dtype=dtype) * 0.3  # inside the hull: large supports
     opts = dict(working_set=1, add_per_round=2, max_rounds=8 if case == "out-of-rounds" else 60)
+    if case != "lasso":  # (the batch loop has no Frank–Wolfe start: tested apart)
+        opts["fw_steps"] = 0
     target = torch.softmax(torch.randn(150, 120, generator=g, dtype=dtype), -1) if case == "scq-target" else None
     calls = []
     launch = ck.table_rounds_par
@@ -669,3 +673,88 @@ def test_a_factor_carried_to_the_next_round_points_at_its_codes_new_slots_or_is_
     assert idx[:3].tolist() == [3, 4, 2]  # code 3 with its sign −1: slot 4, not slot 0
     assert ck._carried_factor(row_code, row_sign, fact_code, fact_sign, 4, idx) == 0  # code 0 left W
     assert ck._carried_factor(row_code, row_sign, fact_code, fact_sign, 0, idx) == 0
+
+
+def _plain_frank_wolfe(H, b, start, n_steps, width):
+    """Frank–Wolfe on ½pᵀHp − bᵀp over the simplex from one_hot(start), exact line search, written
+    plainly (dense H, NumPy): the codes given weight in the order they were first picked, their
+    weights, then the codes of most negative gradient outside them, up to ``width`` codes."""
+    K = b.shape[0]
+    p = np.zeros(K)
+    p[start] = 1.0
+    order = [start]
+    for _ in range(n_steps):
+        g = H @ p - b
+        j = int(np.argmin(g))
+        d = -p.copy()
+        d[j] += 1.0
+        if not g @ d < 0:
+            break
+        p += min(1.0, -(g @ d) / (d @ H @ d)) * d
+        order += [j] if j not in order else []
+    g = H @ p - b
+    picked = [c for c in order if p[c] > 0]
+    rest = [int(k) for k in np.argsort(g, kind="stable") if int(k) not in picked][: max(0, width - len(picked))]
+    return picked, p[picked], rest
+
+
+@pytest.mark.parametrize("linear", ["start-bonus", "target"])
+@pytest.mark.parametrize("n_steps", [0, 1, 5, 25])
+@pytest.mark.parametrize("K", [70, 300])  # 70: fewer codes than the sweep's 64 lanes have blocks of two
+def test_the_frank_wolfe_start_is_plain_frank_wolfe(linear, n_steps, K):
+    # The row-by-row rounds' first W (cpu_kernels._frank_wolfe_start) against Frank–Wolfe written
+    # plainly: the same codes in the same order, the same weights (a feasible start), the same
+    # codes of most negative gradient after them.
+    from scq.solvers.engine import cpu_kernels as ck
+
+    rng = np.random.default_rng(n_steps + K)
+    D, lam, width, m = 5, 0.1, 16, 32  # (m: W's slots, room for all of 25 steps' codes)
+    E = rng.standard_normal((K, D))
+    z = 0.5 * rng.standard_normal(D)
+    table, scores = E @ E.T, E @ z
+    start = int(np.argmin((E * E).sum(1) - 2 * scores))
+    extra = lam * rng.dirichlet(np.ones(K)) if linear == "target" else np.empty(0)
+    b = scores + (extra if linear == "target" else lam * (np.arange(K) == start))
+    picked, weights, rest = _plain_frank_wolfe(table + lam * np.eye(K), b, start, n_steps, width)
+
+    code, sign, u = np.full(m, 7, dtype=np.int64), np.zeros(m), np.full(m, 0.5)
+    s, valid = np.ones(m, dtype=np.bool_), np.ones(m, dtype=np.bool_)
+    code[0] = start
+    n = ck._frank_wolfe_start(table, scores, extra, start if linear == "start-bonus" else -1, lam, lam, n_steps,
+                              code, sign, u, s, valid, ck._fw_scratch(n_steps, width, table))
+    assert n == len(picked) + len(rest) == max(width, len(picked))  # FW's codes all kept, past width
+    assert code[:n].tolist() == picked + rest
+    assert np.allclose(u[:len(picked)], weights, rtol=0, atol=1e-12) and abs(u.sum() - 1) < 1e-12
+    assert s.tolist() == [True] * len(picked) + [False] * (m - len(picked))
+    assert valid.tolist() == [True] * n + [False] * (m - n) and not u[len(picked):].any()
+    assert (n_steps > 1) <= (len(picked) > 1)  # FW moved off the start
+
+
+@pytest.mark.parametrize("dtype", [f32, f64])
+@pytest.mark.parametrize("with_target", [False, True])
+def test_the_frank_wolfe_start_gives_the_same_answer_in_fewer_rounds(dtype, with_target, monkeypatch):
+    # The rounds with and without the Frank–Wolfe start (option fw_steps): the same answer,
+    # gradients and certificate, and rows needing fewer rounds on the whole (random codes, D = 8:
+    # supports of several codes that the one-hot start ranks badly).
+    from scq.solvers.engine import cpu_kernels as ck
+
+    g = torch.Generator().manual_seed(21)
+    E = torch.randn(256, 8, generator=g, dtype=f64).to(dtype)
+    x = torch.randn(300, 8, generator=g, dtype=f64).to(dtype)
+    target = torch.softmax(3 * torch.randn(300, 256, generator=g, dtype=f64), -1).to(dtype) if with_target else None
+    row_rounds = []
+    launch = ck.table_rounds_par
+    monkeypatch.setattr(ck, "table_rounds_par", lambda *a: row_rounds.append(a[35]) or launch(*a))  # a[35]: rounds
+
+    def run(steps):
+        z = x.clone().requires_grad_()
+        p, info = scq.solve_scq(z, E, lam=0.1, target=target, method="pgd", return_info=True, fw_steps=steps)
+        (p * torch.arange(256, dtype=dtype)).sum().backward()
+        return p.detach(), info, z.grad, float(row_rounds[-1].mean())
+
+    p0, info0, g0, rounds0 = run(0)
+    p1, info1, g1, rounds1 = run(ws.FW_STEPS)  # (the default)
+    assert info0.converged and info1.converged
+    tol = 1e-5 if dtype == f32 else 1e-11
+    assert (p1 - p0).abs().max() < tol and (g1 - g0).abs().max() < 1e3 * tol
+    assert rounds1 < 0.7 * rounds0, (rounds1, rounds0)

@@ -114,7 +114,8 @@ def test_lockstep_and_compacted_agree():
 
 def test_working_set_growth_from_tiny_start():
     z, E = problem(N=10, K=40, D=6, seed=31)
-    w, info = scq.solve_scq(z, E, 0.01, working_set=1, add_per_round=1, return_info=True)
+    w, info = scq.solve_scq(z, E, 0.01, working_set=1, add_per_round=1, return_info=True,
+                             fw_steps=0)  # (one-hot start: W grows from 1 code)
     assert info.converged and info.extra["rounds"] > 1
     assert_close(w, reference_scq(z, E, 0.01), atol=1e-8)
 
@@ -153,7 +154,8 @@ def test_supports_far_past_d_plus_one_take_few_rounds(path, collapsed_codebook, 
 def test_non_convergence_is_reported():
     z, E = problem(N=10, K=40, D=6, seed=32)
     with pytest.warns(RuntimeWarning, match="did not reach tol"):
-        w, info = scq.solve_scq(z, E, 0.01, working_set=1, add_per_round=1, max_rounds=1, return_info=True)
+        w, info = scq.solve_scq(z, E, 0.01, working_set=1, add_per_round=1, max_rounds=1, return_info=True,
+                                 fw_steps=0)  # (from the one-hot start one round is not enough)
     assert not info.converged and info.residual > 0
     assert not bool(info.extra["converged_mask"].all())
 
@@ -201,6 +203,19 @@ def test_cuda_lasso_and_vq(device):
 def test_warm_start_length_does_not_change_the_answer(pg_iters):
     z, E = problem(N=20, K=32, D=5, seed=37)
     assert_close(scq.solve_scq(z, E, 0.05, pg_iters=pg_iters), reference_scq(z, E, 0.05), atol=1e-8)
+
+
+@pytest.mark.parametrize("fw_steps", [0, 1, 10, 60])
+@pytest.mark.parametrize("with_target", [False, True])
+def test_frank_wolfe_start_length_does_not_change_the_answer(fw_steps, with_target):
+    # The compiled CPU rounds open with fw_steps Frank–Wolfe steps (K ≤ N: on the codebook's Gram
+    # matrix); 60: more steps than W has slots at first.
+    z, E = problem(N=48, K=40, D=5, seed=38)
+    target = torch.softmax(torch.randn(48, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
+                           -1) if with_target else None
+    w, info = scq.solve_scq(z, E, 0.05, target=target, fw_steps=fw_steps, return_info=True)
+    assert info.converged
+    assert_close(w, reference_scq(z, E, 0.05, target), atol=1e-8)
 
 
 @pytest.mark.parametrize("simplex", [True, False])

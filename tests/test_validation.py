@@ -112,6 +112,7 @@ def test_bad_solver_options_are_named(zE, option, value, error, message, solver)
 @pytest.mark.parametrize("method,option,value,error,message", [
     ("pgd", "max_rounds", 0, ValueError, "max_rounds must be >= 1, got 0"),
     ("pgd", "tol", 0.0, ValueError, "tol must be a finite number > 0, got 0.0"),
+    ("pgd", "fw_steps", -1, ValueError, "fw_steps must be >= 0, got -1"),
     ("relaxed", "projection", "newton", ValueError, r"projection must be one of \('sort', 'bisect'\), got 'newton'"),
     ("exact", "chunk_size", 0, ValueError, "chunk_size must be >= 1, got 0"),  # was range()'s "arg 3 must not be zero"
     ("exact", "solver_args", 3, TypeError, "solver_args must be a dict or None, got int"),
@@ -146,6 +147,13 @@ def test_lasso_option_values_are_checked_where_they_enter(zE, option, value, err
         scq.SVQ(E.shape[1], E.shape[0], solver="lasso", **{option: value})
     with pytest.raises(ValueError, match="lasso_method: unknown method 'nope'"):
         scq.SVQ(E.shape[1], E.shape[0], solver="lasso", lasso_method="nope")
+
+
+def test_the_lasso_has_no_frank_wolfe_start(zE):
+    # fw_steps is SCQ's pgd's (the simplex's Frank–Wolfe start): the lasso names it as unknown.
+    z, E = zE
+    with pytest.raises(TypeError, match=r"unknown options \['fw_steps'\]"):
+        scq.solve_lasso(z, E, 0.5, fw_steps=3)
 
 
 def test_a_registered_method_validates_its_own_options(zE):

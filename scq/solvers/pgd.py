@@ -20,7 +20,7 @@ import torch
 
 from .certificate import Certificate, scq_scale, sizes_of, with_rounding_floor
 from .engine import QPForm, solve
-from .engine.working_set import check_engine_options, engine_hint, make_options
+from .engine.working_set import FW_STEPS, check_engine_options, engine_hint, make_options
 from .registry import SolverInfo, register_method
 from .solution import SparseWeights
 
@@ -40,6 +40,7 @@ def solve_pgd(
     add_per_round: int = 8,
     compact: bool = True,
     pg_iters: int = 10,
+    fw_steps: int = FW_STEPS,
 ) -> "tuple[SparseWeights, SolverInfo]":
     """Options:
         tol: the relative KKT tolerance the answer is certified at (default 1e-10 in float64, 1e-5
@@ -59,10 +60,17 @@ def solve_pgd(
             fixed shapes, at the cost of re-solving finished vectors.
         pg_iters: FISTA steps on the working set before each exact active-set polish (0: polish
             from the previous point directly).
+        fw_steps: Frank–Wolfe steps over all K codes that open each vector's solve where the
+            compiled CPU rounds run on the codebook's Gram matrix (``working_set.uses_codebook_gram``);
+            the first working set is then FW's codes, with their weights, and the most violating
+            codes there, ``max(working_set, 24)`` in all. From the one-hot start the exact supports'
+            codes rank far down, and vectors took ~4 rounds to find them; after 10 steps most finish
+            in one (0.73–0.91× the time, docs/math.md §2). 0: the one-hot start and its
+            ``working_set − 1`` most violating codes. Elsewhere (CUDA, no Gram matrix) unused.
 
     Returns the solution as :class:`SparseWeights`.
     """
-    opts = make_options(z.dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact, pg_iters)
+    opts = make_options(z.dtype, tol, max_rounds, max_inner, working_set, add_per_round, compact, pg_iters, fw_steps)
     form = QPForm(simplex=True, signed=False, ridge=lam, l1=0.0, start_bonus=lam)
     diagnostics: dict = {}
     kept: dict = {}  # the certificate's sizes and row scale, where the rounds measure with them: its rounding floor

@@ -1400,6 +1400,174 @@ ROW_RUNNING, ROW_DONE, ROW_OUT_OF_ROUNDS, ROW_OUTGROWN, ROW_WIDER_ENTRY = 0, 1, 
 
 
 @njit(**_JIT)
+def _fw_scratch(n_steps, width, table):
+    """Scratch of :func:`_frank_wolfe_start` for ``n_steps`` steps and a first W of ``width``
+    slots (``table``: (K, K), or empty where no row takes the start)."""
+    K = table.shape[0]
+    return (np.empty(K, dtype=table.dtype), np.empty(K, dtype=table.dtype),
+            np.empty(min(K, ENTERING_LANES), dtype=table.dtype), np.empty(n_steps + 1, dtype=np.int64),
+            np.empty(n_steps + 1, dtype=np.float64), _entering_scratch(width, table),
+            np.empty(width, dtype=table.dtype), np.empty(width, dtype=np.int64))
+
+
+@njit(**_JIT)
+def _fw_pass(tp, Tj, keep, at, scores, extra, g, block_min):
+    """Frank–Wolfe's pass over K: tp ← keep·tp + at·T_j, g = tp − scores (− extra), and the
+    minima of g over the strided blocks b, b + B, … (B = len(block_min)), elementwise over the
+    B lanes: the pass vectorizes (over whole blocks; the last, partial one after)."""
+    K = tp.shape[0]
+    B = block_min.shape[0]
+    has_extra = extra.shape[0] > 0
+    for b in range(B):
+        block_min[b] = np.inf
+    full = K // B
+    if has_extra:
+        for i in range(full):
+            base = i * B
+            for b in range(B):
+                k = base + b
+                t = keep * tp[k] + at * Tj[k]
+                tp[k] = t
+                v = t - scores[k] - extra[k]
+                g[k] = v
+                block_min[b] = v if v < block_min[b] else block_min[b]
+    else:
+        for i in range(full):
+            base = i * B
+            for b in range(B):
+                k = base + b
+                t = keep * tp[k] + at * Tj[k]
+                tp[k] = t
+                v = t - scores[k]
+                g[k] = v
+                block_min[b] = v if v < block_min[b] else block_min[b]
+    for k in range(full * B, K):
+        t = keep * tp[k] + at * Tj[k]
+        tp[k] = t
+        v = t - scores[k] - (extra[k] if has_extra else 0)
+        g[k] = v
+        b = k - full * B
+        block_min[b] = v if v < block_min[b] else block_min[b]
+
+
+@njit(**_JIT)
+def _fw_block_min(g, b, n_blocks, K):
+    """The smallest of g over the strided block b (codes b, b + n_blocks, …)."""
+    v = g.dtype.type(np.inf)
+    for k in range(b, K, n_blocks):
+        v = min(v, g[k])
+    return v
+
+
+@njit(**_JIT)
+def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code, sign, u, s, valid, scratch):
+    """A row's first W (SCQ, the codebook's Gram matrix path), in place on its ``code``, ``sign``,
+    ``u``, ``s``, ``valid`` (W's slots; slot 0 comes in holding the start code): ``n_steps``
+    Frank–Wolfe steps over all K codes on ½pᵀHp − bᵀp over the simplex (H = T + ρI, T = EEᵀ =
+    ``table``, b = ``scores`` + ``extra``, or + ``bonus`` at the ``start`` code), from the one-hot
+    start, each with the exact line search; then W = the codes FW gave weight to, with their
+    weights (a feasible start: ``s`` marks them), and the codes of most negative gradient there,
+    up to the scratch's width (:func:`_fw_scratch`). Returns how many slots it filled.
+
+    Why: the one-hot start ranks codes badly (the exact supports hold codes ranked ~600th of
+    1024 there), so rows needed ~4 rounds of W's work; from FW's point most rows' supports lie in
+    its first W, and they finish in one or two (docs/math.md §2).
+
+    A step is one pass over K: Hp ← (1 − a)Hp + a(T_j + ρe_j), g = Hp − b and the minima of g
+    over strided blocks (elementwise over the blocks, so that the pass vectorizes; a running
+    minimum does not); the ρ at j and the start's bonus go in after the pass, their blocks'
+    minima made again. pᵀHp and bᵀp are carried as scalars, the weights as a list of codes."""
+    tp, g, block_min, fw_code, fw_weight, entering, best, best_code = scratch
+    K = table.shape[0]
+    m = code.shape[0]
+    n_blocks = block_min.shape[0]
+    has_extra = extra.shape[0] > 0
+    c0 = code[0]
+    rho = tp.dtype.type(ridge)
+    tp[:] = 0
+    _fw_pass(tp, table[c0], tp.dtype.type(0), tp.dtype.type(1), scores, extra, g, block_min)
+    tp[c0] += rho
+    g[c0] += rho
+    block_min[c0 % n_blocks] = _fw_block_min(g, c0 % n_blocks, n_blocks, K)
+    if start >= 0:
+        g[start] -= bonus
+        block_min[start % n_blocks] = min(block_min[start % n_blocks], g[start])
+    b0 = scores[c0] + (extra[c0] if has_extra else (bonus if c0 == start else 0.0))
+    A = tp[c0]  # pᵀHp
+    B = b0  # bᵀp
+    n_fw = 1
+    fw_code[0] = c0
+    fw_weight[0] = 1.0
+    for step in range(n_steps):
+        bb = 0
+        for b in range(1, n_blocks):
+            if block_min[b] < block_min[bb]:
+                bb = b
+        j = bb
+        for k in range(bb, K, n_blocks):
+            if g[k] < g[j]:
+                j = k
+        gd = g[j] - (A - B)  # gᵀ(e_j − p)
+        if not gd < 0:
+            break
+        hj = tp[j]
+        tjj = table[j, j] + ridge
+        curv = tjj - 2 * hj + A
+        a = min(-gd / curv, 1.0) if curv > 0 else 1.0
+        bj = scores[j] + (extra[j] if has_extra else (bonus if j == start else 0.0))
+        A = (1 - a) * (1 - a) * A + 2 * a * (1 - a) * hj + a * a * tjj
+        B = (1 - a) * B + a * bj
+        keep = tp.dtype.type(1 - a)
+        at = tp.dtype.type(a)
+        _fw_pass(tp, table[j], keep, at, scores, extra, g, block_min)
+        tp[j] += at * rho
+        g[j] += at * rho
+        block_min[j % n_blocks] = _fw_block_min(g, j % n_blocks, n_blocks, K)
+        if start >= 0:
+            g[start] -= bonus
+            block_min[start % n_blocks] = min(block_min[start % n_blocks], g[start])
+        found = False
+        for t in range(n_fw):
+            fw_weight[t] *= 1 - a
+            if fw_code[t] == j:
+                fw_weight[t] += a
+                found = True
+        if not found:
+            fw_code[n_fw] = j
+            fw_weight[n_fw] = a
+            n_fw += 1
+    # W: FW's codes with their weights, then the most negative gradients outside them.
+    for a in range(m):
+        valid[a] = False
+        u[a] = 0
+        s[a] = False
+        sign[a] = 1
+    n_w = 0
+    total = 0.0
+    for t in range(n_fw):
+        if fw_weight[t] > 0 and n_w < m:
+            code[n_w] = fw_code[t]
+            u[n_w] = fw_weight[t]
+            s[n_w] = True
+            valid[n_w] = True
+            total += fw_weight[t]
+            n_w += 1
+    for a in range(n_w):
+        u[a] /= total
+    n_top = best.shape[0] - n_w
+    if n_top > 0:
+        in_w, score, block_top, low = entering
+        _entering_row(g, code, sign, valid, False, in_w, score, block_top, low[:n_top], best[:n_top],
+                      best_code[:n_top], -np.inf)
+        for t in range(n_top):
+            if best[t] > -np.inf:
+                code[n_w] = best_code[t]
+                valid[n_w] = True
+                n_w += 1
+    return n_w
+
+
+@njit(**_JIT)
 def _grow_entry(r, n_add, add_cap, wide_cap, d, s, row_add, row_state, width):
     """Row ``r`` filled every entry slot: it examines twice as many codes next round, up to
     ``add_cap`` (:func:`scq.solvers.engine.working_set.more_per_round`'s bound), or up to
@@ -1426,7 +1594,7 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
                       tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam,
                       cert_scale, cert,
                       max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds, row_add, row_iters,
-                      row_state, broken, new_code, new_sign, violating, need, lo, hi):
+                      row_state, broken, new_code, new_sign, violating, need, fw_steps, fw_width, lo, hi):
     """Every certificate round of rows ``rows[lo:hi]``, each row to its end before the next row
     starts, where the codebook's Gram matrix ``table`` = EEᵀ (K, K) and ``scores`` ZEᵀ give each
     row's systems and gradients (``working_set.uses_codebook_gram``): a row needs nothing of the
@@ -1461,10 +1629,17 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
     w_nz = np.empty(m, dtype=table.dtype)
     no_extra = np.empty(0, dtype=extra.dtype)
     no_zq = np.empty((0, E_out.shape[1]), dtype=E_out.dtype)
+    fw = fw_steps > 0 and simplex and not signed
+    fw_scratch = _fw_scratch(fw_steps if fw else 0, min(fw_width, m), table[:K if fw else 0])
     for n in range(lo, hi):
         r = rows[n]
         running = True
         carried = 0  # (the scratch's factor is another row's)
+        if fw and row_rounds[r] == 0 and row_state[r] == ROW_RUNNING:
+            width = _frank_wolfe_start(table, scores[r], extra[r] if has_extra else no_extra,
+                                       start[r] if has_start else -1, bonus, ridge, fw_steps, code[r], sign[r], u[r],
+                                       s[r], valid[r], fw_scratch)
+            need[r] = max(need[r], width)
         if row_state[r] == ROW_OUTGROWN:  # W is wide enough now: its violators enter
             row_state[r] = ROW_RUNNING
             n_add = row_add[r]
@@ -1563,13 +1738,13 @@ def round_par(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, r
 def table_rounds_par(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, signed, u, s, valid, tol,
                      n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam, cert_scale,
                      cert, max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds, row_add,
-                     row_iters, row_state, broken, new_code, new_sign, violating, need, bounds):
+                     row_iters, row_state, broken, new_code, new_sign, violating, need, fw_steps, fw_width, bounds):
     for t in prange(bounds.shape[0] - 1):
         table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, signed, u, s, valid,
                           tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam,
                           cert_scale, cert, max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds,
-                          row_add, row_iters, row_state, broken, new_code, new_sign, violating, need, bounds[t],
-                          bounds[t + 1])
+                          row_add, row_iters, row_state, broken, new_code, new_sign, violating, need, fw_steps,
+                          fw_width, bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)

@@ -79,6 +79,7 @@ class Options:
     add_per_round: int
     compact: bool
     pg_iters: int = 10
+    fw_steps: int = 0
 
 
 # Where the caller gives no tolerance, float32 solves aim this many times inside the default the
@@ -98,7 +99,7 @@ def engine_tol(dtype: torch.dtype) -> float:
 
 
 # The engine's integer options and their least values (``check_engine_options``).
-_INT_OPTIONS = {"max_rounds": 1, "max_inner": 1, "working_set": 1, "add_per_round": 1, "pg_iters": 0}
+_INT_OPTIONS = {"max_rounds": 1, "max_inner": 1, "working_set": 1, "add_per_round": 1, "pg_iters": 0, "fw_steps": 0}
 
 
 def check_engine_options(**options) -> None:
@@ -111,12 +112,12 @@ def check_engine_options(**options) -> None:
 
 
 def make_options(dtype: torch.dtype, tol: Optional[float], max_rounds: int, max_inner: int, working_set: int,
-                 add_per_round: int, compact: bool, pg_iters: int) -> Options:
+                 add_per_round: int, compact: bool, pg_iters: int, fw_steps: int = 0) -> Options:
     """Engine options from a method's keyword options (``tol=None``: :func:`engine_tol`), their
     values checked already (:func:`check_engine_options`)."""
     return Options(tol=engine_tol(dtype) if tol is None else float(tol), max_rounds=int(max_rounds),
                    max_inner=int(max_inner), working_set=int(working_set), add_per_round=int(add_per_round),
-                   compact=bool(compact), pg_iters=int(pg_iters))
+                   compact=bool(compact), pg_iters=int(pg_iters), fw_steps=int(fw_steps))
 
 
 def more_per_round(n_add: int, K: int, D: int, opts: Options, simplex: bool, widest_support: int = 0) -> int:
@@ -173,6 +174,27 @@ GROW_AFTER_ROUNDS = 4
 # one compiled call (:func:`_rounds_row_by_row`). False: the batch loop of :func:`_rounds_on_cpu`,
 # round by round (the same answers; the tests compare the two).
 ROW_BY_ROW = True
+# There, SCQ's rows start from ``fw_steps`` (default FW_STEPS) Frank–Wolfe steps over all K codes,
+# their first W the codes FW weighted and the most violating after them, max(working_set, FW_WIDTH)
+# slots in all (cpu_kernels._frank_wolfe_start, docs/math.md §2), instead of the one-hot start and
+# its working_set − 1 most violating codes. Measured (2 cores, fp32, forward+backward, paired in
+# one process, the runtime benchmark's codebooks): 0.73–0.91× the time at N = 1024–4096,
+# K = 128–1024, D = 16–256; 6 to 12 steps and 20 to 24 slots within a few percent of each other,
+# 20+ steps or 32 slots slower (a step is a sweep over K). 0: off.
+FW_STEPS = 10
+FW_WIDTH = 24
+
+
+def frank_wolfe_start(problem: QPForm, opts: Options) -> bool:
+    """Whether the row-by-row rounds open with Frank–Wolfe steps over all K codes (SCQ's rows,
+    ``opts.fw_steps`` > 0, where the codebook's Gram matrix is at hand: the caller checks that):
+    then :func:`_forward` leaves the first W to them."""
+    return ROW_BY_ROW and opts.fw_steps > 0 and problem.simplex and not problem.signed
+
+
+def frank_wolfe_width(opts: Options) -> int:
+    """The first W's slots after the Frank–Wolfe start: ``working_set`` where larger."""
+    return max(opts.working_set, FW_WIDTH)
 
 
 def system_dtype(dtype: torch.dtype, ridge: float, e_max_sq: float, spread_sq: Optional[float] = None) -> torch.dtype:
@@ -482,6 +504,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     else:
         scores = None  # done with (the start is found): not held through the rounds, an (N, K) buffer
     n_first = m - code.shape[1]
+    if table is not None and frank_wolfe_start(problem, opts):
+        n_first = 0  # the compiled rounds make each row's first W themselves
     if n_first > 0:
         entering = None
         if table is not None:  # the start's gradients row by row from EEᵀ: no (N, K) G
@@ -833,7 +857,8 @@ def _rounds_row_by_row(k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, s
     K_t, D = table_np.shape[0], z_sys.shape[1]
     add_cap = more_per_round(K_t, K_t, D, opts, problem.simplex)  # the most a round examines
     # W's arrays start wide enough for a few rounds' entering codes, so that few rows outgrow them.
-    capacity = min(K_w, max(m, 4 * m))
+    fw_steps = opts.fw_steps if frank_wolfe_start(problem, opts) else 0
+    capacity = min(K_w, max(4 * opts.working_set, frank_wolfe_width(opts) if fw_steps else 0))
     pad = lambda t, width, fill: torch.cat([t, torch.full((N, width - t.shape[1]), fill, dtype=t.dtype)], 1)
     widen = lambda W, width: tuple(pad(t, width, fill) for t, fill in zip(W, (0, 1, 0, False, False)))
     code, sign, u, s, valid = widen((code, sign, u, s, valid), capacity)
@@ -858,7 +883,8 @@ def _rounds_row_by_row(k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, s
                            drop_tolerance(sys_dtype), finfo.tiny, DEGENERATE_SLACK, allowance, refines(sys_dtype),
                            cert_lam, cert_scale, cert, int(opts.max_rounds), GROW_AFTER_ROUNDS, add_cap,
                            no_cache_gram, no_cache_code, rows, row_rounds, row_add, row_iters, row_state,
-                           broken.numpy(), new_code, new_sign, violating, need, fused.row_ranges(rows.shape[0]))
+                           broken.numpy(), new_code, new_sign, violating, need, fw_steps, frank_wolfe_width(opts),
+                           fused.row_ranges(rows.shape[0]))
         outgrown = rows[row_state[rows] == k.ROW_OUTGROWN]
         if outgrown.shape[0]:  # widen W as the batch loop does: twice as wide at least
             if capacity >= K_w:  # (cannot happen: a row's support and violators are distinct codes)
