@@ -1404,47 +1404,35 @@ def _fw_scratch(n_steps, width, table):
     """Scratch of :func:`_frank_wolfe_start` for ``n_steps`` steps and a first W of ``width``
     slots (``table``: (K, K), or empty where no row takes the start)."""
     K = table.shape[0]
-    return (np.empty(K, dtype=table.dtype), np.empty(K, dtype=table.dtype),
+    return (np.empty(K, dtype=table.dtype), np.empty(K, dtype=table.dtype), np.empty(K, dtype=table.dtype),
             np.empty(min(K, ENTERING_LANES), dtype=table.dtype), np.empty(n_steps + 1, dtype=np.int64),
             np.empty(n_steps + 1, dtype=np.float64), _entering_scratch(width, table),
             np.empty(width, dtype=table.dtype), np.empty(width, dtype=np.int64))
 
 
 @njit(**_JIT)
-def _fw_pass(tp, Tj, keep, at, scores, extra, g, block_min):
-    """Frank–Wolfe's pass over K: tp ← keep·tp + at·T_j, g = tp − scores (− extra), and the
-    minima of g over the strided blocks b, b + B, … (B = len(block_min)), elementwise over the
-    B lanes: the pass vectorizes (over whole blocks; the last, partial one after)."""
+def _fw_pass(tp, Tj, keep, at, lin, g, block_min):
+    """Frank–Wolfe's pass over K: tp ← keep·tp + at·T_j, g = tp − lin, and the minima of g over
+    the strided blocks b, b + B, … (B = len(block_min)), elementwise over the B lanes: the pass
+    vectorizes (over whole blocks; the last, partial one after)."""
     K = tp.shape[0]
     B = block_min.shape[0]
-    has_extra = extra.shape[0] > 0
     for b in range(B):
         block_min[b] = np.inf
     full = K // B
-    if has_extra:
-        for i in range(full):
-            base = i * B
-            for b in range(B):
-                k = base + b
-                t = keep * tp[k] + at * Tj[k]
-                tp[k] = t
-                v = t - scores[k] - extra[k]
-                g[k] = v
-                block_min[b] = v if v < block_min[b] else block_min[b]
-    else:
-        for i in range(full):
-            base = i * B
-            for b in range(B):
-                k = base + b
-                t = keep * tp[k] + at * Tj[k]
-                tp[k] = t
-                v = t - scores[k]
-                g[k] = v
-                block_min[b] = v if v < block_min[b] else block_min[b]
+    for i in range(full):
+        base = i * B
+        for b in range(B):
+            k = base + b
+            t = keep * tp[k] + at * Tj[k]
+            tp[k] = t
+            v = t - lin[k]
+            g[k] = v
+            block_min[b] = v if v < block_min[b] else block_min[b]
     for k in range(full * B, K):
         t = keep * tp[k] + at * Tj[k]
         tp[k] = t
-        v = t - scores[k] - (extra[k] if has_extra else 0)
+        v = t - lin[k]
         g[k] = v
         b = k - full * B
         block_min[b] = v if v < block_min[b] else block_min[b]
@@ -1477,22 +1465,26 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
     over strided blocks (elementwise over the blocks, so that the pass vectorizes; a running
     minimum does not); the ρ at j and the start's bonus go in after the pass, their blocks'
     minima made again. pᵀHp and bᵀp are carried as scalars, the weights as a list of codes."""
-    tp, g, block_min, fw_code, fw_weight, entering, best, best_code = scratch
+    tp, g, lin, block_min, fw_code, fw_weight, entering, best, best_code = scratch
     K = table.shape[0]
     m = code.shape[0]
     n_blocks = block_min.shape[0]
-    has_extra = extra.shape[0] > 0
+    if extra.shape[0] > 0:  # b's part that is a K-vector, summed once (the start's bonus goes in apart)
+        for k in range(K):
+            lin[k] = scores[k] + extra[k]
+    else:
+        lin[:] = scores
     c0 = code[0]
     rho = tp.dtype.type(ridge)
     tp[:] = 0
-    _fw_pass(tp, table[c0], tp.dtype.type(0), tp.dtype.type(1), scores, extra, g, block_min)
+    _fw_pass(tp, table[c0], tp.dtype.type(0), tp.dtype.type(1), lin, g, block_min)
     tp[c0] += rho
     g[c0] += rho
     block_min[c0 % n_blocks] = _fw_block_min(g, c0 % n_blocks, n_blocks, K)
     if start >= 0:
         g[start] -= bonus
         block_min[start % n_blocks] = min(block_min[start % n_blocks], g[start])
-    b0 = scores[c0] + (extra[c0] if has_extra else (bonus if c0 == start else 0.0))
+    b0 = lin[c0] + (bonus if c0 == start else 0.0)
     A = tp[c0]  # pᵀHp
     B = b0  # bᵀp
     n_fw = 1
@@ -1514,12 +1506,12 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
         tjj = table[j, j] + ridge
         curv = tjj - 2 * hj + A
         a = min(-gd / curv, 1.0) if curv > 0 else 1.0
-        bj = scores[j] + (extra[j] if has_extra else (bonus if j == start else 0.0))
+        bj = lin[j] + (bonus if j == start else 0.0)
         A = (1 - a) * (1 - a) * A + 2 * a * (1 - a) * hj + a * a * tjj
         B = (1 - a) * B + a * bj
         keep = tp.dtype.type(1 - a)
         at = tp.dtype.type(a)
-        _fw_pass(tp, table[j], keep, at, scores, extra, g, block_min)
+        _fw_pass(tp, table[j], keep, at, lin, g, block_min)
         tp[j] += at * rho
         g[j] += at * rho
         block_min[j % n_blocks] = _fw_block_min(g, j % n_blocks, n_blocks, K)

@@ -178,7 +178,7 @@ ROW_BY_ROW = True
 # their first W the codes FW weighted and the most violating after them, max(working_set, FW_WIDTH)
 # slots in all (cpu_kernels._frank_wolfe_start, docs/math.md §2), instead of the one-hot start and
 # its working_set − 1 most violating codes. Measured (2 cores, fp32, forward+backward, paired in
-# one process, the runtime benchmark's codebooks): 0.73–0.91× the time at N = 1024–4096,
+# one process, the runtime benchmark's codebooks): 0.73–0.95× the time at N = 1024–4096,
 # K = 128–1024, D = 16–256; 6 to 12 steps and 20 to 24 slots within a few percent of each other,
 # 20+ steps or 32 slots slower (a step is a sweep over K). 0: off.
 FW_STEPS = 10
