@@ -1459,21 +1459,24 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
 
     Why: the one-hot start ranks codes badly (the exact supports hold codes ranked ~600th of
     1024 there), so rows needed ~4 rounds of W's work; from FW's point most rows' supports lie in
-    its first W, and they finish in one or two (docs/math.md §2).
+    its first W, and half to three quarters of them finish in one round (docs/math.md §2).
 
     A step is one pass over K: Hp ← (1 − a)Hp + a(T_j + ρe_j), g = Hp − b and the minima of g
     over strided blocks (elementwise over the blocks, so that the pass vectorizes; a running
-    minimum does not); the ρ at j and the start's bonus go in after the pass, their blocks'
-    minima made again. pᵀHp and bᵀp are carried as scalars, the weights as a list of codes."""
+    minimum does not); the ρ at j goes in after the pass, its block's minimum made again. b is
+    one K-vector (the start's bonus in it); pᵀHp and bᵀp are carried as scalars, the weights as a
+    list of codes."""
     tp, g, lin, block_min, fw_code, fw_weight, entering, best, best_code = scratch
     K = table.shape[0]
     m = code.shape[0]
     n_blocks = block_min.shape[0]
-    if extra.shape[0] > 0:  # b's part that is a K-vector, summed once (the start's bonus goes in apart)
+    if extra.shape[0] > 0:  # b, summed once a row
         for k in range(K):
             lin[k] = scores[k] + extra[k]
     else:
         lin[:] = scores
+    if start >= 0:
+        lin[start] += bonus
     c0 = code[0]
     rho = tp.dtype.type(ridge)
     tp[:] = 0
@@ -1481,12 +1484,8 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
     tp[c0] += rho
     g[c0] += rho
     block_min[c0 % n_blocks] = _fw_block_min(g, c0 % n_blocks, n_blocks, K)
-    if start >= 0:
-        g[start] -= bonus
-        block_min[start % n_blocks] = min(block_min[start % n_blocks], g[start])
-    b0 = lin[c0] + (bonus if c0 == start else 0.0)
     A = tp[c0]  # pᵀHp
-    B = b0  # bᵀp
+    B = lin[c0]  # bᵀp
     n_fw = 1
     fw_code[0] = c0
     fw_weight[0] = 1.0
@@ -1506,18 +1505,14 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
         tjj = table[j, j] + ridge
         curv = tjj - 2 * hj + A
         a = min(-gd / curv, 1.0) if curv > 0 else 1.0
-        bj = lin[j] + (bonus if j == start else 0.0)
         A = (1 - a) * (1 - a) * A + 2 * a * (1 - a) * hj + a * a * tjj
-        B = (1 - a) * B + a * bj
+        B = (1 - a) * B + a * lin[j]
         keep = tp.dtype.type(1 - a)
         at = tp.dtype.type(a)
         _fw_pass(tp, table[j], keep, at, lin, g, block_min)
         tp[j] += at * rho
         g[j] += at * rho
         block_min[j % n_blocks] = _fw_block_min(g, j % n_blocks, n_blocks, K)
-        if start >= 0:
-            g[start] -= bonus
-            block_min[start % n_blocks] = min(block_min[start % n_blocks], g[start])
         found = False
         for t in range(n_fw):
             fw_weight[t] *= 1 - a
