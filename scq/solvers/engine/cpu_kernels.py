@@ -1439,12 +1439,14 @@ def _fw_pass(tp, Tj, keep, at, lin, g, block_min):
 
 
 @njit(**_JIT)
-def _fw_block_min(g, b, n_blocks, K):
-    """The smallest of g over the strided block b (codes b, b + n_blocks, …)."""
-    v = g.dtype.type(np.inf)
-    for k in range(b, K, n_blocks):
-        v = min(v, g[k])
-    return v
+def _fw_block_min(g, b, n_blocks):
+    """The smallest of g over the strided block b (codes b, b + n_blocks, …) and its code
+    (ties: the lower)."""
+    v, at = g.dtype.type(np.inf), b
+    for k in range(b, g.shape[0], n_blocks):
+        if g[k] < v:
+            v, at = g[k], k
+    return v, at
 
 
 @njit(**_JIT)
@@ -1483,7 +1485,7 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
     _fw_pass(tp, table[c0], tp.dtype.type(0), tp.dtype.type(1), lin, g, block_min)
     tp[c0] += rho
     g[c0] += rho
-    block_min[c0 % n_blocks] = _fw_block_min(g, c0 % n_blocks, n_blocks, K)
+    block_min[c0 % n_blocks] = _fw_block_min(g, c0 % n_blocks, n_blocks)[0]
     A = tp[c0]  # pᵀHp
     B = lin[c0]  # bᵀp
     n_fw = 1
@@ -1494,11 +1496,8 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
         for b in range(1, n_blocks):
             if block_min[b] < block_min[bb]:
                 bb = b
-        j = bb
-        for k in range(bb, K, n_blocks):
-            if g[k] < g[j]:
-                j = k
-        gd = g[j] - (A - B)  # gᵀ(e_j − p)
+        gj, j = _fw_block_min(g, bb, n_blocks)
+        gd = gj - (A - B)  # gᵀ(e_j − p)
         if not gd < 0:
             break
         hj = tp[j]
@@ -1512,7 +1511,7 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
         _fw_pass(tp, table[j], keep, at, lin, g, block_min)
         tp[j] += at * rho
         g[j] += at * rho
-        block_min[j % n_blocks] = _fw_block_min(g, j % n_blocks, n_blocks, K)
+        block_min[j % n_blocks] = _fw_block_min(g, j % n_blocks, n_blocks)[0]
         found = False
         for t in range(n_fw):
             fw_weight[t] *= 1 - a
@@ -1601,7 +1600,9 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
     (``row_state``: ``ROW_*``), the widest W it placed (``need``). A row stops when done, out of
     ``max_rounds``, outgrown (W's width, code.shape[1], too narrow) or wanting more entry slots
     than ``new_code`` has: the caller widens W or those arrays and calls again for these rows; the
-    outgrown ones place their waiting violators first."""
+    outgrown ones place their waiting violators first. ``fw_steps`` > 0 (SCQ's rows only): a row
+    that has run no round yet first makes its W of up to ``fw_width`` slots with
+    :func:`_frank_wolfe_start` (the caller leaves W holding just the start code)."""
     m = code.shape[1]
     K = table.shape[0]
     has_extra = extra.shape[0] > 0
