@@ -675,16 +675,19 @@ def test_a_factor_carried_to_the_next_round_points_at_its_codes_new_slots_or_is_
     assert ck._carried_factor(row_code, row_sign, fact_code, fact_sign, 0, idx) == 0
 
 
-def _plain_frank_wolfe(H, b, start, n_steps, width):
+def _plain_frank_wolfe(H, b, start, n_steps, width, n_blocks=1):
     """Frank–Wolfe on ½pᵀHp − bᵀp over the simplex from one_hot(start), exact line search, written
-    plainly (dense H, NumPy): the codes given weight in the order they were first picked, their
-    weights, then the codes of most negative gradient outside them (ties: the lower code), up to
-    ``width`` codes."""
+    plainly (dense H, NumPy), in blocks of ``n_steps`` steps: a block more (up to ``n_blocks``)
+    after one whose steps each picked a code not picked before. Returns the codes given weight in
+    the order they were first picked, their weights, then the codes of most negative gradient
+    outside them (ties: the lower code), up to ``width`` codes and one more per step past the
+    first block; and the steps taken."""
     K = b.shape[0]
     p = np.zeros(K)
     p[start] = 1.0
     order = [start]
-    for _ in range(n_steps):
+    steps, limit, repeated = 0, n_steps, False
+    while steps < limit:
         g = H @ p - b
         j = int(np.argmin(g))
         d = -p.copy()
@@ -692,38 +695,47 @@ def _plain_frank_wolfe(H, b, start, n_steps, width):
         if not g @ d < 0:
             break
         p += min(1.0, -(g @ d) / (d @ H @ d)) * d
+        repeated |= j in order
         order += [j] if j not in order else []
+        steps += 1
+        if steps == limit and limit < n_steps * n_blocks and not repeated:
+            limit += n_steps
     g = H @ p - b
     picked = [c for c in order if p[c] > 0]
+    width += max(steps - n_steps, 0)
     rest = [int(k) for k in np.argsort(g, kind="stable") if int(k) not in picked][: max(0, width - len(picked))]
-    return picked, p[picked], rest
+    return picked, p[picked], rest, steps
 
 
 @pytest.mark.parametrize("linear", ["start-bonus", "target"])
-@pytest.mark.parametrize("n_steps", [0, 1, 5, 25])
-@pytest.mark.parametrize("K", [70, 300])  # 70: fewer codes than the sweep's 64 lanes have blocks of two
-def test_the_frank_wolfe_start_is_plain_frank_wolfe(linear, n_steps, K):
+@pytest.mark.parametrize("n_steps, n_blocks", [(0, 1), (1, 1), (5, 1), (25, 1), (1, 3), (5, 3), (8, 4)])
+@pytest.mark.parametrize("K, D", [(70, 5), (300, 5), (300, 40)])  # 70: fewer codes than the sweep's 64 lanes
+def test_the_frank_wolfe_start_is_plain_frank_wolfe(linear, n_steps, n_blocks, K, D):
     # The row-by-row rounds' first W (cpu_kernels._frank_wolfe_start) against Frank–Wolfe written
     # plainly: the same codes in the same order, the same weights (a feasible start), the same
-    # codes of most negative gradient after them.
+    # codes of most negative gradient after them; as many steps, blocks of them run on where
+    # each step found a new code (D = 40: supports of many codes, so the blocks run on).
     from scq.solvers.engine import cpu_kernels as ck
 
-    rng = np.random.default_rng(n_steps + K)
-    D, lam, width, m = 5, 0.1, 16, 32  # (m: W's slots, room for all of 25 steps' codes)
+    rng = np.random.default_rng(n_steps + K + D)
+    lam, width, m = 0.1, 16, 72  # (m: W's slots, room for all of 32 steps' codes and the widest W)
     E = rng.standard_normal((K, D))
     z = 0.5 * rng.standard_normal(D)
     table, scores = E @ E.T, E @ z
     start = int(np.argmin((E * E).sum(1) - 2 * scores))
     extra = lam * rng.dirichlet(np.ones(K)) if linear == "target" else np.empty(0)
     b = scores + (extra if linear == "target" else lam * (np.arange(K) == start))
-    picked, weights, rest = _plain_frank_wolfe(table + lam * np.eye(K), b, start, n_steps, width)
+    picked, weights, rest, steps = _plain_frank_wolfe(table + lam * np.eye(K), b, start, n_steps, width, n_blocks)
+    if D == 40 and n_steps and n_blocks > 1:  # (the case is there for this)
+        assert steps > n_steps
 
     code, sign, u = np.full(m, 7, dtype=np.int64), np.zeros(m), np.full(m, 0.5)
     s, valid = np.ones(m, dtype=np.bool_), np.ones(m, dtype=np.bool_)
     code[0] = start
     n = ck._frank_wolfe_start(table, scores, extra, start if linear == "start-bonus" else -1, lam, lam, n_steps,
-                              code, sign, u, s, valid, ck._fw_scratch(n_steps, width, table))
-    assert n == len(picked) + len(rest) == max(width, len(picked))  # FW's codes all kept, past width
+                              n_blocks, width, code, sign, u, s, valid, ck._fw_scratch(n_steps, n_blocks, width, table))
+    wider = width + max(steps - n_steps, 0)
+    assert n == len(picked) + len(rest) == max(wider, len(picked))  # FW's codes all kept, past width
     assert code[:n].tolist() == picked + rest
     assert np.allclose(u[:len(picked)], weights, rtol=0, atol=1e-12) and abs(u.sum() - 1) < 1e-12
     assert s.tolist() == [True] * len(picked) + [False] * (m - len(picked))
@@ -766,3 +778,36 @@ def test_the_frank_wolfe_start_gives_the_same_answer_in_fewer_rounds(dtype, with
         if dtype == f64:  # (float32's supports may differ by a code of weight ~1e-6: its Jacobian with them)
             assert (grad - exact_grad).abs().max() < 1e3 * tol
     assert rounds1 < 0.7 * rounds0, (rounds1, rounds0)
+
+
+@pytest.mark.parametrize("dtype", [f32, f64])
+def test_frank_wolfe_blocks_that_run_on_give_the_same_answer_in_fewer_rounds(dtype, monkeypatch):
+    # Random codes at D = 96: supports of ~21 codes, more than 10 FW steps reach, so rows whose
+    # steps each found a new code run more blocks (working_set.FW_BLOCKS) with a wider first W:
+    # the same answer and gradients as one block, in fewer rounds.
+    from scq.solvers.engine import cpu_kernels as ck
+
+    g = torch.Generator().manual_seed(22)
+    E = torch.randn(256, 96, generator=g, dtype=f64)
+    x = torch.randn(256, 96, generator=g, dtype=f64)
+    row_rounds = []
+    launch = ck.table_rounds_par
+    monkeypatch.setattr(ck, "table_rounds_par", lambda *a: row_rounds.append(a[35]) or launch(*a))  # a[35]: rounds
+
+    def run(blocks, dtype=dtype):
+        monkeypatch.setattr(ws, "FW_BLOCKS", blocks)
+        z = x.to(dtype).clone().requires_grad_()
+        p, info = scq.solve_scq(z, E.to(dtype), lam=0.1, method="pgd", return_info=True)
+        (p * torch.arange(256, dtype=dtype)).sum().backward()
+        return p.detach().double(), info, z.grad.double(), float(row_rounds[-1].mean())
+
+    exact, _, exact_grad, _ = run(1, f64)
+    p1, info1, g1, rounds1 = run(1)
+    p3, info3, g3, rounds3 = run(3)
+    assert info1.converged and info3.converged
+    tol = 1e-5 if dtype == f32 else 1e-11
+    for p, grad in ((p1, g1), (p3, g3)):
+        assert (p - exact).abs().max() < tol
+        if dtype == f64:
+            assert (grad - exact_grad).abs().max() < 1e3 * tol
+    assert rounds3 < 0.8 * rounds1, (rounds3, rounds1)  # (1.75 → 1.16 a row)

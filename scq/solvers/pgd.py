@@ -65,7 +65,9 @@ def solve_pgd(
             the first working set is then FW's codes, with their weights, and the most violating
             codes there, ``max(working_set, 24)`` in all. From the one-hot start the exact supports'
             codes rank far down, and vectors took ~4 rounds to find them; after 10 steps half to
-            three quarters finish in one (0.73–0.95× the time, docs/math.md §2). 0: the one-hot start and its
+            three quarters finish in one (0.73–0.95× the time, docs/math.md §2). A vector whose
+            ``fw_steps`` steps each found a new code (a larger support) takes up to two blocks of
+            as many more, with a slot more in W per step. 0: the one-hot start and its
             ``working_set − 1`` most violating codes. Elsewhere (CUDA, no Gram matrix) unused.
 
     Returns the solution as :class:`SparseWeights`.

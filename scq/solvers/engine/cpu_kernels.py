@@ -1400,14 +1400,17 @@ ROW_RUNNING, ROW_DONE, ROW_OUT_OF_ROUNDS, ROW_OUTGROWN, ROW_WIDER_ENTRY = 0, 1, 
 
 
 @njit(**_JIT)
-def _fw_scratch(n_steps, width, table):
-    """Scratch of :func:`_frank_wolfe_start` for ``n_steps`` steps and a first W of ``width``
-    slots (``table``: (K, K), or empty where no row takes the start)."""
+def _fw_scratch(n_steps, n_blocks, width, table):
+    """Scratch of :func:`_frank_wolfe_start` for up to ``n_blocks`` blocks of ``n_steps`` steps and
+    a first W of ``width`` slots, one more for each step past the first block (``table``: (K, K),
+    or empty where no row takes the start)."""
     K = table.shape[0]
+    most_steps = n_steps * max(n_blocks, 1)
+    widest = width + most_steps - n_steps
     return (np.empty(K, dtype=table.dtype), np.empty(K, dtype=table.dtype), np.empty(K, dtype=table.dtype),
-            np.empty(min(K, ENTERING_LANES), dtype=table.dtype), np.empty(n_steps + 1, dtype=np.int64),
-            np.empty(n_steps + 1, dtype=np.float64), _entering_scratch(width, table),
-            np.empty(width, dtype=table.dtype), np.empty(width, dtype=np.int64))
+            np.empty(min(K, ENTERING_LANES), dtype=table.dtype), np.empty(most_steps + 1, dtype=np.int64),
+            np.empty(most_steps + 1, dtype=np.float64), _entering_scratch(widest, table),
+            np.empty(widest, dtype=table.dtype), np.empty(widest, dtype=np.int64))
 
 
 @njit(**_JIT)
@@ -1450,18 +1453,26 @@ def _fw_block_min(g, b, n_blocks):
 
 
 @njit(**_JIT)
-def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code, sign, u, s, valid, scratch):
+def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, n_blocks, width, code, sign, u, s, valid,
+                       scratch):
     """A row's first W (SCQ, the codebook's Gram matrix path), in place on its ``code``, ``sign``,
     ``u``, ``s``, ``valid`` (W's slots; slot 0 comes in holding the start code): ``n_steps``
     Frank–Wolfe steps over all K codes on ½pᵀHp − bᵀp over the simplex (H = T + ρI, T = EEᵀ =
     ``table``, b = ``scores`` + ``extra``, or + ``bonus`` at the ``start`` code), from the one-hot
-    start, each with the exact line search; then W = the codes FW gave weight to, with their
-    weights (a feasible start: ``s`` marks them), and the codes of most negative gradient there,
-    up to the scratch's width (:func:`_fw_scratch`). Returns how many slots it filled.
+    start, each with the exact line search, and a block of ``n_steps`` more (up to ``n_blocks``
+    blocks) after a block whose steps each picked a code not picked before; then W = the codes FW
+    gave weight to, with their weights (a feasible start: ``s`` marks them), and the codes of most
+    negative gradient there, up to ``width`` slots and one more for each step past the first
+    block (capped by the scratch, :func:`_fw_scratch`, and W's slots). Returns how many slots it
+    filled.
 
     Why: the one-hot start ranks codes badly (the exact supports hold codes ranked ~600th of
     1024 there), so rows needed ~4 rounds of W's work; from FW's point most rows' supports lie in
-    its first W, and half to three quarters of them finish in one round (docs/math.md §2).
+    its first W, and half to three quarters of them finish in one round (docs/math.md §2). The
+    blocks that run on serve the larger supports (random codes at N = K = 1024: ~22 codes at
+    D = 64, ~40 at D = 256), which 10 steps cannot reach: a block of all-new codes says so (74%
+    and 100% of those rows; 10% at D = 16, 0–3% with the data-like codebook), and their rows took
+    2.1 and 3.7 rounds; with the blocks, 1.4 and 2.1.
 
     A step is one pass over K: Hp ← (1 − a)Hp + a(T_j + ρe_j), g = Hp − b and the minima of g
     over strided blocks (elementwise over the blocks, so that the pass vectorizes; a running
@@ -1471,7 +1482,7 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
     tp, g, lin, block_min, fw_code, fw_weight, entering, best, best_code = scratch
     K = table.shape[0]
     m = code.shape[0]
-    n_blocks = block_min.shape[0]
+    n_lanes = block_min.shape[0]
     if extra.shape[0] > 0:  # b, summed once a row
         for k in range(K):
             lin[k] = scores[k] + extra[k]
@@ -1485,18 +1496,21 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
     _fw_pass(tp, table[c0], tp.dtype.type(0), tp.dtype.type(1), lin, g, block_min)
     tp[c0] += rho
     g[c0] += rho
-    block_min[c0 % n_blocks] = _fw_block_min(g, c0 % n_blocks, n_blocks)[0]
+    block_min[c0 % n_lanes] = _fw_block_min(g, c0 % n_lanes, n_lanes)[0]
     A = tp[c0]  # pᵀHp
     B = lin[c0]  # bᵀp
     n_fw = 1
     fw_code[0] = c0
     fw_weight[0] = 1.0
-    for step in range(n_steps):
+    steps = 0
+    limit = n_steps
+    repeated = False  # whether a step of this block picked a code FW had picked before
+    while steps < limit:
         bb = 0
-        for b in range(1, n_blocks):
+        for b in range(1, n_lanes):
             if block_min[b] < block_min[bb]:
                 bb = b
-        gj, j = _fw_block_min(g, bb, n_blocks)
+        gj, j = _fw_block_min(g, bb, n_lanes)
         gd = gj - (A - B)  # gᵀ(e_j − p)
         if not gd < 0:
             break
@@ -1511,18 +1525,27 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
         _fw_pass(tp, table[j], keep, at, lin, g, block_min)
         tp[j] += at * rho
         g[j] += at * rho
-        block_min[j % n_blocks] = _fw_block_min(g, j % n_blocks, n_blocks)[0]
+        block_min[j % n_lanes] = _fw_block_min(g, j % n_lanes, n_lanes)[0]
         found = False
         for t in range(n_fw):
             fw_weight[t] *= 1 - a
             if fw_code[t] == j:
                 fw_weight[t] += a
                 found = True
-        if not found:
+        if found:
+            repeated = True
+        else:
             fw_code[n_fw] = j
             fw_weight[n_fw] = a
             n_fw += 1
-    # W: FW's codes with their weights, then the most negative gradients outside them.
+        steps += 1
+        # A block of steps that each found a new code: the support is larger than FW has reached
+        # (random codes at D = 64 to 256: 20 to 40 codes), so FW goes on a block more.
+        if steps == limit and limit < n_steps * n_blocks and not repeated:
+            limit += n_steps
+    # W: FW's codes with their weights, then the most negative gradients outside them, a slot more
+    # for each step past the first block.
+    width = min(width + max(steps - n_steps, 0), best.shape[0], m)
     for a in range(m):
         valid[a] = False
         u[a] = 0
@@ -1540,7 +1563,7 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, code,
             n_w += 1
     for a in range(n_w):
         u[a] /= total
-    n_top = best.shape[0] - n_w
+    n_top = width - n_w
     if n_top > 0:
         in_w, score, block_top, low = entering
         _entering_row(g, code, sign, valid, False, in_w, score, block_top, low[:n_top], best[:n_top],
@@ -1580,7 +1603,8 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
                       tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam,
                       cert_scale, cert,
                       max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds, row_add, row_iters,
-                      row_state, broken, new_code, new_sign, violating, need, fw_steps, fw_width, lo, hi):
+                      row_state, broken, new_code, new_sign, violating, need, fw_steps, fw_blocks, fw_width, lo,
+                      hi):
     """Every certificate round of rows ``rows[lo:hi]``, each row to its end before the next row
     starts, where the codebook's Gram matrix ``table`` = EEᵀ (K, K) and ``scores`` ZEᵀ give each
     row's systems and gradients (``working_set.uses_codebook_gram``): a row needs nothing of the
@@ -1618,15 +1642,15 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
     no_extra = np.empty(0, dtype=extra.dtype)
     no_zq = np.empty((0, E_out.shape[1]), dtype=E_out.dtype)
     fw = fw_steps > 0 and simplex and not signed
-    fw_scratch = _fw_scratch(fw_steps if fw else 0, min(fw_width, m), table[:K if fw else 0])
+    fw_scratch = _fw_scratch(fw_steps if fw else 0, fw_blocks, fw_width, table[:K if fw else 0])
     for n in range(lo, hi):
         r = rows[n]
         running = True
         carried = 0  # (the scratch's factor is another row's)
         if fw and row_rounds[r] == 0 and row_state[r] == ROW_RUNNING:
             width = _frank_wolfe_start(table, scores[r], extra[r] if has_extra else no_extra,
-                                       start[r] if has_start else -1, bonus, ridge, fw_steps, code[r], sign[r], u[r],
-                                       s[r], valid[r], fw_scratch)
+                                       start[r] if has_start else -1, bonus, ridge, fw_steps, fw_blocks, fw_width,
+                                       code[r], sign[r], u[r], s[r], valid[r], fw_scratch)
             need[r] = max(need[r], width)
         if row_state[r] == ROW_OUTGROWN:  # W is wide enough now: its violators enter
             row_state[r] = ROW_RUNNING
@@ -1726,13 +1750,14 @@ def round_par(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, r
 def table_rounds_par(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, signed, u, s, valid, tol,
                      n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam, cert_scale,
                      cert, max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds, row_add,
-                     row_iters, row_state, broken, new_code, new_sign, violating, need, fw_steps, fw_width, bounds):
+                     row_iters, row_state, broken, new_code, new_sign, violating, need, fw_steps, fw_blocks, fw_width,
+                     bounds):
     for t in prange(bounds.shape[0] - 1):
         table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, signed, u, s, valid,
                           tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam,
                           cert_scale, cert, max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds,
                           row_add, row_iters, row_state, broken, new_code, new_sign, violating, need, fw_steps,
-                          fw_width, bounds[t], bounds[t + 1])
+                          fw_blocks, fw_width, bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)
