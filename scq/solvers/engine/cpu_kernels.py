@@ -1625,8 +1625,9 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
     ``max_rounds``, outgrown (W's width, code.shape[1], too narrow) or wanting more entry slots
     than ``new_code`` has: the caller widens W or those arrays and calls again for these rows; the
     outgrown ones place their waiting violators first. ``fw_steps`` > 0 (SCQ's rows only): a row
-    that has run no round yet first makes its W of up to ``fw_width`` slots with
-    :func:`_frank_wolfe_start` (the caller leaves W holding just the start code)."""
+    that has run no round yet first makes its W of ``fw_width`` slots or more with
+    :func:`_frank_wolfe_start`, in up to ``fw_blocks`` blocks of steps (the caller leaves W holding
+    just the start code)."""
     m = code.shape[1]
     K = table.shape[0]
     has_extra = extra.shape[0] > 0
