@@ -200,14 +200,11 @@ def frank_wolfe_start(problem: QPForm, opts: Options) -> bool:
 
 
 def frank_wolfe_width(opts: Options) -> int:
-    """The first W's slots after the Frank–Wolfe start: ``working_set`` where larger (a slot more
-    for each step a row takes past ``fw_steps``: :func:`frank_wolfe_widest`)."""
+    """The first W's slots after the Frank–Wolfe start: ``working_set`` where larger, and a slot
+    more for each step a row takes past ``fw_steps``, as far as W's arrays reach (their width is
+    not raised for it: ``max(4 · working_set, this)``, 64 by default, holds the widest first W of
+    the default 3 blocks of 10 steps, 44, and many steps cannot make N × W arrays wider)."""
     return max(opts.working_set, FW_WIDTH)
-
-
-def frank_wolfe_widest(opts: Options) -> int:
-    """The widest first W after the Frank–Wolfe start (a row that ran all FW_BLOCKS blocks)."""
-    return frank_wolfe_width(opts) + (FW_BLOCKS - 1) * opts.fw_steps
 
 
 def system_dtype(dtype: torch.dtype, ridge: float, e_max_sq: float, spread_sq: Optional[float] = None) -> torch.dtype:
@@ -879,7 +876,7 @@ def _rounds_row_by_row(k, E_sys, E_out, table_np, scores_np, z_sys, extra_sys, s
     add_cap = more_per_round(K_t, K_t, D, opts, problem.simplex)  # the most a round examines
     # W's arrays start wide enough for a few rounds' entering codes, so that few rows outgrow them.
     fw_steps = opts.fw_steps if frank_wolfe_start(problem, opts) else 0
-    capacity = min(K_w, max(4 * opts.working_set, frank_wolfe_widest(opts) if fw_steps else 0))
+    capacity = min(K_w, max(4 * opts.working_set, frank_wolfe_width(opts) if fw_steps else 0))
     pad = lambda t, width, fill: torch.cat([t, torch.full((N, width - t.shape[1]), fill, dtype=t.dtype)], 1)
     widen = lambda W, width: tuple(pad(t, width, fill) for t, fill in zip(W, (0, 1, 0, False, False)))
     code, sign, u, s, valid = widen((code, sign, u, s, valid), capacity)
