@@ -760,7 +760,8 @@ def test_the_frank_wolfe_start_gives_the_same_answer_in_fewer_rounds(dtype, with
     monkeypatch.setattr(ck, "table_rounds_par", lambda *a: row_rounds.append(a[35]) or launch(*a))  # a[35]: rounds
 
     def run(steps, dtype=dtype):
-        z = x.to(dtype).requires_grad_()
+        # (a fresh leaf each run: x.to(x's dtype) is x, and its .grad would gather every run's)
+        z = x.to(dtype).clone().requires_grad_()
         p, info = scq.solve_scq(z, E.to(dtype), lam=0.1, target=None if target is None else target.to(dtype),
                                 method="pgd", return_info=True, fw_steps=steps)
         (p * torch.arange(256, dtype=dtype)).sum().backward()
