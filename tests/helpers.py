@@ -63,6 +63,20 @@ def scq_kkt_violation(w: torch.Tensor, z: torch.Tensor, E: torch.Tensor, lam: fl
     return max(float(stationarity), float(dual), primal)
 
 
+def lasso_kkt_violation(w: torch.Tensor, z: torch.Tensor, E: torch.Tensor, alpha: float, nonneg: bool) -> float:
+    """Largest violation of the lasso's optimality conditions for argmin ½‖z − Eᵀw‖² + α‖w‖₁
+    (w ≥ 0 if ``nonneg``), computed densely: with g = E(Eᵀw − z), g_k = −α·sign(w_k) on the
+    support, |g_k| ≤ α off it (``nonneg``: g_k ≥ −α), and w ≥ 0 where asked."""
+    w, z, E = (t.detach().double() for t in (w, z, E))
+    g = (w @ E - z) @ E.T
+    S = w != 0
+    stationarity = ((g + alpha * torch.sign(w)) * S).abs().max()
+    off = (-g - alpha) if nonneg else (g.abs() - alpha)
+    dual = (off * ~S).clamp_min(0).max()
+    primal = (-w).clamp_min(0).max() if nonneg else torch.zeros(())
+    return max(float(stationarity), float(dual), float(primal))
+
+
 # Ops that make the host wait for the device (on CUDA): `.item()`, `bool(t)`, `nonzero`, ...
 SYNC_OPS = {"_local_scalar_dense", "nonzero", "is_nonzero", "item", "masked_select", "unique", "equal"}
 

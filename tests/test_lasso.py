@@ -8,7 +8,7 @@ from torch.autograd import gradcheck
 
 import scq
 from scq.reference import reference_lasso
-from tests.helpers import assert_close, problem
+from tests.helpers import assert_close, lasso_kkt_violation, problem
 
 
 @pytest.mark.parametrize("nonneg", [False, True])
@@ -19,6 +19,60 @@ def test_pgd_matches_cvxpy(alpha, nonneg):
     assert_close(w, reference_lasso(z, E, alpha, nonneg), atol=1e-6)
     if nonneg:
         assert (w >= 0).all()
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("alpha", [0.01, 0.3, 3.0])
+def test_pgd_without_a_ridge_matches_the_certified_reference_tightly(alpha, nonneg):
+    # The default ridge (1e-10·max‖e‖² in float64) moves the answer by ~1e-9 here, which the
+    # test above allows for; without it pgd solves the reference's problem: 3e-12 to 7e-11 apart.
+    z, E = problem(N=6, K=30, D=6, seed=11)
+    w, info = scq.solve_lasso(z, E, alpha, nonneg=nonneg, ridge=0.0, return_info=True)
+    assert info.converged
+    assert_close(w, reference_lasso(z, E, alpha, nonneg), atol=1e-9)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+@pytest.mark.parametrize("alpha", [0.05, 0.5])
+def test_the_lasso_reference_meets_its_kkt_conditions_to_rounding(alpha, nonneg):
+    # The yardstick of the lasso tests: Clarabel's answers, polished on their support and signs
+    # and kept where the KKT conditions certify them (judged here by an independent dense check).
+    z, E = problem(N=6, K=40, D=8, seed=31)
+    ref = reference_lasso(z, E, alpha, nonneg)
+    assert lasso_kkt_violation(ref, z, E, alpha, nonneg) < 1e-12
+    assert (ref != 0).sum(-1).min() > 0  # not the trivial answer: a support to read off
+
+
+def test_an_inaccurate_cone_answer_is_finished_on_its_support_or_flagged():
+    # An elastic net written as a lasso (design [E, √ρ I]): Clarabel stopped at
+    # "optimal_inaccurate" on one row, with weights of 7e-5 and 9e-7 beside a support of four
+    # codes of 0.2–0.5, which no threshold relative to the largest weight separates; the reference
+    # returned that answer, with only cvxpy's warning. Its j largest weights are now tried too.
+    import warnings
+
+    import numpy as np
+
+    from scq import reference
+
+    z, E = problem(N=8, K=24, D=5, seed=11)
+    design = torch.cat([E, 0.5 ** 0.5 * torch.eye(24, dtype=torch.float64)], 1)
+    z_aug = torch.cat([z, torch.zeros(8, 24, dtype=torch.float64)], 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ref = reference_lasso(z_aug, design, 0.3, nonneg=True)
+    assert not [w for w in caught if "inaccurate" in str(w.message) or "certificate" in str(w.message)]
+    assert lasso_kkt_violation(ref, z_aug, design, 0.3, nonneg=True) < 1e-12
+
+    # A loose answer (the exact one, a little off, with crumbs off the support) is finished exactly;
+    # one that no support guess certifies is returned as it came, and flagged.
+    Dn, zn, exact = design.numpy(), z_aug[1].numpy(), ref[1].numpy()
+    rng = np.random.default_rng(0)
+    loose = np.where(exact > 0, exact + 1e-6 * rng.standard_normal(24), 1e-6 * rng.random(24))
+    assert np.abs(reference._polish_lasso(loose, zn, Dn, 0.3, True) - exact).max() < 1e-12
+    wrong = np.abs(rng.standard_normal(24))
+    with pytest.warns(RuntimeWarning, match="failed its KKT certificate"):
+        kept = reference._polish_lasso(wrong, zn, Dn, 0.3, True)
+    assert np.array_equal(kept, wrong)
 
 
 @pytest.mark.parametrize("nonneg", [False, True])
