@@ -110,6 +110,31 @@ def count_syncs(fn) -> int:
     return _Count.syncs
 
 
+def fresh_tensor_bytes(fn, min_numel: int) -> int:
+    """The bytes of every tensor of ``min_numel`` elements or more that ``fn()``'s ops allocate
+    (outputs that share no storage with their op's arguments: not in-place results, not an
+    ``out=``), summed whether or not they are alive at once: a count of fresh (N, K) buffers,
+    each of which costs its pages' faults on the CPU."""
+    from torch.utils._pytree import tree_leaves
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    total = [0]
+
+    class _Fresh(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.numel() >= min_numel and t.untyped_storage().data_ptr() not in given:
+                    total[0] += t.untyped_storage().nbytes()
+            return out
+
+    with _Fresh():
+        fn()
+    return total[0]
+
+
 def peak_tensor_bytes(fn) -> int:
     """The most bytes held at once, during ``fn()``, by the tensors its ops made (on any device;
     tensors made before it, its inputs, not counted): an exact count of what the RSS sampling of

@@ -380,10 +380,12 @@ def verdict_allowance(sys_dtype: torch.dtype, e_max: torch.Tensor, e_max_sq: Opt
                            device=dual_tol.device).reshape(1)
 
 
-def _entering_codes(zq, z, E, extra, start, code, sign, valid, n_add: int, problem: QPForm):
-    """:func:`_entering` at the round's points z_q: one GEMM for the gradients, then on CUDA the
-    scores in one launch (:func:`scq.solvers.engine.round_triton.entering_scores`) and their top-k."""
-    G = (zq - z) @ E.transpose(0, 1)
+def _entering_codes(zq, z, E, extra, start, code, sign, valid, n_add: int, problem: QPForm,
+                    out: Optional[torch.Tensor] = None):
+    """:func:`_entering` at the round's points z_q: one GEMM for the gradients (into ``out``, an
+    (n, K) buffer, where given), then on CUDA the scores in one launch
+    (:func:`scq.solvers.engine.round_triton.entering_scores`) and their top-k."""
+    G = torch.matmul(zq - z, E.transpose(0, 1), out=out)
     bonus = problem.start_bonus
     score = fused.entering_scores(G, code, sign, valid, extra, start, bonus=bonus, signed=problem.signed)
     if score is None:
@@ -508,11 +510,16 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     if start is not None:
         code, sign, u = start.unsqueeze(1), torch.ones(N, 1, dtype=dtype, device=device), torch.ones(N, 1, dtype=dtype, device=device)
     valid = torch.ones_like(code, dtype=torch.bool)
-    table = None
+    table = g_buf = None
     if kernels is not None and uses_codebook_gram(N, K):
         table, scores = _codebook_gram(z, E, scores, sys_dtype)
     else:
-        scores = None  # done with (the start is found): not held through the rounds, an (N, K) buffer
+        # Done with (the start is found): not held through the rounds as scores. The compiled
+        # rounds write their gradients into it instead, round after round: fresh (N, K) buffers
+        # were fresh pages, 12.6k page faults a forward at N = 1024, K = 4096 (~10% of its time).
+        if kernels is not None and scores is not None and scores.dtype == dtype and scores.is_contiguous():
+            g_buf = scores
+        scores = None
     n_first = m - code.shape[1]
     if table is not None and frank_wolfe_start(problem, opts):
         n_first = 0  # the compiled rounds make each row's first W themselves
@@ -523,7 +530,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
                                             u, code, sign, valid, min(n_first, K), signed=problem.signed)
         if entering is None:
             zq = E[start] if start is not None else z.new_zeros(N, D)
-            entering = _entering_codes(zq, z, E, extra, start, code, sign, valid, min(n_first, K), problem)
+            entering = _entering_codes(zq, z, E, extra, start, code, sign, valid, min(n_first, K), problem, out=g_buf)
         _, top, top_sign = entering
         top_sign = torch.ones_like(top, dtype=dtype) if top_sign is None else top_sign
         code = torch.cat([code, top], dim=1)
@@ -536,7 +543,7 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         allowance = dropped_weight_allowance(sys_dtype, e_max_sq + sys_ridge)
         out = fused.attempt("round", lambda: _rounds_on_cpu(
             kernels, z, E, extra, start, dual_tol, problem, opts, sys_dtype, sys_ridge, code, sign, u, s, valid, n_add,
-            diagnostics, certify_scale, table, scores, allowance))
+            diagnostics, certify_scale, table, scores, allowance, g_buf))
         if out is not None:
             return out + (table,)
     if max_support is None and fused.triton_takes(m, sys_dtype, device):
@@ -735,7 +742,8 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
 
 def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code, sign,
                    u, s, valid, n_add: int, diagnostics: dict, certify_scale: Optional[Callable[[], torch.Tensor]],
-                   table: Optional[torch.Tensor], scores: Optional[torch.Tensor], allowance: float):
+                   table: Optional[torch.Tensor], scores: Optional[torch.Tensor], allowance: float,
+                   g_buf: Optional[torch.Tensor] = None):
     """The certificate rounds of :func:`_forward` as three compiled loops over the unfinished rows
     (``k``: :mod:`~scq.solvers.engine.cpu_kernels`), the state of every row kept in place: the
     work on W (``round_rows``), one GEMM for the gradients (none with the codebook's Gram matrix:
@@ -754,7 +762,10 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     one call (:func:`_rounds_row_by_row`, unless ``ROW_BY_ROW`` is off).
 
     ``allowance``: what the verdict lets codes outside W violate by on rows whose active set
-    accepted a degenerate face (:func:`verdict_tol`)."""
+    accepted a degenerate face (:func:`verdict_tol`).
+
+    ``g_buf``: an (N, K) buffer of the inputs' dtype each round's gradients are written into (the
+    first n rows), or ``None``: a new one a round."""
     z, E = z.detach(), E.detach()
     extra = None if extra is None else extra.detach()
     N, D = z.shape
@@ -811,7 +822,8 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
             if use_table:  # finish_rows makes each row's G from EEᵀ
                 G = torch.zeros(0, K, dtype=sys_dtype)
             else:
-                G = (zq - (z if n == N else z.index_select(0, rows_t))) @ E.transpose(0, 1)
+                G = torch.matmul(zq - (z if n == N else z.index_select(0, rows_t)), E.transpose(0, 1),
+                                 out=None if g_buf is None else g_buf[:n])
             finished = np.zeros(n, dtype=np.bool_)
             new_code = np.zeros((n, n_add), dtype=np.int64)
             new_sign = np.ones((n, n_add), dtype=E_sys.dtype)
