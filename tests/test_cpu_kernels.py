@@ -812,3 +812,59 @@ def test_frank_wolfe_blocks_that_run_on_give_the_same_answer_in_fewer_rounds(dty
         if dtype == f64:
             assert (grad - exact_grad).abs().max() < 1e3 * tol
     assert rounds3 < 0.8 * rounds1, (rounds3, rounds1)  # (1.75 → 1.16 a row)
+
+
+def test_the_kernels_pass_no_literal_constants_to_one_another():
+    # Numba compiles a callee once per argument type, and a constant 0 (or −1, False) is a type of
+    # its own, Literal[int](0): a call with a literal where the same argument elsewhere is a
+    # variable compiled the callee, and everything it calls with that argument, twice. So did a
+    # counter that starts at 0 and is passed on (typed Literal in its first iteration, int64 after):
+    # 10 kernels had a second version (_round_row, the active set and its Cholesky helpers, …),
+    # and an empty float32 certificate scale beside the float64 one doubled the rounds' kernels.
+    # Such values are the module's typed constants instead (_ZERO, _NO, _NO_CAP).
+    import ast
+    import inspect
+
+    from scq.solvers.engine import cpu_kernels as ck
+
+    tree = ast.parse(inspect.getsource(ck))
+    kernels = {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
+    literal = lambda a: isinstance(a, ast.Constant) and isinstance(a.value, (int, bool)) or (
+        isinstance(a, ast.UnaryOp) and isinstance(a.operand, ast.Constant))
+    found = []
+    for f in (f for f in tree.body if isinstance(f, ast.FunctionDef)):
+        starts_literal = {t.id for node in ast.walk(f) if isinstance(node, ast.Assign) and literal(node.value)
+                          for t in node.targets if isinstance(t, ast.Name)}
+        for call in (n for n in ast.walk(f) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)):
+            if call.func.id not in kernels:
+                continue
+            for a in call.args:
+                if literal(a) or (isinstance(a, ast.Name) and a.id in starts_literal):
+                    found.append(f"{f.name} → {call.func.id}({ast.unparse(a)})")
+    assert not found, found
+
+
+@pytest.mark.parametrize("problem", ["scq", "lasso"])
+def test_the_rounds_kernels_get_the_same_argument_types_with_a_certificate_or_without(problem, monkeypatch):
+    # An empty float32 certificate scale (the lasso's, which the rounds do not certify) beside SCQ's
+    # float64 one compiled the rounds' kernels a second time, ~50 s each on 2 cores.
+    import inspect
+
+    k = fused.round_kernels(torch.zeros(1))
+    names = {kernel: list(inspect.signature(getattr(k, kernel).py_func).parameters)
+             for kernel in ("table_rounds_par", "finish_par")}
+    seen = {}
+    for kernel in names:
+        launch = getattr(k, kernel)
+
+        def spy(*args, kernel=kernel, launch=launch):
+            seen[kernel] = args[names[kernel].index("cert_scale")].dtype
+            return launch(*args)
+
+        monkeypatch.setattr(k, kernel, spy)
+    g = torch.Generator().manual_seed(5)
+    E = torch.randn(16, 4, generator=g, dtype=f32)
+    for N in (64, 2):  # K ≤ N: the row-by-row rounds on EEᵀ; K > 4N: the batch loop's finish
+        z = torch.randn(N, 4, generator=g, dtype=f32)
+        scq.solve_scq(z, E, 0.1) if problem == "scq" else scq.solve_lasso(z, E, 0.3)
+    assert seen == {"table_rounds_par": np.float64, "finish_par": np.float64}, seen

@@ -31,6 +31,13 @@ from numba import njit, prange
 # Numba's defaults raise on x/0; the torch path gives inf/nan there, and so do these. Sums may be
 # reassociated (so that dot products vectorize); nothing assumes finite values (inf, -1e30 are used).
 _JIT = dict(cache=True, error_model="numpy", nogil=True, fastmath={"reassoc", "nsz"})
+# Constants passed where the same argument is elsewhere a variable, and the starting values of
+# counters passed on: typed int64 and bool, not Literal[int](0) and Literal[bool](False), so that
+# Numba compiles one version of the callee (and of everything it calls with them), not one per
+# literal (a counter starting at 0 is typed both ways): each was another compile on first use.
+_ZERO = np.int64(0)
+_NO = np.bool_(False)
+_NO_CAP = np.int64(-1)  # max_support: none
 
 
 @njit(**_JIT)
@@ -116,7 +123,7 @@ def _solve_on_simplex(A, k, x, y, shift, floor):
 @njit(**_JIT)
 def _factor_support(H, s, idx, A):
     """Gather the support's rows and columns of H into A and factor them; returns (k, ok)."""
-    k = 0
+    k = _ZERO
     for j in range(s.shape[0]):
         if s[j]:
             idx[k] = j
@@ -248,7 +255,7 @@ def _fista_row(H, b, u, valid, t, mom, n_iter, simplex, patience, y, v):
     m = b.shape[0]
     zero = u.dtype.type(0)
     low = u.dtype.type(-1e30)  # an invalid slot, below any threshold: it projects to 0
-    n_valid = 0
+    n_valid = _ZERO
     for i in range(m):
         n_valid += valid[i]
     y[:] = u
@@ -293,7 +300,7 @@ def fista_rows(H, b, u0, valid, step, beta, n_iter, simplex, out, lo, hi):
     v = np.empty(m, dtype=u0.dtype)
     for n in range(lo, hi):
         out[n] = u0[n]
-        _fista_row(H[n], b[n], out[n], valid[n], step[n], beta[n], n_iter, simplex, 0, y, v)
+        _fista_row(H[n], b[n], out[n], valid[n], step[n], beta[n], n_iter, simplex, _ZERO, y, v)
 
 
 @njit(**_JIT)
@@ -404,7 +411,7 @@ def _refine_row(E, z, code, sign, lin, ridge, simplex, H, u, nu, A, idx, k_fact,
     size of the factor ``A`` then holds on the slots ``idx`` (0 where S's failed)."""
     k = code.shape[0]
     D = E.shape[1]
-    n_s = 0
+    n_s = _ZERO
     total = 0.0
     for a in range(k):
         if u[a] > 0:
@@ -468,7 +475,7 @@ def active_set_rows(H, b, out_p, out_s, valid, tol, max_iter, max_support, simpl
     for n in range(lo, hi):
         out_nu[n], out_res[n], state[n], _ = _active_set_row(
             H[n], b[n], out_p[n], out_s[n], valid[n], tol[n], max_iter, max_support, simplex, drop_tol, tiny, slack,
-            A, idx, 0, work[0], work[1], work[2], work[3], work[4], flags[0], flags[1], work[5])
+            A, idx, _ZERO, work[0], work[1], work[2], work[3], work[4], flags[0], flags[1], work[5])
 
 
 @njit(**_JIT)
@@ -513,7 +520,7 @@ def backward_rows(z, E, table, code, sign, u, s, grad_u, ridge, simplex, need_E,
     zero = grad_u.dtype.type(0)
     has_table = table.shape[0] > 0
     for n in range(lo, hi):
-        k = 0
+        k = _ZERO
         for j in range(m):
             if s[n, j]:
                 idx[k] = j
@@ -786,7 +793,7 @@ def _round_row(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, 
     m = code.shape[1]
     D = E.shape[1]
     # The row's valid slots only (W is as wide as its widest row: the others are padding).
-    k = 0
+    k = _ZERO
     for a in range(m):
         if valid[r, a]:
             slots[k] = a
@@ -817,7 +824,7 @@ def _round_row(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, 
             sn[a] = un[a] > 0
     k_fact = _carried_factor(row_code[:k], row_sign[:k], fact_code, fact_sign, carried, idx)
     nu, res, state, k_fact = _active_set_row(
-        H, b, un, sn, all_valid[:k], tol[r], max_iter, -1, simplex, drop_tol, tiny, slack, A, idx, k_fact,
+        H, b, un, sn, all_valid[:k], tol[r], max_iter, _NO_CAP, simplex, drop_tol, tiny, slack, A, idx, k_fact,
         work[0, :k], work[1, :k], work[2, :k], work[3, :k], work[4, :k], flags[0, :k], flags[1, :k], work[5, :k])
     if refine and state & 3 == 1:  # finished, not broken down
         nu, k_fact = _refine_row(E, z[r], row_code[:k], row_sign[:k], lin_k[:k], ridge, simplex, H, un, nu, A, idx,
@@ -888,7 +895,7 @@ def round_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, 
         out_nu[n], out_res[n], state[n], _ = _round_row(
             E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, n, rows[n], old_gram, old_ez,
             old_code, new_gram, new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol,
-            tiny, slack, refine, zq, scratch, 0)
+            tiny, slack, refine, zq, scratch, _ZERO)
 
 
 @njit(**_JIT)
@@ -930,7 +937,7 @@ def _finish_row(g, r, l1, signed, code, sign, valid, s, nu, residual, state, tol
     broken[r] = was_broken
     # A broken row stops too; the certificate will flag it.
     finished = (done and not violating[0]) or was_broken
-    n_support = 0
+    n_support = _ZERO
     for a in range(m):
         n_support += s[r, a]
     if lam >= 0 and (finished or last):
@@ -938,7 +945,7 @@ def _finish_row(g, r, l1, signed, code, sign, valid, s, nu, residual, state, tol
         # minimum off W is the entering sweep's (its block tops are max −g_k outside W).
         lam_t = g.dtype.type(lam)
         g_min = -block_top.max()
-        n_nonzero = 0
+        n_nonzero = _ZERO
         for a in range(m):
             if valid[r, a]:
                 if u[r, a] != 0:
@@ -1014,7 +1021,7 @@ def _place_row(r, code, sign, u, s, valid, new_code, new_sign, violating, scratc
     ``new_sign``, ``violating``."""
     order, c_tmp, g_tmp, u_tmp, v_tmp = scratch
     m = code.shape[1]
-    n_support = 0
+    n_support = _ZERO
     for a in range(m):
         if s[r, a]:
             order[n_support] = a
@@ -1115,7 +1122,7 @@ def _row_min(g):
     lanes = np.empty(16, dtype=g.dtype)
     lanes[:] = g[0]
     K = g.shape[0]
-    k = 0
+    k = _ZERO
     while k + 16 <= K:
         for j in range(16):
             v = g[k + j]
@@ -1149,7 +1156,7 @@ def scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error
             for k in range(K):
                 g[k] = G[n, k] + lam_t * pn[k]
             g[nearest[n]] -= lam_t
-        n_support = 0
+        n_support = _ZERO
         for k in range(K):
             if pn[k] != 0:  # a nan too
                 support[n_support] = k
@@ -1506,7 +1513,7 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, n_blo
     limit = n_steps
     repeated = False  # whether a step of this block picked a code FW had picked before
     while steps < limit:
-        bb = 0
+        bb = _ZERO
         for b in range(1, n_lanes):
             if block_min[b] < block_min[bb]:
                 bb = b
@@ -1566,7 +1573,7 @@ def _frank_wolfe_start(table, scores, extra, start, bonus, ridge, n_steps, n_blo
     n_top = width - n_w
     if n_top > 0:
         in_w, score, block_top, low = entering
-        _entering_row(g, code, sign, valid, False, in_w, score, block_top, low[:n_top], best[:n_top],
+        _entering_row(g, code, sign, valid, _NO, in_w, score, block_top, low[:n_top], best[:n_top],
                       best_code[:n_top], -np.inf)
         for t in range(n_top):
             if best[t] > -np.inf:
@@ -1647,7 +1654,7 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
     for n in range(lo, hi):
         r = rows[n]
         running = True
-        carried = 0  # (the scratch's factor is another row's)
+        carried = _ZERO  # (the scratch's factor is another row's)
         if fw and row_rounds[r] == 0 and row_state[r] == ROW_RUNNING:
             width = _frank_wolfe_start(table, scores[r], extra[r] if has_extra else no_extra,
                                        start[r] if has_start else -1, bonus, ridge, fw_steps, fw_blocks, fw_width,

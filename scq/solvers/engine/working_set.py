@@ -785,7 +785,9 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     broken = torch.zeros(N, dtype=torch.bool)
     certify = certify_scale is not None and problem.simplex and not problem.signed
     cert = np.full((4, N if certify else 0), np.nan)
-    cert_scale = (certify_scale().detach().to(torch.float64).contiguous() if certify else torch.zeros(0)).numpy()
+    # (float64 either way: an empty float32 one compiled every kernel taking it a second time)
+    cert_scale = (certify_scale().detach().to(torch.float64).contiguous() if certify
+                  else torch.zeros(0, dtype=torch.float64)).numpy()
     cert_lam = float(problem.ridge) if certify else -1.0
     cache = fused.GramCache.within(N, K, sys_dtype, dtype)
     use_table = table is not None
