@@ -237,10 +237,10 @@ def _polish_lasso(w: np.ndarray, z: np.ndarray, E: np.ndarray, alpha: float, non
         sigma = np.sign(w[S])
         q = np.zeros_like(w)
         if len(S):
-            try:
-                q[S] = np.linalg.solve(H[np.ix_(S, S)], b[S] - alpha * sigma)
-            except np.linalg.LinAlgError:  # dependent codes on S: not this guess
-                continue
+            # Least squares, not a solve: where S holds dependent codes (collinear ones, e and −e
+            # sharing a weight the cone solver split), H_SS is singular and the lasso's solution
+            # not unique, but the equalities are consistent and their minimum-norm solution is one.
+            q[S] = np.linalg.lstsq(H[np.ix_(S, S)], b[S] - alpha * sigma, rcond=None)[0]
             if not (np.sign(q[S]) == sigma).all():
                 continue
         g = H @ q - b

@@ -43,6 +43,25 @@ def test_the_lasso_reference_meets_its_kkt_conditions_to_rounding(alpha, nonneg)
     assert (ref != 0).sum(-1).min() > 0  # not the trivial answer: a support to read off
 
 
+@pytest.mark.parametrize("seed", [2, 26, 35])
+def test_the_lasso_reference_certifies_where_collinear_codes_make_the_answer_non_unique(seed):
+    # Codes ±2v, ±4v/3, … on one line: the cone solver split a weight between e and −e, so that the
+    # support read off its answer held dependent codes and the solve on it failed (the reference
+    # flagged 14 of 200 such draws). Their minimum-norm solution is one of the optimal answers.
+    import warnings
+
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(1, 4, dtype=torch.float64, generator=g)
+    E = torch.cat([torch.linspace(-2, 2, 7, dtype=torch.float64)[:, None] * v,
+                   torch.randn(3, 4, dtype=torch.float64, generator=g)])
+    z = torch.randn(6, 4, dtype=torch.float64, generator=g)
+    s = max(float(E.norm(dim=-1).max()), float(z.norm(dim=-1).max()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a flagged answer fails the test
+        ref = reference_lasso(z / s, E / s, 0.3)
+    assert lasso_kkt_violation(ref, z / s, E / s, 0.3, nonneg=False) < 1e-12
+
+
 def test_an_inaccurate_cone_answer_is_finished_on_its_support_or_flagged():
     # An elastic net written as a lasso (design [E, √ρ I]): Clarabel stopped at
     # "optimal_inaccurate" on one row, with weights of 7e-5 and 9e-7 beside a support of four
