@@ -11,7 +11,9 @@ from scq.bench.common import CODEBOOKS
 from .helpers import fresh_tensor_bytes, peak_tensor_bytes
 
 
-def _peak_buffers(module, N: int, K: int, D: int, codebook: str = "random") -> float:
+def _training_step(module, N: int, K: int, D: int, codebook: str = "random"):
+    """A training step (forward+backward) of ``module`` on a batch of the benchmark's ``codebook``
+    kind, its codes copied in; run once already (a first training forward initializes)."""
     x, E = CODEBOOKS[codebook](N, K, D, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
     with torch.no_grad():
         module.codebook.copy_(E)
@@ -21,8 +23,12 @@ def _peak_buffers(module, N: int, K: int, D: int, codebook: str = "random") -> f
         out = module(z)
         (out.quantized.square().sum() + out.loss).backward()
 
-    step()  # (a first training forward initializes; measured from the second)
-    return peak_tensor_bytes(step) / (N * K * 4)
+    step()
+    return step
+
+
+def _peak_buffers(module, N: int, K: int, D: int, codebook: str = "random") -> float:
+    return peak_tensor_bytes(_training_step(module, N, K, D, codebook)) / (N * K * 4)
 
 
 def test_relaxed_and_vq_buffer_budgets():
@@ -57,17 +63,8 @@ def test_pgds_rounds_write_their_gradients_into_the_scores_buffer(codebook):
     # worth a forward+backward here, 9 rounds) was fresh pages: 12.6k page faults a forward at
     # N = 1024, K = 4096, D = 64, 0.87–0.92× the time without them. Only the scores' GEMM allocates.
     N, K, D = 128, 4096, 16
-    x, E = CODEBOOKS[codebook](N, K, D, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
     module = scq.SCQ(D, K, lam=0.1, method="pgd", return_weights="none")
-    with torch.no_grad():
-        module.codebook.copy_(E)
-
-    def step():
-        z = x.clone().requires_grad_(True)
-        out = module(z)
-        (out.quantized.square().sum() + out.loss).backward()
-
-    step()
+    step = _training_step(module, N, K, D, codebook)
     assert module.last_info.extra["rounds"] > 3  # rounds enough that a buffer each would show
     fresh = fresh_tensor_bytes(step, N * K // 2) / (N * K * 4)
     assert fresh <= 1.0, fresh
