@@ -231,7 +231,7 @@ def _polish_lasso(w: np.ndarray, z: np.ndarray, E: np.ndarray, alpha: float, non
     # a lasso) had weights of 7e-5 and 9e-7 off a support of 4 codes of 0.2–0.5, which no
     # threshold relative to the largest separates.
     order = np.argsort(-np.abs(w), kind="stable")
-    # (At most D of them: H_SS = E_S E_Sᵀ is singular past D codes.)
+    # (Up to D codes: some optimal answer has no more, and each guess costs a least-squares solve.)
     guesses += [order[:j] for j in range(min(int((np.abs(w) > 0).sum()), E.shape[1]) + 1)]
     for S in guesses:
         sigma = np.sign(w[S])
