@@ -208,21 +208,24 @@ def reference_lasso(z: torch.Tensor, codebook: torch.Tensor, alpha: float, nonne
     out = np.zeros((Zn.shape[0], En.shape[0]))
     w, z_par = cp.Variable(En.shape[0], nonneg=nonneg), cp.Parameter(En.shape[1])
     problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(En.T @ w - z_par) + alpha * cp.norm1(w)))  # compiled once
+    H = En @ En.T  # (the polish's, once for every row)
     for n, zn in enumerate(Zn):
         z_par.value = zn
         _solve(problem)
-        out[n] = _polish_lasso(w.value, zn, En, alpha, nonneg)
+        out[n] = _polish_lasso(w.value, zn, En, alpha, nonneg, H)
     return torch.from_numpy(out).reshape(*z.shape[:-1], En.shape[0])
 
 
-def _polish_lasso(w: np.ndarray, z: np.ndarray, E: np.ndarray, alpha: float, nonneg: bool) -> np.ndarray:
+def _polish_lasso(w: np.ndarray, z: np.ndarray, E: np.ndarray, alpha: float, nonneg: bool,
+                  H: Optional[np.ndarray] = None) -> np.ndarray:
     """Finish a cone solver's lasso answer exactly, as :func:`_polish_simplex` does SCQ's: guess
     the support S and signs σ from ``w``, solve the KKT equalities on them, H_SS w_S = b_S − ασ_S
     (H = EEᵀ, b = Ez; dense numpy), and keep the result only where it certifies optimality: signs
     σ on S, |g_k| ≤ α off S (g = Hw − b; w ≥ 0: g_k ≥ −α). The guesses: the weights above
     thresholds relative to the largest, then the j largest for j = 0, 1, … (w = 0 among them:
-    optimal where max|b| ≤ α). Where none certifies, ``w`` with a RuntimeWarning, never silently."""
-    H = E @ E.T
+    optimal where max|b| ≤ α). Where none certifies, ``w`` with a RuntimeWarning, never silently.
+    ``H``: EEᵀ, where the caller has it."""
+    H = E @ E.T if H is None else H
     b = E @ z
     tol = 1e-11 * (np.abs(H).max() * max(np.abs(w).sum(), 1.0) + np.abs(b).max() + alpha)
     top = np.abs(w).max()

@@ -1021,7 +1021,7 @@ def _place_row(r, code, sign, u, s, valid, new_code, new_sign, violating, scratc
     ``new_sign``, ``violating``."""
     order, c_tmp, g_tmp, u_tmp, v_tmp = scratch
     m = code.shape[1]
-    n_support = _ZERO
+    n_support = 0
     for a in range(m):
         if s[r, a]:
             order[n_support] = a
@@ -1122,7 +1122,7 @@ def _row_min(g):
     lanes = np.empty(16, dtype=g.dtype)
     lanes[:] = g[0]
     K = g.shape[0]
-    k = _ZERO
+    k = 0
     while k + 16 <= K:
         for j in range(16):
             v = g[k + j]
