@@ -20,8 +20,11 @@ neighbourhoods (the support is mostly *not* among the nearest codes):
    μ_k = σ(g_k) + α + ν. If none is below −tol, u is optimal; otherwise the most violating codes
    replace W's zero-weight slots (W grows if needed) and step 2 resumes from the current point.
 
-Cost per round: one N×K×D GEMM (the gradients of step 3) and small systems on W; no K×K matrix is
-ever formed. One host sync per round. Where :mod:`~scq.solvers.engine.fused` has kernels the work
+Cost per round: one N×K×D GEMM (the gradients of step 3) and small systems on W. A K×K matrix is
+formed only by the compiled CPU rounds, where it is small beside the (N, K) scores (the codebook's
+Gram matrix EEᵀ where K ≤ N, or K ≤ min(4N, 1024): :func:`uses_codebook_gram`); they then read every
+product from it, with no GEMM per round.
+One host sync per round. Where :mod:`~scq.solvers.engine.fused` has kernels the work
 on W runs compiled: on the CPU (Numba) a round is three parallel loops over the unfinished rows,
 each row's state kept in place (:func:`_rounds_on_cpu`): a row's work on W (its Gram matrix from
 the products it kept from the last round, FISTA, the active set on its valid slots, z_q), then
