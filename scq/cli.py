@@ -1,5 +1,5 @@
 """The ``scq`` command. ``scq bench [exactness|runtime|contention|usage|all|study] [--quick] [--out DIR] [--device]
-[--seed] [--workers]``."""
+[--seed] [--workers]``; ``scq compile [VARIANT ...] [--jobs N]``."""
 
 from __future__ import annotations
 
@@ -36,11 +36,33 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", type=float, default=1.0,
                        help="study only: multiply the full study's training steps (default 1: 20 minutes "
                             "on 2 CPU cores; larger on a bigger machine or a GPU)")
+    from .precompile import ABOUT, VARIANTS
+
+    compile_ = sub.add_parser(
+        "compile", help="compile the CPU kernels into Numba's on-disk cache ahead of their first use, the variants "
+                        "in parallel processes (before several training processes start on a fresh machine, or "
+                        "in an image's build)")
+    # (argparse checks a "*" positional's default against its choices: "all" stands for them all)
+    compile_.add_argument("variants", nargs="*", default="all", choices=[*VARIANTS, "all"], metavar="VARIANT",
+                          help="which dtypes to compile for: " + "; ".join(f"{v}: {ABOUT[v]}" for v in VARIANTS)
+                               + "; or all (default)")
+    compile_.add_argument("--jobs", type=int, default=None,
+                          help="processes at once (default: one per variant, all at once)")
     return parser
 
 
 def main(argv: "list[str] | None" = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "compile":
+        from .precompile import VARIANTS, compile_kernels
+
+        if args.jobs is not None and args.jobs < 1:
+            print(f"--jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+            return 2
+        chosen = [args.variants] if isinstance(args.variants, str) else args.variants
+        seconds = compile_kernels(VARIANTS if "all" in chosen else chosen, jobs=args.jobs)
+        print("compiled: " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
+        return 0
     if args.command == "bench":
         try:
             from scq.bench.suite import run

@@ -104,7 +104,8 @@ def _compile_notice(kernels) -> None:
         return
     if not cached:
         logging.getLogger("scq").warning(
-            "scq: compiling the CPU kernels with Numba (first use here: 1-2 minutes on 2 cores, cached on disk after)")
+            "scq: compiling the CPU kernels with Numba (first use here: 1-2 minutes on 2 cores, cached on disk after; "
+            "`scq compile` does it ahead of time)")
 
 
 # Below this many rows per thread, one thread does the work: splitting costs more than it saves.
