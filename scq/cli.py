@@ -61,7 +61,10 @@ def main(argv: "list[str] | None" = None) -> int:
             return 2
         chosen = [args.variants] if isinstance(args.variants, str) else args.variants
         seconds = compile_kernels(VARIANTS if "all" in chosen else chosen, jobs=args.jobs)
-        print("compiled: " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
+        if not seconds:
+            print("numba is not installed here: nothing to compile (the solvers take their torch path)")
+        else:
+            print("compiled: " + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items()))
         return 0
     if args.command == "bench":
         try:

@@ -98,11 +98,16 @@ def compile_kernels(variants: Iterable[str] = VARIANTS, jobs: Optional[int] = No
     cache, ``jobs`` processes at once (default: all of them; Numba compiles on one thread: on 2
     cores three at once took 178 s, two at a time 180 s, one 298 s), and return each variant's
     seconds. A variant already cached takes a few seconds (its process's imports and solves).
-    Raises RuntimeError, with the process's output, where a variant's process fails."""
+    Raises RuntimeError, with the process's output, where a variant's process fails; without
+    Numba, returns ``{}``."""
     variants = list(dict.fromkeys(variants))  # (each once)
     for name in variants:
         if name not in VARIANTS:
             raise ValueError(f"variants must be names from {VARIANTS}, got {name!r}")
+    from .solvers.engine import fused
+
+    if not fused.cpu_available():
+        return {}  # no Numba here: nothing to compile (the solvers take their torch path)
     if jobs is None:
         jobs = max(1, len(variants))
     elif not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:

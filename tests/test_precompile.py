@@ -88,3 +88,10 @@ def test_every_compile_argument_has_help_text():
     command = _parser()._subparsers._group_actions[0].choices["compile"]
     for action in command._actions:
         assert action.help, f"compile argument {action.dest} has no help text"
+
+
+def test_without_numba_there_is_nothing_to_compile(monkeypatch, capsys):
+    monkeypatch.setattr(fused, "cpu_available", lambda: False)
+    assert precompile.compile_kernels(progress=False) == {}
+    assert main(["compile"]) == 0
+    assert "numba is not installed here" in capsys.readouterr().out
