@@ -236,7 +236,12 @@ def _polish_lasso(w: np.ndarray, z: np.ndarray, E: np.ndarray, alpha: float, non
     order = np.argsort(-np.abs(w), kind="stable")
     # (Up to D codes: some optimal answer has no more, and each guess costs a least-squares solve.)
     guesses += [order[:j] for j in range(min(int((np.abs(w) > 0).sum()), E.shape[1]) + 1)]
+    tried = set()
     for S in guesses:
+        key = tuple(np.sort(S))
+        if key in tried:  # (thresholds and the j largest often give the same support)
+            continue
+        tried.add(key)
         sigma = np.sign(w[S])
         q = np.zeros_like(w)
         if len(S):

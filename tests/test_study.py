@@ -138,12 +138,9 @@ def test_every_contender_name_builds_the_quantizer_it_names():
 # -- quick mode, end to end -----------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_a_study_with_workers_compiles_the_kernels_before_any_worker_starts(monkeypatch):
     # Several workers on an empty Numba cache would each compile the same kernels inside their
     # timed steps: the float32 training's variants are compiled first, before the pool exists.
-    import concurrent.futures
-
     from scq import precompile
 
     asked = []
@@ -159,13 +156,13 @@ def test_a_study_with_workers_compiles_the_kernels_before_any_worker_starts(monk
         raise AssertionError("the pool started before the kernels were compiled")
 
     monkeypatch.setattr(precompile, "compile_kernels", compile_kernels)
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
     monkeypatch.setattr(study, "ProcessPoolExecutor", no_pool)
     with pytest.raises(Stop):
         study.run(quick=True, workers=2, progress=False)
     assert asked == [("float32", "float32-precise")]
 
 
+@pytest.mark.slow
 def test_study_quick_mode_writes_its_results_and_every_contender_trained(tmp_path, capsys):
     from scq.cli import main
 
