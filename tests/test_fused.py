@@ -97,6 +97,7 @@ def _interpreted_script() -> str:
     """Every interpreted check in one script (Triton and torch import once); it prints one JSON dict."""
     parts = (("fista", _CASES), ("active_set", _ACTIVE_SET_CASES), ("engine", _ENGINE), ("refine", _REFINE),
              ("round", _ROUND), ("rounds", _ROUNDS), ("collapsed", _COLLAPSED), ("scores", _SCORES),
+             ("split_scores", _SPLIT_SCORES),
              ("outgrown", _OUTGROWN), ("certificate", _CERTIFICATE))
     script = _PROBLEM + "\n".join(f"def _{name}():\n" + textwrap.indent(body.replace("print(json.dumps(", "return (("), "    ")
                                    for name, body in parts)
@@ -412,6 +413,51 @@ _SCORES = textwrap.dedent("""
 """)
 
 
+_SPLIT_SCORES = textwrap.dedent("""
+    import json, torch
+    from scq.solvers.engine import blocks, working_set as W
+
+    def case(seed, signed, given, N=7, m=6, K=300, D=5, n_add=4):
+        # The CUDA rounds' entering codes (W._entering_on_triton) in blocks of 2 rows against one
+        # pass: the round's rows all (read in place) or a list of them, in any order.
+        g = torch.Generator().manual_seed(seed)
+        E, z = torch.randn(K, D, generator=g, dtype=torch.float64), torch.randn(N, D, generator=g, dtype=torch.float64)
+        code = torch.stack([torch.randperm(K, generator=g)[:m] for _ in range(N)])
+        sign = torch.where(torch.rand(N, m, generator=g) < 0.5, -1.0, 1.0).double() if signed else \
+            torch.ones(N, m).double()
+        valid = torch.rand(N, m, generator=g) < 0.7
+        extra = 0.3 * torch.rand(N, K, generator=g, dtype=torch.float64) if signed else None
+        start = None if signed else code[:, 0].clone()
+        rows = torch.tensor([6, 1, 3, 0, 4]) if given else None
+        diff = -0.5 * (z if rows is None else z[rows])
+        form = W.QPForm(simplex=not signed, signed=signed, ridge=0.1, l1=0.0, start_bonus=0.0 if signed else 0.2)
+        run = lambda: W._entering_on_triton(diff, E.T, code, sign, valid, extra, start, rows, n_add, form)
+        whole = run()
+        budget, blocks.GEMM_BLOCK_ELEMENTS = blocks.GEMM_BLOCK_ELEMENTS, 2 * K
+        split = run()
+        blocks.GEMM_BLOCK_ELEMENTS = budget
+        # (the codes and signs alike; the scores within rounding: a GEMM of 2 rows may sum otherwise)
+        same = bool(torch.equal(whole[1], split[1])) and \
+            (whole[2] is None and split[2] is None or bool(torch.equal(whole[2], split[2])))
+        return dict(case=[signed, given], same=same, rows=int(whole[1].shape[0]),
+                    dev=float((whole[0] - split[0]).abs().max()))
+
+    out = [case(seed, signed, given) for seed, (signed, given) in enumerate([
+        (False, False), (False, True), (True, False), (True, True)])]
+    print(json.dumps(out))
+""")
+
+
+@needs_triton
+def test_the_cuda_rounds_entering_codes_in_row_blocks_are_those_of_one_pass_under_the_interpreter(interpreted):
+    # Past the block budget (scq/solvers/engine/blocks.py), each block's G, scores and top-k, the
+    # block's rows read in place or through the round's row list: the same codes, scores and signs.
+    cases = interpreted["split_scores"]
+    assert len(cases) == 4
+    for c in cases:
+        assert c["same"] and c["dev"] <= 1e-12 and c["rows"] == (5 if c["case"][1] else 7), c
+
+
 @needs_triton
 def test_the_fused_entering_scores_pick_the_torch_paths_codes_under_the_interpreter(interpreted):
     # round_triton.entering_scores (one launch: the linear term, the signs, W's codes masked)
@@ -476,15 +522,25 @@ _ROUNDS = textwrap.dedent("""
         got, info, grads = run(dtype)
         assert fused.ENABLED, "a kernel failed over to the torch path"
         dev = lambda a, b: float((a.double() - b.double()).abs().max())
+        # Past the block budget (blocks of 2 rows of the 3): the nearest codes, the rounds' GEMM and
+        # entering scores a block at a time (float64 cases: the float32 one's rounds take longest).
+        split, split_info, split_grads = got, info, grads
+        if dtype == torch.float64:
+            budget, blocks.GEMM_BLOCK_ELEMENTS = blocks.GEMM_BLOCK_ELEMENTS, 2 * 60
+            split, split_info, split_grads = run(dtype)
+            blocks.GEMM_BLOCK_ELEMENTS = budget
+            assert fused.ENABLED, "a kernel failed over to the torch path"
         return dict(case=[kind, str(dtype)], dev=dev(got, ref),
                     converged=bool(info.converged and ref_info.converged), rounds=[info.extra["rounds"],
                     ref_info.extra["rounds"]], working_set=[info.extra["working_set"], ref_info.extra["working_set"]],
                     grads=len(grads), grad_dev=[dev(a, b) for a, b in zip(grads, ref_grads)],
                     grad_error=[[dev(a, c), dev(b, c)] for a, b, c in zip(grads, ref_grads, exact_grads)],
                     grad_scale=[float(c.abs().max()) for c in exact_grads],
-                    backward_kernel=backward_triton._KERNEL is not None)
+                    backward_kernel=backward_triton._KERNEL is not None,
+                    split=[dev(split, got), split_info.extra["rounds"],
+                           max(dev(a, b) for a, b in zip(split_grads, grads))])
 
-    from scq.solvers.engine import backward_triton
+    from scq.solvers.engine import backward_triton, blocks
     backend = fused.backend
     out = [case(kind, dtype) for kind, dtype in [("scq", torch.float64), ("lasso", torch.float64),
                                                  ("scq-target", torch.float32)]]
@@ -504,6 +560,8 @@ def test_the_fused_rounds_take_the_torch_loops_steps_under_the_interpreter(inter
         assert c["converged"], c
         assert c["rounds"][0] == c["rounds"][1] > 4 and c["working_set"][0] == c["working_set"][1] > 4, c
         assert c["dev"] <= (1e-12 if c["case"][1] == "torch.float64" else 1e-6), c
+        # and a block of rows at a time past the block budget: the same rounds and answer
+        assert c["split"][1] == c["rounds"][0] and max(c["split"][0], c["split"][2]) <= 1e-12, c
 
 
 _COLLAPSED = textwrap.dedent("""

@@ -172,3 +172,28 @@ def test_the_lasso_certificate_of_sparse_weights_holds_one_buffer(sweep, bound, 
     peak = peak_tensor_bytes(lambda: cert.append(certify_lasso(weights, z, E, 0.5, False, info.extra["ridge"])))
     assert float(cert[0].residual.max()) <= 1e-5
     assert peak / (N * K * 4) <= bound, peak / (N * K * 4)
+
+
+@pytest.mark.parametrize("layer", ["scq", "svq-lasso"])
+def test_pgds_working_memory_past_the_block_budget_is_a_block(layer, monkeypatch):
+    # Issue #12: the solver's working memory O(N·m + K·D) beside the GEMM's output. Past the block
+    # budget (scq/solvers/engine/blocks.py) every (n, K) pass (the nearest-code search, each round's
+    # gradients and entering codes, the certificate) runs a block of rows at a time: here blocks of
+    # 16 rows, 1/32 of the batch. What is left is W's arrays (N, 2m), the codes' copies and
+    # gradients (K, D) and the Gram cache (capped at a block's worth): 0.13–0.29 buffers, against
+    # 1.2–1.6 in one pass.
+    from scq.solvers.engine import blocks
+
+    N, K, D = 512, 4096, 8
+
+    def peak():
+        q = scq.SCQ(D, K, lam=0.1, method="pgd", return_weights="none") if layer == "scq" else \
+            scq.SVQ(D, K, solver="lasso", return_weights="none")
+        buffers = _peak_buffers(q, N, K, D, "data_like")
+        assert q.last_info.converged
+        return buffers
+
+    whole = peak()
+    monkeypatch.setattr(blocks, "GEMM_BLOCK_ELEMENTS", 16 * K)
+    split = peak()
+    assert whole > 1.1 and split <= 0.35, (whole, split)

@@ -90,3 +90,26 @@ def test_relaxed_syncs_once_for_its_certificate_and_once_for_a_wide_projection(K
     assert not q.last_info.converged
     loss = out[0].quantized.square().mean() + out[0].loss
     assert count_syncs(loss.backward) == 0
+
+
+@pytest.mark.parametrize("path", ["compiled", "torch"])
+def test_row_blocks_add_no_host_sync(path, monkeypatch):
+    # Past the block budget (scq/solvers/engine/blocks.py: here blocks of 16 of the 128 rows) the
+    # nearest-code search, each round's gradients and entering codes and the certificate run a block
+    # at a time: the same syncs as one pass, none a block. (K > 4N: no codebook Gram path either way.)
+    from scq.solvers.engine import blocks
+
+    monkeypatch.setattr(fused, "ENABLED", path == "compiled")
+    torch.manual_seed(0)
+    q = scq.SCQ(16, 1024, lam=0.1)
+    x = torch.randn(128, 16, requires_grad=True)
+
+    def step():
+        out = q(x)
+        (out.quantized.square().mean() + out.loss).backward()
+
+    step()
+    whole = count_syncs(step)
+    monkeypatch.setattr(blocks, "GEMM_BLOCK_ELEMENTS", 16 * 1024)
+    split = count_syncs(step)
+    assert q.last_info.converged and split == whole, (split, whole)

@@ -2,11 +2,13 @@ r"""The certificate of an answer: how far returned weights are from optimal, mea
 
 Every method's answer goes through here (docs/math.md §7), so ``SolverInfo.residual`` means the
 same thing for ``exact``, ``relaxed``, ``pgd`` and the lasso solvers. Cost: one N×K×D GEMM and a
-few elementwise passes over (N, K). The one exception is a saving, not a shortcut: where ``pgd``'s
-rounds run compiled (the CPU), each row's last round has this GEMM's G already, and the round
-measures the same quantities from it with the same formulas (:func:`scq_scale`;
-``cpu_kernels._certificate_row``, shared with this module's compiled pass), handed over as
-``info.extra["certificate"]``; tests/test_certificates.py checks the two against each other.
+few elementwise passes over (N, K) (past the block budget, :mod:`.engine.blocks`, a block of rows
+at a time: its (N, K) buffers are then one block's). The one exception is a saving, not a
+shortcut: where ``pgd``'s rounds run compiled (the CPU), each row's last round has this GEMM's G
+already, and the round measures the same quantities from it with the same formulas
+(:func:`scq_scale`; ``cpu_kernels._certificate_row``, shared with this module's compiled pass),
+handed over as ``info.extra["certificate"]``; tests/test_certificates.py checks the two against
+each other.
 
 **SCQ** (f(p) = ½pᵀHp − bᵀp on Δ_K, H = EEᵀ + λI, b = Ez + λp̃). With g = Hp − b = E(z_q − z)
 + λ(p − p̃), the multiplier estimate ν = −gᵀp and μ = g + ν1:
@@ -48,7 +50,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..problems import code_scores, max_code_norm, nearest_code, row_scale
-from .engine import fused
+from .engine import blocks, fused
 from .solution import SparseWeights, Weights, combine, densify
 
 
@@ -59,6 +61,20 @@ class Certificate(NamedTuple):
     objective_gap: torch.Tensor
     error_bound: torch.Tensor
     quantized_error_bound: torch.Tensor
+
+
+def _rows(t, b: slice):
+    """Rows ``b`` of weights (dense or :class:`SparseWeights`) or of a per-row tensor; ``None`` stays."""
+    if isinstance(t, SparseWeights):
+        return SparseWeights(t.indices[b], t.values[b], t.num_codes)
+    return None if t is None else t[b]
+
+
+def _in_row_blocks(certify_block, N: int, K: int) -> Certificate:
+    """A certificate measured a block of rows at a time (``certify_block(rows)``), where (N, K) is
+    past the block budget (:mod:`.engine.blocks`): its (N, K) buffers are then one block's."""
+    parts = [certify_block(b) for b in blocks.row_blocks(N, K)]
+    return Certificate(*(torch.cat(field) for field in zip(*parts)))
 
 
 def _ncp(u: torch.Tensor, mu_scaled: torch.Tensor) -> torch.Tensor:
@@ -144,8 +160,11 @@ def certify_scq(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, lam: 
     weights already densified, if the caller has them."""
     # Written for memory: at most two (N, K) buffers beside p (g, which becomes μ in place, and
     # one scratch), since at K = 16384 each is a gigabyte per 16384 vectors; sparse weights without
-    # ``dense``: g alone (:func:`_certify_scq_sparse`).
+    # ``dense``: g alone (:func:`_certify_scq_sparse`). Past the block budget, a block of rows at a time.
     z, codebook = z.detach(), codebook.detach()
+    if not blocks.fits(z.shape[0], codebook.shape[0]):
+        return _in_row_blocks(lambda b: certify_scq(_rows(weights, b), z[b], codebook, lam, _rows(target, b),
+                                                    _rows(dense, b), _rows(nearest, b)), z.shape[0], codebook.shape[0])
     if target is None and nearest is None:  # before g: its scores and their temporary are gone when g is made
         nearest = nearest_code(code_scores(z, codebook), codebook)
     zq = combine(weights, codebook).detach()
@@ -275,6 +294,9 @@ def certify_lasso(weights: Weights, z: torch.Tensor, codebook: torch.Tensor, alp
     """The lasso certificate of ``weights`` (see the module doc); ``dense`` as for :func:`certify_scq`.
     Sparse weights without ``dense`` are read as they are (no (N, K) tensor of them)."""
     z, codebook = z.detach(), codebook.detach()
+    if not blocks.fits(z.shape[0], codebook.shape[0]):  # (a block of rows at a time: module doc)
+        return _in_row_blocks(lambda b: certify_lasso(_rows(weights, b), z[b], codebook, alpha, nonneg, ridge,
+                                                      _rows(dense, b)), z.shape[0], codebook.shape[0])
     zq = combine(weights, codebook).detach()
     r = z - zq
     G = code_scores(-r, codebook)  # E(z_q − z)

@@ -8,7 +8,10 @@ from the KKT certificate: the engine of :mod:`scq.solvers.engine` with the simpl
 ridge λ and no ℓ₁ term. It starts at the one-hot nearest code (the VQ solution, feasible), adds
 the codes whose multipliers are most negative, solves the restricted problem exactly, and stops
 when the certificate holds over all K codes. Converges to the exact solution (not the paper's
-relaxation), in the input's dtype, on CPU and CUDA, with O(N·K + N·m²) memory.
+relaxation), in the input's dtype, on CPU and CUDA. Working memory: O(N·m + K·D) beside the
+GEMMs' (n, K) outputs, which are made a block of rows at a time past
+``engine.blocks.GEMM_BLOCK_ELEMENTS`` entries (256 MB in float32; the torch path adds (N, m, m)
+systems).
 """
 
 from __future__ import annotations

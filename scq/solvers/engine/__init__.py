@@ -4,6 +4,7 @@
   all K codes, and the autograd Function whose backward solves the KKT system on the support.
 - :mod:`.active_set`: the exact batched active-set method on the working set (small dense QPs).
 - :mod:`.fista`: accelerated projected gradient on the working set, the active set's warm start.
+- :mod:`.blocks`: the row blocks the passes over all K codes run in past a memory budget.
 - :mod:`.fused`: which compiled kernels run that per-vector work (one switch): Numba on the CPU
   (:mod:`.cpu_kernels`), Triton on CUDA (:mod:`.triton_kernels`, launched by :mod:`.round_triton`,
   :mod:`.backward_triton`, :mod:`.certificate_triton`, :mod:`.fista_triton`,

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..._validation import transformed
-from . import fista_triton, triton_launch
+from . import blocks, fista_triton, triton_launch
 from .active_set import DEGENERATE_SLACK, ActiveSetResult
 
 # The one switch of every kernel. False: the torch path everywhere (to compare the two, e.g. in
@@ -298,7 +298,10 @@ class GramCache:
         products and its own, so each may take half, m(m+1)/2 entries of ``dtype`` a row. In
         float32 that keeps W up to about √K slots; float64 systems of float32 inputs, √(K/2).
         (Sized for one (N, K) buffer each, the lasso with supports of D = 64 at K = 10000 held
-        two 1.7-buffer caches of float64 products at once, for 5% of its time.)"""
+        two 1.7-buffer caches of float64 products at once, for 5% of its time.) Nor, past the
+        block budget (:mod:`.blocks`), more than one block's buffer: the cache is O(N·m²) with
+        m capped, not O(N·K)."""
+        K = min(K, max(1, blocks.GEMM_BLOCK_ELEMENTS // max(N, 1)))
         budget = K * (budget_dtype or dtype).itemsize // (2 * dtype.itemsize)  # entries a row, each copy
         return cls(N, dtype, max_width=(math.isqrt(8 * budget + 1) - 1) // 2)
 

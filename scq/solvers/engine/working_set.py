@@ -23,7 +23,11 @@ neighbourhoods (the support is mostly *not* among the nearest codes):
 Cost per round: one N×K×D GEMM (the gradients of step 3) and small systems on W. A K×K matrix is
 formed only by the compiled CPU rounds, where it is small beside the (N, K) scores (the codebook's
 Gram matrix EEᵀ where K ≤ N, or K ≤ min(4N, 1024): :func:`uses_codebook_gram`); they then read every
-product from it, with no GEMM per round.
+product from it, with no GEMM per round. Memory: each (n, K) pass over all codes (the
+nearest-code search, a round's gradients and entering codes) runs a block of rows at a time past
+:data:`.blocks.GEMM_BLOCK_ELEMENTS` entries, so that the working memory is O(N·m + K·D) beside one
+block (the torch loop adds its (N, m, m) systems; the compiled CPU rounds' cache of products is
+capped at a block's size, and their codebook Gram path, which reads ZEᵀ (N, K), runs only within it).
 One host sync per round. Where :mod:`~scq.solvers.engine.fused` has kernels the work
 on W runs compiled: on the CPU (Numba) a round is three parallel loops over the unfinished rows,
 each row's state kept in place (:func:`_rounds_on_cpu`): a row's work on W (its Gram matrix from
@@ -47,7 +51,7 @@ import torch
 
 from ... import _validation as v
 from ...problems import code_scores, max_code_norm, nearest_code, row_scale
-from . import fused
+from . import blocks, fused
 from .active_set import (DEGENERATE_SLACK, drop_tolerance, dropped_weight_allowance, masked_cholesky, solve_active_set,
                          support_solve, support_vjp)
 from ..solution import gather_rows
@@ -385,9 +389,24 @@ def verdict_allowance(sys_dtype: torch.dtype, e_max: torch.Tensor, e_max_sq: Opt
 
 def _entering_codes(zq, z, E, extra, start, code, sign, valid, n_add: int, problem: QPForm,
                     out: Optional[torch.Tensor] = None):
-    """:func:`_entering` at the round's points z_q: one GEMM for the gradients (into ``out``, an
-    (n, K) buffer, where given), then on CUDA the scores in one launch
-    (:func:`scq.solvers.engine.round_triton.entering_scores`) and their top-k."""
+    """:func:`_entering` at the round's points z_q: one GEMM for the gradients (into ``out``, a
+    buffer of K columns and as many rows as a block, where given), then on CUDA the scores in one
+    launch (:func:`scq.solvers.engine.round_triton.entering_scores`) and their top-k. Past the
+    block budget, block by block (:mod:`.blocks`): only the (n, n_add) results outlive a block."""
+    n, K = z.shape[0], E.shape[0]
+    if blocks.fits(n, K):
+        return _entering_codes_of(zq, z, E, extra, start, code, sign, valid, n_add, problem,
+                                  None if out is None else out[:n])
+    out = z.new_empty(blocks.block_rows(n, K), K) if out is None else out
+    at = lambda t, b: None if t is None else t[b]
+    parts = [_entering_codes_of(zq[b], z[b], E, at(extra, b), at(start, b), code[b], sign[b], valid[b], n_add, problem,
+                                out[:b.stop - b.start]) for b in blocks.row_blocks(n, K)]
+    return tuple(None if part[0] is None else torch.cat(part) for part in zip(*parts))
+
+
+def _entering_codes_of(zq, z, E, extra, start, code, sign, valid, n_add: int, problem: QPForm,
+                       out: Optional[torch.Tensor]):
+    """:func:`_entering_codes` for rows whose (n, K) gradients fit in one block (``out`` (n, K) or ``None``)."""
     G = torch.matmul(zq - z, E.transpose(0, 1), out=out)
     bonus = problem.start_bonus
     score = fused.entering_scores(G, code, sign, valid, extra, start, bonus=bonus, signed=problem.signed)
@@ -434,15 +453,27 @@ def _entering(G, code, sign, valid, n_add: int, problem: QPForm):
     return worst, worst_code, new_sign
 
 
+def _nearest_from_scores(scores, E):
+    # The same formula as the certificate's and the default target's p̃: a tie goes the same way.
+    start = fused.nearest(scores, E)
+    return nearest_code(scores, E) if start is None else start
+
+
 def _start_and_scale(z, E, extra, problem: QPForm):
     """The nearest code (the simplex's start), the tolerance scale (N,), max‖e‖ and the scores
-    ZEᵀ (N, K) the nearest code came from (``None`` where there is no start)."""
-    # The same formula as the certificate's and the default target's p̃: a tie goes the same way.
+    ZEᵀ (N, K) the nearest code came from (``None`` where there is no start, or where (N, K) is
+    past the block budget: the search then runs block by block, :mod:`.blocks`)."""
     start = scores = None
     if problem.simplex:
-        scores = code_scores(z, E)
-        start = fused.nearest(scores, E)
-        start = nearest_code(scores, E) if start is None else start
+        N, K = z.shape[0], E.shape[0]
+        if blocks.fits(N, K):
+            scores = code_scores(z, E)
+            start = _nearest_from_scores(scores, E)
+        else:
+            start = torch.empty(N, dtype=torch.long, device=z.device)
+            buf = z.new_empty(blocks.block_rows(N, K), K)
+            for b in blocks.row_blocks(N, K):
+                start[b] = _nearest_from_scores(torch.matmul(z[b], E.transpose(0, 1), out=buf[:b.stop - b.start]), E)
     # Multipliers are sums of terms of size ‖e‖(‖e‖ + ‖z‖), the ridge and α: tolerances are relative to that.
     e_max = max_code_norm(E)
     scale = row_scale(z, e_max, problem.ridge + problem.l1 + (0 if extra is None else extra.abs().amax(-1)))
@@ -461,8 +492,10 @@ def uses_codebook_gram(N: int, K: int) -> bool:
     N = 1024, 20–34% faster at K = 128, 512 and at D = 256, 3–17% at K = 1024, D = 16–64; at
     N = 4096, 17% at K = 1024, 23–30% at K = 2048, 3% at K = 4096. Where N < K ≤ 4N it pays while
     EEᵀ stays in the cache (K ≤ 1024, 4 MB in fp32): 5–14% faster at N = 128–512, K = 512–1024;
-    at K = 2048 and 4096 with N = 512–1024, 8–40% slower."""
-    return K <= N or (K <= 4 * N and K <= 1024)
+    at K = 2048 and 4096 with N = 512–1024, 8–40% slower.
+
+    Not past the block budget (:mod:`.blocks`): the rounds would hold ZEᵀ (N, K) whole."""
+    return (K <= N or (K <= 4 * N and K <= 1024)) and blocks.fits(N, K)
 
 
 def _codebook_gram(z, E, scores, sys_dtype):
@@ -522,6 +555,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         # were fresh pages, 12.6k page faults a forward at N = 1024, K = 4096 (0.87–1.0× the time without).
         if kernels is not None and scores is not None and scores.dtype == dtype and scores.is_contiguous():
             g_buf = scores
+        elif not blocks.fits(N, K):  # (the gradients then come a block of rows at a time: one block's buffer)
+            g_buf = z.new_empty(blocks.block_rows(N, K), K)
         scores = None
     n_first = m - code.shape[1]
     if table is not None and frank_wolfe_start(problem, opts):
@@ -696,16 +731,10 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
         if ran is None:
             return None
         res, diff = ran
-        G = diff @ E_t
-        score = fused.attempt("entering-scores", lambda: round_triton.entering_scores(
-            G, w_code, w_sign, w_valid, extra, start_w, bonus=problem.start_bonus, signed=problem.signed, rows=rows))
-        if score is None:
+        entering = _entering_on_triton(diff, E_t, w_code, w_sign, w_valid, extra, start_w, rows, n_add, problem)
+        if entering is None:
             return None
-        worst, worst_code = score.topk(n_add, dim=1)
-        new_sign = None
-        if problem.signed:
-            at_rows = lambda t: t if t is None or rows is None else t[rows]
-            new_sign = _entering_signs(G, worst_code, at_rows(extra), at_rows(start_w), problem.start_bonus)
+        worst, worst_code, new_sign = entering
         if allowance is None:
             allowance = verdict_allowance(sys_dtype, e_max, e_max_sq, sys_ridge, dual_tol)
         ended = fused.attempt("end-of-round", lambda: round_triton.end_of_round(
@@ -743,6 +772,34 @@ def _rounds_on_triton(z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     return code, sign, u, s
 
 
+def _entering_on_triton(diff, E_t, code, sign, valid, extra, start_w, rows, n_add: int, problem: QPForm):
+    """The round's entering codes on CUDA: G = (z_q − z)Eᵀ for the round's rows (``diff`` (n, D),
+    row i the batch's ``rows[i]``, ``None``: row i), their scores in one launch and the top-k; a
+    block of rows at a time past the block budget (:mod:`.blocks`). ``(worst, codes, signs or
+    None)``, each (n, n_add), or ``None`` where the scores' kernel failed."""
+    from . import round_triton
+
+    n, K = diff.shape[0], E_t.shape[1]
+    parts = []
+    for b in blocks.row_blocks(n, K):
+        whole = b.start == 0 and b.stop == n
+        rows_b = rows if whole else (rows[b] if rows is not None else torch.arange(b.start, b.stop, device=diff.device))
+        G = (diff if whole else diff[b]) @ E_t
+        score = fused.attempt("entering-scores", lambda: round_triton.entering_scores(
+            G, code, sign, valid, extra, start_w, bonus=problem.start_bonus, signed=problem.signed, rows=rows_b))
+        if score is None:
+            return None
+        worst, worst_code = score.topk(n_add, dim=1)
+        new_sign = None
+        if problem.signed:
+            at_rows = lambda t: t if t is None or rows_b is None else t[rows_b]
+            new_sign = _entering_signs(G, worst_code, at_rows(extra), at_rows(start_w), problem.start_bonus)
+        parts.append((worst, worst_code, new_sign))
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(None if part[0] is None else torch.cat(part) for part in zip(*parts))
+
+
 def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code, sign,
                    u, s, valid, n_add: int, diagnostics: dict, certify_scale: Optional[Callable[[], torch.Tensor]],
                    table: Optional[torch.Tensor], scores: Optional[torch.Tensor], allowance: float,
@@ -767,8 +824,9 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
     ``allowance``: what the verdict lets codes outside W violate by on rows whose active set
     accepted a degenerate face (:func:`verdict_tol`).
 
-    ``g_buf``: an (N, K) buffer of the inputs' dtype each round's gradients are written into (the
-    first n rows), or ``None``: a new one a round."""
+    ``g_buf``: a buffer of K columns in the inputs' dtype each round's gradients are written into
+    (N rows, or a block's past the block budget: the round then runs :func:`finish_rows` a block
+    of rows at a time, :mod:`.blocks`), or ``None``: a new one a round."""
     z, E = z.detach(), E.detach()
     extra = None if extra is None else extra.detach()
     N, D = z.shape
@@ -823,21 +881,28 @@ def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Optio
                 refines(sys_dtype), nu, res, state,
                 zq.numpy(), bounds))
             inner_total += int(state.max()) >> 2 if n else 0
-            G = None  # the last round's (n, K) G goes before this one's is made
-            if use_table:  # finish_rows makes each row's G from EEᵀ
-                G = torch.zeros(0, K, dtype=sys_dtype)
-            else:
-                G = torch.matmul(zq - (z if n == N else z.index_select(0, rows_t)), E.transpose(0, 1),
-                                 out=None if g_buf is None else g_buf[:n])
             finished = np.zeros(n, dtype=np.bool_)
             new_code = np.zeros((n, n_add), dtype=np.int64)
             new_sign = np.ones((n, n_add), dtype=E_sys.dtype)
             violating = np.zeros((n, n_add), dtype=np.bool_)
             need = np.zeros(n, dtype=np.int64)
-            k.finish_par(G.numpy(), table_np, scores_np, extra_sys, start_np, bonus, float(problem.l1),
-                         bool(problem.signed), rows, w[0], w[1], w[4], w[3], nu, res, state, tol, allowance,
-                         broken.numpy(), finished, new_code, new_sign, violating, need, w[2], cert_lam, cert_scale,
-                         rounds == opts.max_rounds, cert, bounds)
+            # The round's gradients G (n, K), a block of rows at a time past the block budget
+            # (:mod:`.blocks`): finish_rows reads row i of G with row i of its per-round arrays,
+            # so each block gets their slices (views: it writes through them).
+            for b in [slice(0, n)] if use_table else blocks.row_blocks(n, K):
+                G = None  # the last block's G goes before this one's is made
+                if use_table:  # finish_rows makes each row's G from EEᵀ
+                    G = torch.zeros(0, K, dtype=sys_dtype)
+                else:
+                    z_b = z[b] if n == N else z.index_select(0, rows_t[b])
+                    G = torch.matmul(zq[b] - z_b, E.transpose(0, 1),
+                                     out=None if g_buf is None else g_buf[:b.stop - b.start])
+                whole = b.stop - b.start == n
+                k.finish_par(G.numpy(), table_np, scores_np, extra_sys, start_np, bonus, float(problem.l1),
+                             bool(problem.signed), rows[b], w[0], w[1], w[4], w[3], nu[b], res[b], state[b], tol,
+                             allowance, broken.numpy(), finished[b], new_code[b], new_sign[b], violating[b], need[b],
+                             w[2], cert_lam, cert_scale, rounds == opts.max_rounds, cert,
+                             bounds if whole else fused.row_ranges(b.stop - b.start))
             n_left = int(n - finished.sum())
             all_finished = n_left == 0
             if all_finished or rounds == opts.max_rounds:

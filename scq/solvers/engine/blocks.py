@@ -1,0 +1,35 @@
+"""Row blocks for the solvers' (n, K) products, so that their working memory stays bounded.
+
+Every pass over all K codes (the nearest-code search, each certificate round's gradients
+G = (z_q − z)Eᵀ and entering scores, the front door's certificate) is one GEMM with an (n, K)
+output: 17 GB at n = 262144, K = 16384 in float32. Run over blocks of rows, each block's output
+has at most :data:`GEMM_BLOCK_ELEMENTS` entries and only (n, few) results (the nearest code,
+the entering codes, the certificate's four numbers) outlive it. Below the budget there is one
+block: the same GEMM as without blocks. The budget is large enough that a block's GEMM still
+fills a GPU (2^26 entries: 4096 rows at K = 16384) and that no size of the committed benchmarks
+is split on the CPU.
+"""
+
+from __future__ import annotations
+
+# Entries of one (rows, K) block buffer: 256 MB in float32. A module attribute, read at each call,
+# so that a user (or a test) can set it.
+GEMM_BLOCK_ELEMENTS = 1 << 26
+
+
+def block_rows(n: int, K: int) -> int:
+    """Rows per block for ``n`` rows against ``K`` codes: all of them where n·K fits the budget,
+    else as many as fit (at least one)."""
+    return max(1, min(n, GEMM_BLOCK_ELEMENTS // max(K, 1)))
+
+
+def row_blocks(n: int, K: int) -> "list[slice]":
+    """The row blocks of ``n`` rows against ``K`` codes, in order: ``[slice(0, n)]`` where the whole
+    (n, K) product fits the budget."""
+    step = block_rows(n, K)
+    return [slice(a, min(a + step, n)) for a in range(0, max(n, 1), step)]
+
+
+def fits(n: int, K: int) -> bool:
+    """Whether an (n, K) buffer fits in one block."""
+    return n * K <= GEMM_BLOCK_ELEMENTS
