@@ -12,6 +12,8 @@ from scq.solvers import certificate as C
 from scq.solvers.engine import blocks, fused
 from scq.solvers.solution import to_sparse
 
+from .conftest import cuda_devices
+
 
 @pytest.mark.parametrize("n, K, budget", [(10, 7, 1000), (10, 7, 21), (10, 7, 20), (10, 7, 3), (0, 7, 21), (5, 0, 8)])
 def test_row_blocks_cover_the_rows_in_order_within_the_budget(n, K, budget, monkeypatch):
@@ -34,7 +36,7 @@ def _run(layer, dtype, z, E, target=None):
     else:
         p, info = scq.solve_lasso(inputs[0], inputs[1], 0.05, method="pgd", nonneg=layer == "lasso-nonneg",
                                   return_info=True)
-    weigh = torch.randn(p.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    weigh = torch.randn(p.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(p.device, dtype)
     (p * weigh).sum().backward()
     return p.detach(), [t.grad for t in inputs], info
 
@@ -107,3 +109,20 @@ def test_certificates_in_row_blocks_match_one_pass(form, compiled, monkeypatch):
         assert all(float(field.max()) > 0 for field in expected)  # (something to compare)
         for a, b in zip(got, expected):
             assert a.shape == (N,) and torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("layer", ["scq", "lasso"])
+def test_pgd_in_row_blocks_on_cuda_gives_the_answer_of_one_pass(layer, device, monkeypatch):
+    # The CUDA rounds (Triton) with blocks of 7 rows against one pass, and against the CPU.
+    g = torch.Generator().manual_seed(0)
+    N, K, D = 40, 600, 6
+    z, E = torch.randn(N, D, generator=g, dtype=torch.float64), torch.randn(K, D, generator=g, dtype=torch.float64)
+    cpu, cpu_grads, _ = _run(layer, torch.float64, z, E)
+    whole, whole_grads, whole_info = _run(layer, torch.float64, z.to(device), E.to(device))
+    monkeypatch.setattr(blocks, "GEMM_BLOCK_ELEMENTS", 7 * K)
+    split, split_grads, split_info = _run(layer, torch.float64, z.to(device), E.to(device))
+    assert whole_info.converged and split_info.converged
+    assert split_info.extra["rounds"] == whole_info.extra["rounds"]
+    for a, b, c in zip([split] + split_grads, [whole] + whole_grads, [cpu] + cpu_grads):
+        assert torch.allclose(a, b, atol=1e-12) and torch.allclose(a.cpu(), c, atol=1e-10)
