@@ -6,8 +6,8 @@ output: 17 GB at n = 262144, K = 16384 in float32. Run over blocks of rows, each
 has at most :data:`GEMM_BLOCK_ELEMENTS` entries and only (n, few) results (the nearest code,
 the entering codes, the certificate's four numbers) outlive it. Below the budget there is one
 block: the same GEMM as without blocks. The budget is large enough that a block's GEMM still
-fills a GPU (2^26 entries: 4096 rows at K = 16384) and that no size of the committed benchmarks
-is split on the CPU.
+fills a GPU (2^26 entries: 4096 rows at K = 16384) and that no point of the CPU benchmarks is
+split (the GPU sweep's are from N = 131072 at K = 1024 and N = 8192 at K = 16384).
 """
 
 from __future__ import annotations
