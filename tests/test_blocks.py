@@ -126,3 +126,27 @@ def test_pgd_in_row_blocks_on_cuda_gives_the_answer_of_one_pass(layer, device, m
     assert split_info.extra["rounds"] == whole_info.extra["rounds"]
     for a, b, c in zip([split] + split_grads, [whole] + whole_grads, [cpu] + cpu_grads):
         assert torch.allclose(a, b, atol=1e-12) and torch.allclose(a.cpu(), c, atol=1e-10)
+
+
+@pytest.mark.parametrize("path", ["compiled", "torch"])
+@pytest.mark.parametrize("layer", ["scq", "lasso"])
+def test_torch_func_grad_through_row_blocks_matches_autograd(layer, path, monkeypatch):
+    # The blocks' buffers (matmul's out=) and slices under torch.func's grad transform, with no
+    # kernel failure (a warning would switch every later call to the torch path: an error here).
+    import warnings
+
+    monkeypatch.setattr(fused, "ENABLED", path == "compiled")
+    monkeypatch.setattr(blocks, "GEMM_BLOCK_ELEMENTS", 7 * 200)
+    g = torch.Generator().manual_seed(0)
+    z, E = torch.randn(30, 4, generator=g, dtype=torch.float64), torch.randn(200, 4, generator=g, dtype=torch.float64)
+    weigh = torch.linspace(-1, 1, 200, dtype=torch.float64)
+    solve = (lambda x: scq.solve_scq(x, E, 0.1, method="pgd")) if layer == "scq" else \
+        (lambda x: scq.solve_lasso(x, E, 0.05, method="pgd"))
+    f = lambda x: (solve(x) * weigh).square().sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = torch.func.grad(f)(z)
+    x = z.clone().requires_grad_(True)
+    f(x).backward()
+    assert x.grad.abs().max() > 1e-3
+    torch.testing.assert_close(got, x.grad, rtol=1e-10, atol=1e-12)
