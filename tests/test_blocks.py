@@ -150,3 +150,15 @@ def test_torch_func_grad_through_row_blocks_matches_autograd(layer, path, monkey
     f(x).backward()
     assert x.grad.abs().max() > 1e-3
     torch.testing.assert_close(got, x.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("budget, message", [(0, ">= 1"), (-5, ">= 1"), ("big", ">= 1"), (True, ">= 1")])
+def test_a_budget_that_is_not_a_number_of_entries_is_named(budget, message, monkeypatch):
+    monkeypatch.setattr(blocks, "GEMM_BLOCK_ELEMENTS", budget)
+    with pytest.raises(ValueError, match="GEMM_BLOCK_ELEMENTS must be a number of entries " + message):
+        scq.solve_scq(torch.randn(4, 3), torch.randn(8, 3), 0.1, method="pgd")
+
+
+def test_a_float_budget_is_taken_as_its_integer(monkeypatch):
+    monkeypatch.setattr(blocks, "GEMM_BLOCK_ELEMENTS", 1e3)
+    assert blocks.block_rows(100, 30) == 33 and blocks.entries_per_row(10) == 100 and not blocks.fits(34, 30)

@@ -17,10 +17,20 @@ from __future__ import annotations
 GEMM_BLOCK_ELEMENTS = 1 << 26
 
 
+def _budget() -> int:
+    """The budget as set (read at each call, so that a setting takes effect at once), checked: a
+    float such as ``1e8`` is taken as the integer it is; below one entry is an error."""
+    budget = GEMM_BLOCK_ELEMENTS
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget >= 1:
+        raise ValueError(f"scq.solvers.engine.blocks.GEMM_BLOCK_ELEMENTS must be a number of entries >= 1, "
+                         f"got {budget!r}")
+    return int(budget)
+
+
 def block_rows(n: int, K: int) -> int:
     """Rows per block for ``n`` rows against ``K`` codes: all of them where n·K fits the budget,
     else as many as fit (at least one)."""
-    return max(1, min(n, GEMM_BLOCK_ELEMENTS // max(K, 1)))
+    return max(1, min(n, _budget() // max(K, 1)))
 
 
 def row_blocks(n: int, K: int) -> "list[slice]":
@@ -30,6 +40,11 @@ def row_blocks(n: int, K: int) -> "list[slice]":
     return [slice(a, min(a + step, n)) for a in range(0, max(n, 1), step)]
 
 
+def entries_per_row(n: int) -> int:
+    """The entries each of ``n`` rows may hold where together they keep within one block (at least one)."""
+    return max(1, _budget() // max(n, 1))
+
+
 def fits(n: int, K: int) -> bool:
     """Whether an (n, K) buffer fits in one block."""
-    return n * K <= GEMM_BLOCK_ELEMENTS
+    return n * K <= _budget()

@@ -301,7 +301,7 @@ class GramCache:
         two 1.7-buffer caches of float64 products at once, for 5% of its time.) Nor, past the
         block budget (:mod:`.blocks`), more than one block's buffer: the cache is O(N·m²) with
         m capped, not O(N·K)."""
-        K = min(K, max(1, blocks.GEMM_BLOCK_ELEMENTS // max(N, 1)))
+        K = min(K, blocks.entries_per_row(N))
         budget = K * (budget_dtype or dtype).itemsize // (2 * dtype.itemsize)  # entries a row, each copy
         return cls(N, dtype, max_width=(math.isqrt(8 * budget + 1) - 1) // 2)
 
