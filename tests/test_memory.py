@@ -197,3 +197,21 @@ def test_pgds_working_memory_past_the_block_budget_is_a_block(layer, monkeypatch
     monkeypatch.setattr(blocks, "GEMM_BLOCK_ELEMENTS", 16 * K)
     split = peak()
     assert whole > 1.1 and split <= 0.35, (whole, split)
+
+
+@pytest.mark.parametrize("codebook", ["data_like", "random"])
+def test_pgds_blocks_share_one_fresh_buffer(codebook, monkeypatch):
+    # Past the block budget (blocks of 32 rows here) the nearest-code search, the first W's
+    # gradients and every round's go into one block's buffer, made once a forward (fresh pages
+    # each time otherwise: see the test above); the search's own buffer made a second one before.
+    # (D small, so that no codebook-sized tensor is as large as half a block.)
+    from scq.solvers.engine import blocks
+
+    N, K, D = 256, 4096, 4
+    monkeypatch.setattr(blocks, "GEMM_BLOCK_ELEMENTS", 32 * K)
+    module = scq.SCQ(D, K, lam=0.1, method="pgd", return_weights="none")
+    step = _training_step(module, N, K, D, codebook)
+    assert module.last_info.extra["rounds"] > 3
+    block = 32 * K
+    fresh = fresh_tensor_bytes(step, block // 2) / (block * 4)
+    assert fresh <= 1.0, fresh

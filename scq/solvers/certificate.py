@@ -74,7 +74,7 @@ def _in_row_blocks(certify_block, N: int, K: int) -> Certificate:
     """A certificate measured a block of rows at a time (``certify_block(rows)``), where (N, K) is
     past the block budget (:mod:`.engine.blocks`): its (N, K) buffers are then one block's."""
     parts = [certify_block(b) for b in blocks.row_blocks(N, K)]
-    return Certificate(*(torch.cat(field) for field in zip(*parts)))
+    return Certificate(*blocks.cat_rows(parts))
 
 
 def _ncp(u: torch.Tensor, mu_scaled: torch.Tensor) -> torch.Tensor:

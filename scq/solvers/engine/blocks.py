@@ -12,6 +12,8 @@ split (the GPU sweep's are from N = 131072 at K = 1024 and N = 8192 at K = 16384
 
 from __future__ import annotations
 
+import torch
+
 # Entries of one (rows, K) block buffer: 256 MB in float32. A module attribute, read at each call,
 # so that a user (or a test) can set it.
 GEMM_BLOCK_ELEMENTS = 1 << 26
@@ -38,6 +40,12 @@ def row_blocks(n: int, K: int) -> "list[slice]":
     (n, K) product fits the budget."""
     step = block_rows(n, K)
     return [slice(a, min(a + step, n)) for a in range(0, max(n, 1), step)]
+
+
+def cat_rows(parts):
+    """The blocks' results joined: ``parts`` a list of equal-length tuples of (rows, …) tensors (or
+    ``None`` in every block), one tuple a block, in order; the joined tuple, ``None`` kept."""
+    return tuple(None if field[0] is None else torch.cat(field) for field in zip(*parts))
 
 
 def entries_per_row(n: int) -> int:

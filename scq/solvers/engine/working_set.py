@@ -401,7 +401,7 @@ def _entering_codes(zq, z, E, extra, start, code, sign, valid, n_add: int, probl
     at = lambda t, b: None if t is None else t[b]
     parts = [_entering_codes_of(zq[b], z[b], E, at(extra, b), at(start, b), code[b], sign[b], valid[b], n_add, problem,
                                 out[:b.stop - b.start]) for b in blocks.row_blocks(n, K)]
-    return tuple(None if part[0] is None else torch.cat(part) for part in zip(*parts))
+    return blocks.cat_rows(parts)
 
 
 def _entering_codes_of(zq, z, E, extra, start, code, sign, valid, n_add: int, problem: QPForm,
@@ -459,19 +459,19 @@ def _nearest_from_scores(scores, E):
     return nearest_code(scores, E) if start is None else start
 
 
-def _start_and_scale(z, E, extra, problem: QPForm):
+def _start_and_scale(z, E, extra, problem: QPForm, buf: Optional[torch.Tensor] = None):
     """The nearest code (the simplex's start), the tolerance scale (N,), max‖e‖ and the scores
     ZEᵀ (N, K) the nearest code came from (``None`` where there is no start, or where (N, K) is
-    past the block budget: the search then runs block by block, :mod:`.blocks`)."""
+    past the block budget: the search then runs block by block, :mod:`.blocks`, its scores
+    written into ``buf``, one block's buffer)."""
     start = scores = None
     if problem.simplex:
         N, K = z.shape[0], E.shape[0]
-        if blocks.fits(N, K):
+        if buf is None:
             scores = code_scores(z, E)
             start = _nearest_from_scores(scores, E)
         else:
             start = torch.empty(N, dtype=torch.long, device=z.device)
-            buf = z.new_empty(blocks.block_rows(N, K), K)
             for b in blocks.row_blocks(N, K):
                 start[b] = _nearest_from_scores(torch.matmul(z[b], E.transpose(0, 1), out=buf[:b.stop - b.start]), E)
     # Multipliers are sums of terms of size ‖e‖(‖e‖ + ‖z‖), the ridge and α: tolerances are relative to that.
@@ -512,7 +512,10 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
     N, D = z.shape
     K = E.shape[0]
     dtype, device = z.dtype, z.device
-    start, scale, e_max, scores = _start_and_scale(z, E, extra, problem)
+    # Past the block budget, one block's buffer for every (n, K) pass: the nearest-code search,
+    # then the first W's gradients and the rounds' (:mod:`.blocks`).
+    block_buf = None if blocks.fits(N, K) else z.new_empty(blocks.block_rows(N, K), K)
+    start, scale, e_max, scores = _start_and_scale(z, E, extra, problem, block_buf)
     # The systems' precision depends on max‖e‖², a device value. With a ridge, round 1 runs in the
     # input's dtype and reads max‖e‖² with its own counts (no sync of its own); where the systems
     # needed float64 after all (float32 inputs, ρ tiny against ‖e‖²), round 1 runs again, from the
@@ -555,8 +558,8 @@ def _forward(z, E, extra, problem: QPForm, opts: Options, diagnostics: dict, e_m
         # were fresh pages, 12.6k page faults a forward at N = 1024, K = 4096 (0.87–1.0× the time without).
         if kernels is not None and scores is not None and scores.dtype == dtype and scores.is_contiguous():
             g_buf = scores
-        elif not blocks.fits(N, K):  # (the gradients then come a block of rows at a time: one block's buffer)
-            g_buf = z.new_empty(blocks.block_rows(N, K), K)
+        elif block_buf is not None:  # (the gradients then come a block of rows at a time)
+            g_buf = block_buf
         scores = None
     n_first = m - code.shape[1]
     if table is not None and frank_wolfe_start(problem, opts):
@@ -784,7 +787,7 @@ def _entering_on_triton(diff, E_t, code, sign, valid, extra, start_w, rows, n_ad
     for b in blocks.row_blocks(n, K):
         whole = b.start == 0 and b.stop == n
         rows_b = rows if whole else (rows[b] if rows is not None else torch.arange(b.start, b.stop, device=diff.device))
-        G = (diff if whole else diff[b]) @ E_t
+        G = diff[b] @ E_t
         score = fused.attempt("entering-scores", lambda: round_triton.entering_scores(
             G, code, sign, valid, extra, start_w, bonus=problem.start_bonus, signed=problem.signed, rows=rows_b))
         if score is None:
@@ -795,9 +798,7 @@ def _entering_on_triton(diff, E_t, code, sign, valid, extra, start_w, rows, n_ad
             at_rows = lambda t: t if t is None or rows_b is None else t[rows_b]
             new_sign = _entering_signs(G, worst_code, at_rows(extra), at_rows(start_w), problem.start_bonus)
         parts.append((worst, worst_code, new_sign))
-    if len(parts) == 1:
-        return parts[0]
-    return tuple(None if part[0] is None else torch.cat(part) for part in zip(*parts))
+    return parts[0] if len(parts) == 1 else blocks.cat_rows(parts)
 
 
 def _rounds_on_cpu(k, z, E, extra, start, dual_tol, problem: QPForm, opts: Options, sys_dtype, sys_ridge, code, sign,
