@@ -851,7 +851,7 @@ def test_the_rounds_kernels_get_the_same_argument_types_with_a_certificate_or_wi
     import inspect
 
     k = fused.round_kernels(torch.zeros(1))
-    names = {kernel: list(inspect.signature(getattr(k, kernel).py_func).parameters)
+    names = {kernel: list(inspect.signature(getattr(k, kernel).kernel.py_func).parameters)
              for kernel in ("table_rounds_par", "finish_par")}
     seen = {}
     for kernel in names:
@@ -868,3 +868,74 @@ def test_the_rounds_kernels_get_the_same_argument_types_with_a_certificate_or_wi
         z = torch.randn(N, 4, generator=g, dtype=f32)
         scq.solve_scq(z, E, 0.1) if problem == "scq" else scq.solve_lasso(z, E, 0.3)
     assert seen == {"table_rounds_par": np.float64, "finish_par": np.float64}, seen
+
+
+def _scaled_row_sums(x, out, c, lo, hi):
+    for i in range(lo, hi):
+        out[i] = c * x[i].sum()
+
+
+def _row_sums_per_range(x, acc, lo, hi):
+    for i in range(lo, hi):
+        acc += x[i]
+
+
+def test_the_parallel_launcher_runs_a_kernel_once_compiled_for_each_argument_types():
+    # InParallel keys the kernel's compiled versions by the arguments' types: dtype, layout and
+    # writeability (Numba's fingerprint) and a Python int's value range. A wrong key would call a
+    # version compiled for other types through its address: wrong answers, not an error.
+    from numba import njit
+
+    from scq.solvers.engine import cpu_kernels as ck
+
+    launch = ck.InParallel(njit(_scaled_row_sums))
+    bounds = np.array([0, 3, 7, 7, 10])  # (an empty range too)
+    x64 = np.random.default_rng(0).standard_normal((10, 6))
+    readonly = x64.copy()
+    readonly.setflags(write=False)
+    cases = [(x64, 2.0), (x64.astype(np.float32), 2.0), (x64[:, ::2], 2.0), (readonly, 2.0), (x64, 3),
+             (x64, 2**63), (x64, 2.0)]
+    for x, c in cases:
+        out = np.zeros(10, x.dtype)
+        launch(x, out, c, bounds)
+        np.testing.assert_allclose(out, c * x.astype(np.float64).sum(1), rtol=1e-6)
+    # One version each but the last (the first's types again): f64, f32, strided, read-only, int64, uint64.
+    assert len(launch._compiled) == len(launch.kernel.signatures) == 6
+
+
+def test_the_parallel_launcher_gives_each_range_its_own_output():
+    from numba import njit
+
+    from scq.solvers.engine import cpu_kernels as ck
+
+    launch = ck.InParallel(njit(_row_sums_per_range), own=True)
+    x = np.random.default_rng(1).standard_normal((9, 4))
+    bounds = np.array([0, 2, 5, 9])
+    for acc in (np.zeros((3, 4)), np.zeros((3, 4, 2))[..., 0]):  # contiguous, and strided ("A" layout)
+        launch(x, acc, bounds)
+        np.testing.assert_allclose(acc, [x[0:2].sum(0), x[2:5].sum(0), x[5:9].sum(0)])
+
+
+def test_the_parallel_loop_calls_its_kernel_by_address_not_as_linked_code():
+    # Linked into each parallel loop that calls it, a kernel is optimized and compiled again in
+    # each of the loop's modules: half of every variant's first-use compile. Through its address
+    # (what InParallel passes), the loop's code holds no copy of the kernel. (Fresh dispatchers of
+    # the loop, without Numba's cache: a cached module cannot be read back as LLVM IR.)
+    from numba import njit, typeof
+
+    from scq.solvers.engine import cpu_kernels as ck
+
+    kernel = njit(_scaled_row_sums)
+    x, out, bounds = np.ones((4, 3)), np.zeros(4), np.array([0, 2, 4])
+    launch = ck.InParallel(kernel)
+    by_address = launch._address((x, out, 1.0))
+    assert isinstance(typeof(by_address), ck.types.FunctionType)
+
+    def loop_ir(rows):
+        loop = njit(parallel=True)(ck._each_range.py_func)
+        loop(rows, bounds, x, out, 1.0)
+        return "\n".join(loop.inspect_llvm().values())
+
+    assert "_scaled_row_sums" not in loop_ir(by_address)
+    assert "_scaled_row_sums" in loop_ir(kernel)  # (called by name: linked in, as the launchers once were)
+    np.testing.assert_allclose(out, x.sum(1))

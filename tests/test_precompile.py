@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not fused.cpu_available(), reason="needs numba")
 
 def _launchers():
     """The compiled entry points the solvers call from Python: the parallel launchers."""
-    return sorted(name for name, f in vars(cpu_kernels).items() if name.endswith("_par") and hasattr(f, "_cache"))
+    return sorted(name for name, f in vars(cpu_kernels).items() if isinstance(f, cpu_kernels.InParallel))
 
 
 def _array_dtypes(args) -> tuple:

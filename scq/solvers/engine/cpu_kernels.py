@@ -26,7 +26,12 @@ callers running their stale cached copies.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, typeof, types
+
+try:  # Numba's dispatcher's type fingerprint (see _types_key); typeof where it is missing
+    from numba._dispatcher import compute_fingerprint as _fingerprint
+except ImportError:  # pragma: no cover - a Numba without it
+    _fingerprint = typeof
 
 # Numba's defaults raise on x/0; the torch path gives inf/nan there, and so do these. Sums may be
 # reassociated (so that dot products vectorize); nothing assumes finite values (inf, -1e30 are used).
@@ -1704,123 +1709,104 @@ def table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonu
 
 
 # The parallel launchers: one row range per thread of Numba's pool (``bounds``: the ranges'
-# edges). Their loop body is one call, so that Numba's parallel compilation stays cheap (the
-# kernels above compile once, serially: 54 s on first use instead of 79 s with the whole
-# kernels under ``parallel=True``). Numba's OpenMP pool, not Python threads: beside torch's own
-# pool, whose idle threads spin, Python threads measured 1.4× slower (they barely overlapped).
+# edges). Numba's OpenMP pool, not Python threads: beside torch's own pool, whose idle threads
+# spin, Python threads measured 1.4× slower (they barely overlapped).
+#
+# The pool runs a row kernel through its address (a first-class function, Numba's
+# ``WrapperAddressProtocol``), not by name. Called by name, a kernel's machine code is linked into
+# each parallel function that calls it and optimized and compiled there again, in the 4 modules
+# Numba builds for one parallel loop: the launchers took about half of each variant's first-use
+# compile (``table_rounds_par`` 76 s with its kernel, against 47 s for the kernel alone). Called
+# through its address, a kernel compiles once, and the loop's modules hold only the loop.
 
 
 @njit(parallel=True, **_JIT)
-def fista_par(H, b, u0, valid, step, beta, n_iter, simplex, out, bounds):
+def _each_range(rows, bounds, *args):
     for t in prange(bounds.shape[0] - 1):
-        fista_rows(H, b, u0, valid, step, beta, n_iter, simplex, out, bounds[t], bounds[t + 1])
+        rows(*args, bounds[t], bounds[t + 1])
 
 
 @njit(parallel=True, **_JIT)
-def active_set_par(H, b, out_p, out_s, valid, tol, max_iter, max_support, simplex, drop_tol, tiny, slack,
-                   out_nu, out_res, state, bounds):
+def _each_range_own(rows, bounds, own, *args):
+    # ``own[t]``: the range's own output (a per-thread partial sum), passed after ``args``.
     for t in prange(bounds.shape[0] - 1):
-        active_set_rows(H, b, out_p, out_s, valid, tol, max_iter, max_support, simplex, drop_tol, tiny, slack,
-                        out_nu, out_res, state, bounds[t], bounds[t + 1])
+        rows(*args, own[t], bounds[t], bounds[t + 1])
 
 
-@njit(parallel=True, **_JIT)
-def backward_par(z, E, table, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z, grad_E, bounds):
-    for t in prange(bounds.shape[0] - 1):
-        backward_rows(z, E, table, code, sign, u, s, grad_u, ridge, simplex, need_E, v_out, grad_z,
-                      grad_E[t], bounds[t], bounds[t + 1])
+def _types_key(args) -> tuple:
+    # What decides the arguments' Numba types, cheaply: Numba's own fingerprints (dtype, ndim,
+    # layout, writeable: what its dispatcher keys compiled versions by; ~0.2 µs an array against
+    # ~14 µs for ``typeof``), and the type of each Python int, which depends on its value (int64,
+    # or uint64 past 2^63) where its fingerprint does not.
+    try:
+        key = tuple(map(_fingerprint, args))
+    except (TypeError, ValueError, NotImplementedError):
+        return tuple(map(typeof, args))
+    return key + tuple(typeof(a) for a in args if type(a) is int)
 
 
-@njit(parallel=True, **_JIT)
-def combine_par(values, E, idx, out, bounds):
-    for t in prange(bounds.shape[0] - 1):
-        combine_rows(values, E, idx, out, bounds[t], bounds[t + 1])
+class _Address:
+    """A compiled kernel as a first-class function (Numba's wrapper-address protocol: its C
+    wrapper's address and signature), with its Numba type made once: as a ``WrapperAddressProtocol``
+    subclass it would be typed afresh at every call (~40 µs)."""
+
+    def __init__(self, compiled):
+        self._signature = compiled.signature
+        self._address = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_cfunc_wrapper_name)
+        self._numba_type_ = types.FunctionType(compiled.signature)
+
+    def __wrapper_address__(self) -> int:
+        return self._address
+
+    def signature(self):
+        return self._signature
 
 
-@njit(parallel=True, **_JIT)
-def combine_backward_par(values, E, idx, grad, need_values, need_E, grad_values, grad_E, bounds):
-    for t in prange(bounds.shape[0] - 1):
-        combine_backward_rows(values, E, idx, grad, need_values, need_E, grad_values, grad_E[t],
-                              bounds[t], bounds[t + 1])
+class InParallel:
+    """``kernel``, a ``*_rows`` function, run over row ranges in parallel through its address:
+    ``launch(*args, bounds)`` is ``kernel(*args, lo, hi)`` for each range (with ``own``: the last
+    of ``args`` is per range, ``args[-1][t]`` for range t). The kernel is compiled once per types
+    of ``args`` (Numba's on-disk cache keeps it) and its address kept here."""
+
+    def __init__(self, kernel, own: bool = False):
+        self.kernel, self.own, self._compiled = kernel, own, {}
+        self.__name__ = self.__qualname__ = kernel.__name__.replace("_rows", "_par")
+        self.__doc__ = f"``{kernel.__name__}`` over row ranges in parallel: ``(*its arguments but lo, hi, bounds)``."
+
+    def _address(self, args):
+        key = _types_key(args)
+        found = self._compiled.get(key)
+        if found is None:
+            arg_types = [typeof(a) for a in args]
+            if self.own:  # the kernel gets own[t]: Numba's type of that item
+                own = arg_types[-1]
+                arg_types[-1] = own.copy(ndim=own.ndim - 1, layout="C" if own.layout == "C" else "A")
+            signature = tuple(arg_types) + (types.int64, types.int64)
+            self.kernel.compile(signature)
+            found = self._compiled[key] = _Address(self.kernel.overloads[signature])
+        return found
+
+    def __call__(self, *args):
+        *args, bounds = args
+        rows = self._address(args)
+        if self.own:
+            _each_range_own(rows, bounds, args[-1], *args[:-1])
+        else:
+            _each_range(rows, bounds, *args)
 
 
-@njit(parallel=True, **_JIT)
-def round_par(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez, old_code,
-              new_gram, new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack,
-              refine, out_nu, out_res, state, zq, bounds):
-    for t in prange(bounds.shape[0] - 1):
-        round_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, rows, old_gram, old_ez,
-                   old_code, new_gram, new_ez, new_code, u, s, valid, tol, n_iter, patience, simplex, max_iter,
-                   drop_tol, tiny, slack, refine, out_nu, out_res, state, zq, bounds[t], bounds[t + 1])
-
-
-@njit(parallel=True, **_JIT)
-def table_rounds_par(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, signed, u, s, valid, tol,
-                     n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam, cert_scale,
-                     cert, max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds, row_add,
-                     row_iters, row_state, broken, new_code, new_sign, violating, need, fw_steps, fw_blocks, fw_width,
-                     bounds):
-    for t in prange(bounds.shape[0] - 1):
-        table_rounds_rows(E, E_out, table, scores, code, sign, z, extra, start, bonus, l1, ridge, signed, u, s, valid,
-                          tol, n_iter, patience, simplex, max_iter, drop_tol, tiny, slack, allowance, refine, lam,
-                          cert_scale, cert, max_rounds, grow_after, add_cap, cache_gram, cache_code, rows, row_rounds,
-                          row_add, row_iters, row_state, broken, new_code, new_sign, violating, need, fw_steps,
-                          fw_blocks, fw_width, bounds[t], bounds[t + 1])
-
-
-@njit(parallel=True, **_JIT)
-def finish_par(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, res, state, tol,
-               allowance, broken, finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert,
-               bounds):
-    for t in prange(bounds.shape[0] - 1):
-        finish_rows(G, table, scores, extra, start, bonus, l1, signed, rows, code, sign, valid, s, nu, res, state, tol,
-                    allowance, broken, finished, new_code, new_sign, violating, need, u, lam, cert_scale, last, cert,
-                    bounds[t], bounds[t + 1])
-
-
-@njit(parallel=True, **_JIT)
-def place_par(rows, code, sign, u, s, valid, new_code, new_sign, violating, bounds):
-    for t in prange(bounds.shape[0] - 1):
-        place_rows(rows, code, sign, u, s, valid, new_code, new_sign, violating, bounds[t], bounds[t + 1])
-
-
-@njit(parallel=True, **_JIT)
-def gram_par(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code, H, cz, bounds):
-    for t in prange(bounds.shape[0] - 1):
-        gram_rows(E, code, sign, z, ridge, rows, old_gram, old_ez, old_code, new_gram, new_ez, new_code, H, cz,
-                  bounds[t], bounds[t + 1])
-
-
-@njit(parallel=True, **_JIT)
-def scq_certificate_par(G, p, nearest, target, lam, scale, residual, gap, error, q_error, bounds):
-    for t in prange(bounds.shape[0] - 1):
-        scq_certificate_rows(G, p, nearest, target, lam, scale, residual, gap, error, q_error, bounds[t],
-                             bounds[t + 1])
-
-
-@njit(parallel=True, **_JIT)
-def lasso_certificate_par(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, g_max, w_abs, w_sq, w_g,
-                          bounds):
-    for t in prange(bounds.shape[0] - 1):
-        lasso_certificate_rows(G, w, w_idx, w_val, scale, alpha, ridge, nonneg, residual, g_max, w_abs, w_sq, w_g,
-                               bounds[t], bounds[t + 1])
-
-
-@njit(parallel=True, **_JIT)
-def nearest_par(scores, sq_norms, out, bounds):
-    for t in prange(bounds.shape[0] - 1):
-        nearest_rows(scores, sq_norms, out, bounds[t], bounds[t + 1])
-
-
-@njit(parallel=True, **_JIT)
-def entering_par(G, code, sign, valid, signed, out_score, out_code, out_sign, bounds):
-    for t in prange(bounds.shape[0] - 1):
-        entering_rows(G, code, sign, valid, signed, out_score, out_code, out_sign, bounds[t], bounds[t + 1])
-
-
-@njit(parallel=True, **_JIT)
-def table_entering_par(table, scores, extra, start, bonus, u, code, sign, valid, signed, out_score, out_code, out_sign,
-                       bounds):
-    for t in prange(bounds.shape[0] - 1):
-        table_entering_rows(table, scores, extra, start, bonus, u, code, sign, valid, signed, out_score, out_code,
-                            out_sign, bounds[t], bounds[t + 1])
+fista_par = InParallel(fista_rows)
+active_set_par = InParallel(active_set_rows)
+backward_par = InParallel(backward_rows, own=True)
+combine_par = InParallel(combine_rows)
+combine_backward_par = InParallel(combine_backward_rows, own=True)
+round_par = InParallel(round_rows)
+table_rounds_par = InParallel(table_rounds_rows)
+finish_par = InParallel(finish_rows)
+place_par = InParallel(place_rows)
+gram_par = InParallel(gram_rows)
+scq_certificate_par = InParallel(scq_certificate_rows)
+lasso_certificate_par = InParallel(lasso_certificate_rows)
+nearest_par = InParallel(nearest_rows)
+entering_par = InParallel(entering_rows)
+table_entering_par = InParallel(table_entering_rows)
