@@ -12,8 +12,8 @@ in a process of its own, at once: a handful of tiny solves per variant, forward 
 that take every compiled path (the codebook's Gram matrix and the per-round GEMM, with and
 without a target, SCQ and the lasso, the other methods' certificate, the modules' sparse weights).
 Numba's cache takes the processes' entries side by side (each reads the index again just before
-it writes its own). Measured on 2 cores with an empty cache: 178 s for the three variants at
-once against 298 s one after the other (107, 105 and 85 s).
+it writes its own). Measured on 2 cores with an empty cache: 115 s for the three variants at
+once against 173 s one after the other (64, 61 and 46 s).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def compile_kernels(variants: Iterable[str] = VARIANTS, jobs: Optional[int] = No
                     progress: bool = True) -> "dict[str, float]":
     """Compile the CPU kernels for ``variants`` (names from :data:`VARIANTS`) into Numba's on-disk
     cache, ``jobs`` processes at once (default: all of them; Numba compiles on one thread: on 2
-    cores three at once took 178 s, two at a time 180 s, one 298 s), and return each variant's
+    cores three at once took 115 s, one at a time 173 s), and return each variant's
     seconds. A variant already cached takes a few seconds (its process's imports and solves).
     Raises RuntimeError, with the process's output, where a variant's process fails; without
     Numba, returns ``{}``."""

@@ -939,3 +939,29 @@ def test_the_parallel_loop_calls_its_kernel_by_address_not_as_linked_code():
     assert "_scaled_row_sums" not in loop_ir(by_address)
     assert "_scaled_row_sums" in loop_ir(kernel)  # (called by name: linked in, as the launchers once were)
     np.testing.assert_allclose(out, x.sum(1))
+
+
+def _rows_refusing_negatives(x, out, lo, hi):
+    for i in range(lo, hi):
+        if x[i] < 0:
+            raise ValueError("a negative row")
+        out[i] = x[i]
+
+
+def test_an_error_in_a_kernel_run_through_its_address_is_raised_by_the_launch():
+    # Numba's C wrapper of a kernel hands its exception to sys.unraisablehook and returns: without
+    # the launch taking it there, a failed range would leave its rows unwritten and say nothing.
+    import sys
+
+    from numba import njit
+
+    from scq.solvers.engine import cpu_kernels as ck
+
+    launch = ck.InParallel(njit(_rows_refusing_negatives))
+    hook = sys.unraisablehook
+    out = np.zeros(4)
+    launch(np.array([1.0, 2.0, 3.0, 4.0]), out, np.array([0, 2, 4]))
+    np.testing.assert_array_equal(out, [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="a negative row"):
+        launch(np.array([1.0, -1.0, 2.0, 3.0]), out, np.array([0, 2, 4]))
+    assert sys.unraisablehook is hook

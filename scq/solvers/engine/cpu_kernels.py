@@ -9,7 +9,8 @@ K = 1024, D = 64, and each region waits for every thread, so a busy machine mult
 stops when its own row is done, and no (N, m, D) tensor of gathered codes is formed.
 
 Every kernel runs rows ``lo..hi`` into output arrays it is given; a ``*_par`` launcher at the end
-runs one row range per thread of Numba's pool (:mod:`scq.solvers.engine.fused` picks the ranges).
+runs one row range per thread of Numba's pool (:mod:`scq.solvers.engine.fused` picks the ranges),
+calling the kernel through its address (:class:`InParallel`), so that each kernel compiles once.
 
 The arithmetic is the torch path's, line for line (:func:`scq.solvers.engine.fista.fista_torch`,
 :func:`scq.solvers.engine.active_set._iterate`, ``WorkingSetFunction._backward``, the certificate
@@ -24,6 +25,8 @@ callers running their stale cached copies.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 from numba import njit, prange, typeof, types
@@ -1789,10 +1792,29 @@ class InParallel:
     def __call__(self, *args):
         *args, bounds = args
         rows = self._address(args)
-        if self.own:
-            _each_range_own(rows, bounds, args[-1], *args[:-1])
-        else:
-            _each_range(rows, bounds, *args)
+        # Called through its address (its C wrapper), a kernel cannot raise into the loop: Numba
+        # hands the exception to ``sys.unraisablehook`` and the range returns. (The kernels raise
+        # nothing of their own; an allocation can fail.) Taken here during the launch, it is
+        # raised after it, as a call by name raised it: the caller (fused) falls back to torch.
+        previous, raised = sys.unraisablehook, []
+
+        def hook(unraisable):
+            if isinstance(unraisable.object, str) and "numba" in unraisable.object:
+                raised.append(unraisable.exc_value)  # (the object is Numba's context's repr)
+            else:
+                previous(unraisable)
+
+        sys.unraisablehook = hook
+        try:
+            if self.own:
+                _each_range_own(rows, bounds, args[-1], *args[:-1])
+            else:
+                _each_range(rows, bounds, *args)
+        finally:
+            if sys.unraisablehook is hook:  # (not where another launch has set its own since)
+                sys.unraisablehook = previous
+        if raised:
+            raise raised[0]
 
 
 fista_par = InParallel(fista_rows)
