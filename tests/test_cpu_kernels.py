@@ -918,7 +918,7 @@ def test_the_parallel_launcher_gives_each_range_its_own_output():
 
 def test_the_parallel_loop_calls_its_kernel_by_address_not_as_linked_code():
     # Linked into each parallel loop that calls it, a kernel is optimized and compiled again in
-    # each of the loop's modules: half of every variant's first-use compile. Through its address
+    # each of the loop's modules: a third of every variant's first-use compile. Through its address
     # (what InParallel passes), the loop's code holds no copy of the kernel. (Fresh dispatchers of
     # the loop, without Numba's cache: a cached module cannot be read back as LLVM IR.)
     from numba import njit, typeof
