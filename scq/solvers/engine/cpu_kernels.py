@@ -1736,6 +1736,9 @@ def _each_range_own(rows, bounds, own, *args):
         rows(*args, own[t], bounds[t], bounds[t + 1])
 
 
+_UINT64_FROM = 2**63  # a Python int from here on is typed uint64, below it int64
+
+
 def _types_key(args) -> tuple:
     # What decides the arguments' Numba types, cheaply: Numba's own fingerprints (dtype, ndim,
     # layout, writeable: what its dispatcher keys compiled versions by; ~0.1 µs an array against
@@ -1748,13 +1751,10 @@ def _types_key(args) -> tuple:
     return key, tuple(a >= _UINT64_FROM for a in args if type(a) is int)
 
 
-_UINT64_FROM = 2**63
-
-
 class _Address:
     """A compiled kernel as a first-class function (Numba's wrapper-address protocol: its C
     wrapper's address and signature), with its Numba type made once: as a ``WrapperAddressProtocol``
-    subclass it would be typed afresh at every call (~40 µs)."""
+    subclass it would be typed afresh at every call (table_rounds' kernel: 28 µs against 3.6 µs)."""
 
     def __init__(self, compiled):
         self._signature = compiled.signature
